@@ -1,0 +1,30 @@
+"""distlb: distributed load balancing and traffic shaping on one shared Redis/Valkey state.
+
+Every process that imports distlb and points at the same server shares one
+consistent view of limits; every change to that state is one atomic Lua script
+run on the server's clock. ``distlb.aio`` has the same classes for asyncio.
+"""
+
+from distlb._keys import DEFAULT_PREFIX
+from distlb.errors import ConfigError, DistlbError, RateLimited, StoreError
+from distlb.results import Decision, LeakyDecision, LimitState, PriorityDecision
+from distlb.shaping import LeakyBucket, Limit, PriorityLimiter, TokenBucket, TrafficShaper
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "ConfigError",
+    "Decision",
+    "DistlbError",
+    "LeakyBucket",
+    "LeakyDecision",
+    "Limit",
+    "LimitState",
+    "PriorityDecision",
+    "PriorityLimiter",
+    "RateLimited",
+    "StoreError",
+    "TokenBucket",
+    "TrafficShaper",
+]

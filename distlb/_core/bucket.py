@@ -1,0 +1,111 @@
+"""Token buckets: plan ``bucket.lua`` calls, parse replies, and the local twin."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from distlb._core.local import LocalState
+from distlb._core.ops import Call, num, text
+from distlb._scripts import Arg, script
+from distlb.results import Decision, LimitState
+
+log = logging.getLogger("distlb")
+Mode = Literal["take", "peek"]
+MAX_BUCKETS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    """One bucket of a check: where it lives, its default limit, and this request's cost.
+
+    ``rate_per_s == 0`` with no shared override means "no limit" (the bucket is
+    skipped). ``field`` names the entry of the limits hash that overrides
+    ``rate_per_s``/``burst`` for the whole fleet.
+    """
+
+    key: str
+    label: str
+    rate_per_s: float
+    burst: float
+    cost: float
+    field: str = ""
+
+
+def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
+         limits_ttl_ms: int, fallback: Callable[[], Decision],
+         on_conflict: Callable[[], None]) -> Call[Decision]:
+    """The ``bucket.lua`` call checking (and with ``take``, charging) every spec at once."""
+    keys = [s.key for s in specs]
+    args: list[Arg] = [mode, len(specs), limits_ttl_ms if limits_key else 0]
+    if limits_key:
+        keys.append(limits_key)
+    for s in specs:
+        args += [s.label, s.field, repr(s.rate_per_s), repr(s.burst), repr(s.cost)]
+
+    def parse(reply: Any) -> Decision:
+        if int(reply[1]):
+            on_conflict()
+        states = tuple(
+            LimitState(text(r[0]), bool(int(r[1])), num(r[2]), num(r[3]), num(r[4]),
+                       num(r[5]), num(r[6]))
+            for r in reply[2:]
+        )
+        return Decision.from_limits(states)
+
+    return Call(script("bucket"), tuple(keys), tuple(args), parse, fallback)
+
+
+def warn_conflict_once(what: str) -> Callable[[], None]:
+    """A conflict callback that logs once: two processes configure one bucket differently."""
+    warned = False
+
+    def warn() -> None:
+        nonlocal warned
+        if not warned:
+            warned = True
+            log.warning("distlb: %s is stored with a different rate or burst than this process "
+                        "was configured with; each process applies its own settings to its "
+                        "calls. Configure every process alike.", what)
+
+    return warn
+
+
+class LocalBuckets:
+    """The local twin of ``bucket.lua``, at the given rates divided by ``share``."""
+
+    def __init__(self, share: int, state: LocalState | None = None) -> None:
+        self.share = share
+        self.state = state or LocalState()
+
+    def decide(self, mode: Mode, specs: Sequence[BucketSpec]) -> Decision:
+        specs = [replace(s, rate_per_s=s.rate_per_s / self.share,
+                         burst=max(s.burst / self.share, s.cost))
+                 for s in specs if s.rate_per_s > 0]
+        st = self.state
+        with st.lock:
+            now = st.clock()
+            tokens = []
+            for s in specs:
+                level, ts = st.data.get(s.key, (s.burst, now))
+                tokens.append(min(s.burst, level + max(0.0, now - ts) * s.rate_per_s))
+            ok = [t >= s.cost for t, s in zip(tokens, specs, strict=True)]
+            if mode == "take" and all(ok):
+                for i, s in enumerate(specs):
+                    tokens[i] -= s.cost
+                    st.data[s.key] = [tokens[i], now]
+        states = tuple(
+            LimitState(s.label, k, t, 0.0 if k else (s.cost - t) / s.rate_per_s,
+                       (s.burst - t) / s.rate_per_s, s.rate_per_s, s.burst)
+            for s, t, k in zip(specs, tokens, ok, strict=True)
+        )
+        return replace(Decision.from_limits(states), source="local")
+
+
+def fixed(allowed: bool, retry_after_s: float, source: str) -> Decision:
+    """The decision of the fail_open / fail_closed policies."""
+    return Decision(allowed, math.inf if allowed else 0.0, 0.0 if allowed else retry_after_s,
+                    0.0, "store", (), source)

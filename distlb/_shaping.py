@@ -1,0 +1,428 @@
+"""Traffic-shaping primitives, without I/O: configuration, keys and operations.
+
+``distlb.shaping`` (sync) and ``distlb.aio.shaping`` (asyncio) subclass these
+and only drive the operations. Every decision is one ``EVALSHA`` on the
+server's clock.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from distlb import _keys
+from distlb._core import bucket, leaky, priority
+from distlb._core.local import LocalState
+from distlb._core.ops import Call, Op, Sleep, single
+from distlb._runtime import AsyncRunner, StoreGuard, SyncRunner
+from distlb._scripts import script
+from distlb._validate import StorePolicy, integer, number, store_policy
+from distlb._validate import cost as check_cost
+from distlb.errors import ConfigError, RateLimited
+from distlb.results import Decision, LeakyDecision, PriorityDecision
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A token-bucket limit: refill ``rate_per_s`` tokens per second, hold at most ``burst``.
+
+    For bandwidth limits the unit is bytes: ``Limit(1_000_000, 64_000)`` is 1 MB/s
+    with 64 kB bursts.
+    """
+
+    rate_per_s: float
+    burst: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rate_per_s", number("rate_per_s", self.rate_per_s))
+        object.__setattr__(self, "burst", number("burst", self.burst))
+
+    def encode(self) -> str:
+        return f"{self.rate_per_s!r} {self.burst!r}"
+
+
+class _Shared:
+    """What every shared primitive has: a name, keys, and a store failure policy.
+
+    ``on_store_error``: ``"fail_open"`` admits, ``"fail_closed"`` denies (retry
+    after ``retry_store_after_s``), ``"local"`` limits in-process at the rate
+    divided by ``expected_processes``. The store is retried every
+    ``retry_store_after_s`` and resumes by itself.
+    """
+
+    kind = ""
+    #: Set by the shells: SyncRunner (distlb.shaping) or AsyncRunner (distlb.aio.shaping).
+    _runner: ClassVar[type[SyncRunner] | type[AsyncRunner]]
+
+    def __init__(self, client: Any, name: str, *, prefix: str, on_store_error: StorePolicy,
+                 expected_processes: int, retry_store_after_s: float,
+                 clock: Clock, sleep: Callable[[float], Any] | None) -> None:
+        self.name = name
+        self.prefix = _keys.check_prefix(prefix)
+        self.key = _keys.entity(self.prefix, self.kind, _keys.escape(name, "name"))
+        self.on_store_error = store_policy(on_store_error)
+        self.expected_processes = integer("expected_processes", expected_processes,
+                                          low=1, high=100_000)
+        retry = number("retry_store_after_s", retry_store_after_s, high=3600)
+        self.clock = clock
+        self._guard = StoreGuard(f"{_keys.KINDS[self.kind]} {name!r}", retry, clock)
+        self._local = LocalState(clock)
+        self.client = client
+        runner = self._runner(client, self._guard) if sleep is None \
+            else self._runner(client, self._guard, sleep=sleep)  # type: ignore[arg-type]
+        self._run = runner.drive
+
+    @property
+    def store_stats(self) -> Any:
+        """Calls, store errors, fallbacks and outages seen by this object."""
+        return self._guard.stats
+
+    def _wait_or_raise(self, retry_after_s: float, reason: str, deadline: float) -> Sleep:
+        """Sleep until a retry if the deadline allows it, else raise RateLimited."""
+        if retry_after_s > deadline - self.clock():
+            raise RateLimited(reason, retry_after_s)
+        return Sleep(max(retry_after_s, 0.0005))
+
+    def _delete(self, keys: Sequence[str]) -> Call[int]:
+        return Call(script("delete"), tuple(keys), (), int, lambda: 0)
+
+
+def _fallback_decision(owner: _Shared, local: Callable[[], Decision]) -> Callable[[], Decision]:
+    def fallback() -> Decision:
+        if owner.on_store_error == "local":
+            return local()
+        open_ = owner.on_store_error == "fail_open"
+        return bucket.fixed(open_, owner._guard.retry_store_after_s, owner.on_store_error)
+    return fallback
+
+
+class TokenBucketCore(_Shared):
+    """A token bucket shared by every process: ``rate_per_s`` refill, ``burst`` capacity.
+
+    Key: ``<prefix>:{tb:<name>}``, a hash with ``tokens``, ``ts_us``, ``rate``, ``burst``.
+    """
+
+    kind = "tb"
+
+    def __init__(self, client: Any, name: str, *, rate_per_s: float, burst: float,
+                 prefix: str = _keys.DEFAULT_PREFIX, on_store_error: StorePolicy = "fail_open",
+                 expected_processes: int = 1, retry_store_after_s: float = 1.0,
+                 clock: Clock = time.monotonic,
+                 sleep: Callable[[float], Any] | None = None) -> None:
+        self.limit = Limit(rate_per_s, burst)
+        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
+                         expected_processes=expected_processes,
+                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        self._twin = bucket.LocalBuckets(self.expected_processes, self._local)
+        self._conflict = bucket.warn_conflict_once(f"token bucket {name!r}")
+
+    def _call(self, mode: bucket.Mode, cost: float) -> Call[Decision]:
+        c = check_cost(cost, self.limit.burst)
+        specs = [bucket.BucketSpec(self.key, self.name, self.limit.rate_per_s, self.limit.burst, c)]
+        return bucket.plan(mode, specs, limits_key=None, limits_ttl_ms=0,
+                           fallback=_fallback_decision(self, lambda: self._twin.decide(mode, specs)),
+                           on_conflict=self._conflict)
+
+    def _try_acquire(self, cost: float) -> Op[Decision]:
+        return single(self._call("take", cost))
+
+    def _peek(self, cost: float) -> Op[Decision]:
+        return single(self._call("peek", cost))
+
+    def _acquire(self, cost: float, timeout_s: float) -> Op[Decision]:
+        deadline = self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
+        while True:
+            d: Decision = yield self._call("take", cost)
+            if d.allowed:
+                return d
+            yield self._wait_or_raise(d.retry_after_s, d.limit or self.name, deadline)
+
+    def _reset(self) -> Op[int]:
+        return single(self._delete([self.key]))
+
+
+class LeakyBucketCore(_Shared):
+    """A leaky bucket shared by every process: output leaves evenly at ``rate_per_s``.
+
+    ``capacity`` is how many units may wait for their slot; the longest wait is
+    ``capacity / rate_per_s`` seconds. Key: ``<prefix>:{lb:<name>}``, a hash with
+    ``next_us``, ``rate``, ``capacity``.
+    """
+
+    kind = "lb"
+
+    def __init__(self, client: Any, name: str, *, rate_per_s: float, capacity: float,
+                 prefix: str = _keys.DEFAULT_PREFIX, on_store_error: StorePolicy = "fail_open",
+                 expected_processes: int = 1, retry_store_after_s: float = 1.0,
+                 clock: Clock = time.monotonic,
+                 sleep: Callable[[float], Any] | None = None) -> None:
+        self.rate_per_s = number("rate_per_s", rate_per_s)
+        self.capacity = number("capacity", capacity)
+        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
+                         expected_processes=expected_processes,
+                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        self._twin = leaky.LocalLeaky(self.expected_processes, self._local)
+        self._conflict = bucket.warn_conflict_once(f"leaky bucket {name!r}")
+
+    def _call(self, mode: bucket.Mode, cost: float) -> Call[LeakyDecision]:
+        c = check_cost(cost, self.capacity, burst_field="capacity")
+
+        def fallback() -> LeakyDecision:
+            if self.on_store_error == "local":
+                return self._twin.decide(mode, self.key, self.rate_per_s, self.capacity, c)
+            if self.on_store_error == "fail_open":
+                return LeakyDecision(True, 0.0, 0.0, 0.0, "fail_open")
+            return LeakyDecision(False, 0.0, 0.0, self._guard.retry_store_after_s, "fail_closed")
+
+        return leaky.plan(mode, self.key, self.rate_per_s, self.capacity, c,
+                          fallback=fallback, on_conflict=self._conflict)
+
+    def _try_acquire(self, cost: float) -> Op[LeakyDecision]:
+        return single(self._call("take", cost))
+
+    def _peek(self, cost: float) -> Op[LeakyDecision]:
+        return single(self._call("peek", cost))
+
+    def _acquire(self, cost: float, timeout_s: float) -> Op[LeakyDecision]:
+        deadline = self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
+        while True:
+            d: LeakyDecision = yield self._call("take", cost)
+            if d.allowed:
+                if d.delay_s > 0:
+                    yield Sleep(d.delay_s)
+                return d
+            yield self._wait_or_raise(d.retry_after_s, f"leaky bucket {self.name}", deadline)
+
+    def _reset(self) -> Op[int]:
+        return single(self._delete([self.key]))
+
+
+class TrafficShaperCore(_Shared):
+    """A global limit, per-client limits and bandwidth limits, checked together atomically.
+
+    One request is admitted only if every applicable limit admits it, and then
+    every one is charged; a denial charges none. Limits set at run time with
+    ``set_*`` are stored in Redis and apply to every process at its next call.
+
+    Keys (all under the hash tag ``{ts:<name>}``, so one slot on a cluster):
+    ``:global``, ``:c:<client>``, ``:cb:<client>``, ``:bb:<backend>`` (bucket
+    hashes) and ``:limits`` (shared overrides).
+    """
+
+    kind = "ts"
+
+    def __init__(self, client: Any, name: str = "default", *, global_limit: Limit | None = None,
+                 client_limit: Limit | None = None, client_bandwidth: Limit | None = None,
+                 backend_bandwidth: Limit | None = None, config_ttl_s: float = 7 * 86400,
+                 prefix: str = _keys.DEFAULT_PREFIX, on_store_error: StorePolicy = "fail_open",
+                 expected_processes: int = 1, retry_store_after_s: float = 1.0,
+                 clock: Clock = time.monotonic,
+                 sleep: Callable[[float], Any] | None = None) -> None:
+        for field, value in (("global_limit", global_limit), ("client_limit", client_limit),
+                             ("client_bandwidth", client_bandwidth),
+                             ("backend_bandwidth", backend_bandwidth)):
+            if value is not None and not isinstance(value, Limit):
+                raise ConfigError(field, f"must be a distlb.Limit or None, got {type(value).__name__}")
+        self.global_limit = global_limit
+        self.client_limit = client_limit
+        self.client_bandwidth = client_bandwidth
+        self.backend_bandwidth = backend_bandwidth
+        self.config_ttl_ms = int(number("config_ttl_s", config_ttl_s, high=365 * 86400) * 1000)
+        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
+                         expected_processes=expected_processes,
+                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        self.limits_key = f"{self.key}:limits"
+        self._twin = bucket.LocalBuckets(self.expected_processes, self._local)
+        self._conflict = bucket.warn_conflict_once(f"traffic shaper {name!r}")
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def _specs(self, client_id: str | None, cost: float, nbytes: float,
+               backend: str | None) -> list[bucket.BucketSpec]:
+        c = number("cost", cost)
+        b = number("bytes", nbytes, low_inclusive=True)
+        specs = []
+
+        def add(part: str, label: str, limit: Limit | None, amount: float, field: str) -> None:
+            rate, burst = (limit.rate_per_s, limit.burst) if limit else (0.0, 1.0)
+            if limit and amount > burst:
+                raise ConfigError("bytes" if "bandwidth" in label else "cost",
+                                  f"must be at most the {label} burst ({burst:g}), got {amount:g}")
+            specs.append(bucket.BucketSpec(f"{self.key}:{part}", label, rate, burst, amount, field))
+
+        add("global", "global", self.global_limit, c, "global")
+        if client_id is not None:
+            cid = _keys.escape(client_id, "client_id")
+            add(f"c:{cid}", f"client:{client_id}", self.client_limit, c, f"c:{cid}")
+            if b > 0:
+                add(f"cb:{cid}", f"client_bandwidth:{client_id}", self.client_bandwidth, b,
+                    f"cb:{cid}")
+        if backend is not None and b > 0:
+            bid = _keys.escape(backend, "backend")
+            add(f"bb:{bid}", f"backend_bandwidth:{backend}", self.backend_bandwidth, b,
+                f"bb:{bid}")
+        return specs
+
+    def _call(self, mode: bucket.Mode, client_id: str | None, cost: float, nbytes: float,
+              backend: str | None) -> Call[Decision]:
+        specs = self._specs(client_id, cost, nbytes, backend)
+        return bucket.plan(mode, specs, limits_key=self.limits_key,
+                           limits_ttl_ms=self.config_ttl_ms,
+                           fallback=_fallback_decision(self, lambda: self._twin.decide(mode, specs)),
+                           on_conflict=self._conflict)
+
+    def _try_acquire(self, client_id: str | None, cost: float, nbytes: float,
+                     backend: str | None) -> Op[Decision]:
+        return single(self._call("take", client_id, cost, nbytes, backend))
+
+    def _peek(self, client_id: str | None, cost: float, nbytes: float,
+              backend: str | None) -> Op[Decision]:
+        return single(self._call("peek", client_id, cost, nbytes, backend))
+
+    def _acquire(self, client_id: str | None, cost: float, nbytes: float, backend: str | None,
+                 timeout_s: float) -> Op[Decision]:
+        deadline = self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
+        call = self._call("take", client_id, cost, nbytes, backend)
+        while True:
+            d: Decision = yield call
+            if d.allowed:
+                return d
+            yield self._wait_or_raise(d.retry_after_s, d.limit, deadline)
+
+    # -- shared configuration -------------------------------------------------------------------
+
+    def _config(self, op: str, field: str, value: str = "") -> Op[bool]:
+        def parse(reply: Any) -> bool:
+            return bool(int(reply))
+
+        def unavailable() -> bool:
+            raise RateLimited("store unavailable: configuration not saved",
+                              self._guard.retry_store_after_s)
+
+        call = Call(script("config"), (self.limits_key,), (op, field, value, self.config_ttl_ms),
+                    parse, unavailable)
+        return single(call)
+
+    def _set(self, prefix: str, ident: str, field: str, rate_per_s: float,
+             burst: float) -> Op[bool]:
+        limit = Limit(rate_per_s, burst)
+        return self._config("set", f"{prefix}:{_keys.escape(ident, field)}", limit.encode())
+
+    def _remove(self, prefix: str, ident: str, field: str) -> Op[bool]:
+        return self._config("del", f"{prefix}:{_keys.escape(ident, field)}")
+
+    def _set_global(self, rate_per_s: float, burst: float) -> Op[bool]:
+        return self._config("set", "global", Limit(rate_per_s, burst).encode())
+
+    def _reset_client(self, client_id: str) -> Op[int]:
+        cid = _keys.escape(client_id, "client_id")
+        return single(self._delete([f"{self.key}:c:{cid}", f"{self.key}:cb:{cid}"]))
+
+    def _reset(self) -> Op[int]:
+        return single(self._delete([f"{self.key}:global"]))
+
+
+def parse_limits(raw: Mapping[Any, Any]) -> dict[str, Limit]:
+    """Decode a limits hash (``HGETALL``) into ``{field: Limit}``, field names unescaped."""
+    out = {}
+    for k, v in raw.items():
+        field = k.decode() if isinstance(k, bytes) else str(k)
+        rate, burst = (v.decode() if isinstance(v, bytes) else str(v)).split()
+        kind, _, ident = field.partition(":")
+        out[f"{kind}:{_keys.unescape(ident)}" if ident else kind] = Limit(float(rate), float(burst))
+    return out
+
+
+class PriorityLimiterCore(_Shared):
+    """A shared token bucket whose waiters are admitted in priority order, with aging.
+
+    Priorities are ints in ``[0, levels)``; higher is served first. Each level has
+    its own queue depth. Aging: a request that has waited ``aging_s`` seconds
+    counts as one level higher, so a steady stream of high-priority work delays
+    low-priority work but never starves it. Across all processes only the head of
+    the queue may take tokens.
+
+    Keys (hash tag ``{pq:<name>}``): the bucket hash, ``:queue`` (zset),
+    ``:leases`` (zset), ``:depth`` (hash level -> waiters).
+    """
+
+    kind = "pq"
+
+    def __init__(self, client: Any, name: str, *, rate_per_s: float, burst: float, levels: int = 10,
+                 max_queue_depth: int | Sequence[int] = 1000, aging_s: float = 1.0,
+                 lease_s: float = 2.0, prefix: str = _keys.DEFAULT_PREFIX,
+                 on_store_error: StorePolicy = "fail_open", expected_processes: int = 1,
+                 retry_store_after_s: float = 1.0, clock: Clock = time.monotonic,
+                 sleep: Callable[[float], Any] | None = None) -> None:
+        self.limit = Limit(rate_per_s, burst)
+        self.levels = integer("levels", levels, low=1, high=1000)
+        depths = [max_queue_depth] * self.levels if isinstance(max_queue_depth, int) \
+            else list(max_queue_depth)
+        if len(depths) != self.levels:
+            raise ConfigError("max_queue_depth", f"must have one entry per level ({self.levels})")
+        self.max_queue_depth = tuple(integer("max_queue_depth", d, low=0, high=10**7)
+                                     for d in depths)
+        self.aging_s = number("aging_s", aging_s, low=0.001, high=86400)
+        self.lease_s = number("lease_s", lease_s, low=0.05, high=3600)
+        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
+                         expected_processes=expected_processes,
+                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        self.keys = (self.key, f"{self.key}:queue", f"{self.key}:leases", f"{self.key}:depth")
+        self._twin = bucket.LocalBuckets(self.expected_processes, self._local)
+
+    def _call(self, mode: priority.Mode, ticket: str, level: int,
+              cost: float) -> Call[PriorityDecision]:
+        def fallback() -> PriorityDecision:
+            if self.on_store_error == "local":
+                spec = bucket.BucketSpec(self.key, self.name, self.limit.rate_per_s,
+                                         self.limit.burst, cost)
+                d = self._twin.decide("take" if mode != "cancel" else "peek", [spec])
+                return PriorityDecision(d.allowed, "admitted" if d.allowed else "busy",
+                                        d.retry_after_s, -1, d.remaining, "local")
+            ok = self.on_store_error == "fail_open" and mode != "cancel"
+            return PriorityDecision(ok, "admitted" if ok else "store_unavailable",
+                                    0.0 if ok else self._guard.retry_store_after_s, -1,
+                                    math.inf if ok else 0.0, self.on_store_error)
+
+        return priority.plan(mode, self.keys, ticket=ticket, level=level,
+                             rate_per_s=self.limit.rate_per_s, burst=self.limit.burst, cost=cost,
+                             max_depth=self.max_queue_depth[level], aging_s=self.aging_s,
+                             lease_ms=int(self.lease_s * 1000), fallback=fallback)
+
+    def _check(self, priority_: int, cost: float) -> tuple[int, float]:
+        level = integer("priority", priority_, low=0, high=self.levels - 1)
+        return level, check_cost(cost, self.limit.burst)
+
+    def _try_acquire(self, priority_: int, cost: float) -> Op[PriorityDecision]:
+        level, c = self._check(priority_, cost)
+        return single(self._call("try", uuid.uuid4().hex, level, c))
+
+    def _acquire(self, priority_: int, cost: float, timeout_s: float) -> Op[PriorityDecision]:
+        level, c = self._check(priority_, cost)
+        deadline = self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
+        ticket = uuid.uuid4().hex
+        try:
+            while True:
+                d: PriorityDecision = yield self._call("poll", ticket, level, c)
+                if d.allowed:
+                    return d
+                if d.status == "queue_full":
+                    raise RateLimited(f"priority {level} queue of {self.name} full",
+                                      d.retry_after_s)
+                # Poll well within the lease so a live waiter never loses its place.
+                pause = min(d.retry_after_s, self.lease_s / 3)
+                yield self._wait_or_raise(pause, f"{self.name} (priority {level})", deadline)
+        except GeneratorExit:  # abandoned without a chance to clean up; the lease expires
+            raise
+        except BaseException:  # timeout, cancellation, error: give up our place now
+            yield self._call("cancel", ticket, level, c)
+            raise
+
+    def _reset(self) -> Op[int]:
+        return single(self._delete(list(self.keys)))

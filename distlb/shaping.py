@@ -1,0 +1,142 @@
+"""Traffic shaping: ``TokenBucket``, ``LeakyBucket``, ``TrafficShaper``, ``PriorityLimiter``.
+
+Each method is one line: it drives the matching operation of the sans-I/O core
+in ``distlb._shaping`` on a sync redis-py client (``Redis``, ``RedisCluster``, a
+Sentinel master). ``distlb.aio.shaping`` is generated from this file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distlb import _shaping
+from distlb._runtime import SyncRunner
+from distlb._shaping import Limit
+from distlb.results import Decision, LeakyDecision, PriorityDecision
+
+__all__ = ["LeakyBucket", "Limit", "PriorityLimiter", "TokenBucket", "TrafficShaper"]
+
+
+class TokenBucket(_shaping.TokenBucketCore):
+    __doc__ = _shaping.TokenBucketCore.__doc__
+
+    _runner = SyncRunner
+
+    def try_acquire(self, cost: float = 1) -> Decision:
+        """Take ``cost`` tokens if available now; never waits."""
+        return self._run(self._try_acquire(cost))
+
+    def acquire(self, cost: float = 1, *, timeout_s: float = 10.0) -> Decision:
+        """Take ``cost`` tokens, waiting up to ``timeout_s``; raises ``RateLimited`` after."""
+        return self._run(self._acquire(cost, timeout_s))
+
+    def peek(self, cost: float = 1) -> Decision:
+        """What ``try_acquire(cost)`` would decide now, without taking anything."""
+        return self._run(self._peek(cost))
+
+    def reset(self) -> None:
+        """Refill the bucket for every process."""
+        self._run(self._reset())
+
+
+class LeakyBucket(_shaping.LeakyBucketCore):
+    __doc__ = _shaping.LeakyBucketCore.__doc__
+
+    _runner = SyncRunner
+
+    def try_acquire(self, cost: float = 1) -> LeakyDecision:
+        """Reserve a departure slot; the caller waits ``delay_s`` itself before proceeding."""
+        return self._run(self._try_acquire(cost))
+
+    def acquire(self, cost: float = 1, *, timeout_s: float = 10.0) -> LeakyDecision:
+        """Reserve a slot and sleep until it; while the queue is full, retry until ``timeout_s``."""
+        return self._run(self._acquire(cost, timeout_s))
+
+    def peek(self, cost: float = 1) -> LeakyDecision:
+        """The delay a request would get now, without reserving a slot."""
+        return self._run(self._peek(cost))
+
+    def reset(self) -> None:
+        """Empty the queue for every process."""
+        self._run(self._reset())
+
+
+class TrafficShaper(_shaping.TrafficShaperCore):
+    __doc__ = _shaping.TrafficShaperCore.__doc__
+
+    _runner = SyncRunner
+
+    @classmethod
+    def with_global_limit(cls, client: Any, rate_per_s: float, burst: float,
+                          **config: Any) -> TrafficShaper:
+        """A shaper with one global limit: ``TrafficShaper.with_global_limit(r, 10000.0, 1000)``."""
+        return cls(client, global_limit=Limit(rate_per_s, burst), **config)
+
+    def try_acquire(self, client_id: str | None = None, *, cost: float = 1, bytes: float = 0,
+                    backend: str | None = None) -> Decision:
+        """Check and charge every applicable limit at once; never waits."""
+        return self._run(self._try_acquire(client_id, cost, bytes, backend))
+
+    def acquire(self, client_id: str | None = None, *, cost: float = 1, bytes: float = 0,
+                backend: str | None = None, timeout_s: float = 10.0) -> Decision:
+        """Like ``try_acquire``, waiting up to ``timeout_s``; raises ``RateLimited`` after."""
+        return self._run(self._acquire(client_id, cost, bytes, backend, timeout_s))
+
+    def peek(self, client_id: str | None = None, *, cost: float = 1, bytes: float = 0,
+             backend: str | None = None) -> Decision:
+        """What ``try_acquire`` would decide now, without charging."""
+        return self._run(self._peek(client_id, cost, bytes, backend))
+
+    def set_global_limit(self, rate_per_s: float, burst: float) -> bool:
+        """Override the global limit for the whole fleet."""
+        return self._run(self._set_global(rate_per_s, burst))
+
+    def set_client_rate_limit(self, client_id: str, rate_per_s: float, burst: float) -> bool:
+        """Give one client its own request limit, for every process."""
+        return self._run(self._set("c", client_id, "client_id", rate_per_s, burst))
+
+    def remove_client_rate_limit(self, client_id: str) -> bool:
+        """Return a client to the default client limit."""
+        return self._run(self._remove("c", client_id, "client_id"))
+
+    def set_client_bandwidth_limit(self, client_id: str, bytes_per_s: float,
+                                   burst_bytes: float) -> bool:
+        """Limit one client's bytes per second (checked when a request passes ``bytes=``)."""
+        return self._run(self._set("cb", client_id, "client_id", bytes_per_s, burst_bytes))
+
+    def set_backend_bandwidth_limit(self, backend: str, bytes_per_s: float,
+                                    burst_bytes: float) -> bool:
+        """Limit the bytes per second sent to one backend node."""
+        return self._run(self._set("bb", backend, "backend", bytes_per_s, burst_bytes))
+
+    def limits(self) -> dict[str, Limit]:
+        """The shared overrides in force, e.g. ``{"c:alice": Limit(100.0, 50.0)}``."""
+        return _shaping.parse_limits(self.client.hgetall(self.limits_key))
+
+    def reset_client(self, client_id: str) -> None:
+        """Refill one client's buckets for every process."""
+        self._run(self._reset_client(client_id))
+
+    def reset(self) -> None:
+        """Refill the global bucket for every process."""
+        self._run(self._reset())
+
+
+class PriorityLimiter(_shaping.PriorityLimiterCore):
+    __doc__ = _shaping.PriorityLimiterCore.__doc__
+
+    _runner = SyncRunner
+
+    def try_acquire(self, priority: int = 0, *, cost: float = 1) -> PriorityDecision:
+        """Take tokens now only if nobody with a better place is waiting; never queues."""
+        return self._run(self._try_acquire(priority, cost))
+
+    def acquire(self, priority: int = 0, *, cost: float = 1,
+                timeout_s: float = 10.0) -> PriorityDecision:
+        """Queue at ``priority`` and wait for a turn; raises ``RateLimited`` on timeout or a
+        full queue, leaving the queue either way."""
+        return self._run(self._acquire(priority, cost, timeout_s))
+
+    def reset(self) -> None:
+        """Refill the bucket and drop every waiter."""
+        self._run(self._reset())

@@ -1,0 +1,41 @@
+-- leaky.lua: a leaky bucket as a queue of departure slots (virtual scheduling).
+--
+-- Every admitted request is given its own departure time; consecutive slots are
+-- cost/rate seconds apart, so requests leave evenly spaced at `rate` however many
+-- processes submit them. The caller sleeps `delay_s` and then proceeds.
+--
+-- KEYS[1]   hash; fields next_us (server time the next slot starts, us), rate, capacity
+-- ARGV[1]   mode: "take" reserves a slot; "peek" never writes
+-- ARGV[2]   rate, units (requests or bytes) per second
+-- ARGV[3]   capacity, units that may be queued (admitted, not yet departed);
+--           the longest wait is therefore capacity / rate seconds
+-- ARGV[4]   cost, units this request takes (<= capacity)
+-- Returns {allowed 0|1, delay_s, queued_after, retry_after_s, conflict 0|1}
+--   delay_s: how long the caller waits for its slot (0 when the queue is empty)
+--   queued_after: units queued after this call, fractions as strings
+--   retry_after_s: when denied, the wait until `cost` units fit in the queue
+-- Expires: once the last slot has passed (+1 s); an empty queue needs no key.
+
+local mode = ARGV[1]
+local rate, capacity, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = now_us()
+
+local s = redis.call('HMGET', KEYS[1], 'next_us', 'rate', 'capacity')
+local next_us = math.max(now, tonumber(s[1]) or now)
+local conflict = ((s[2] and tonumber(s[2]) ~= rate) or (s[3] and tonumber(s[3]) ~= capacity))
+  and 1 or 0
+local wait_us = next_us - now
+local queued = wait_us * rate / 1000000
+
+if queued + cost > capacity + 1e-9 then
+  local retry = (queued + cost - capacity) / rate
+  return {0, fmt(wait_us / 1000000), fmt(queued), fmt(retry), conflict}
+end
+if mode == 'take' then
+  local new_next = next_us + cost / rate * 1000000
+  redis.call('HSET', KEYS[1], 'next_us', string.format('%d', new_next),
+    'rate', fmt(rate), 'capacity', fmt(capacity))
+  redis.call('PEXPIRE', KEYS[1], math.ceil((new_next - now) / 1000) + 1000)
+  queued = queued + cost
+end
+return {1, fmt(wait_us / 1000000), fmt(queued), fmt(0), conflict}

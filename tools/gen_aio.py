@@ -1,0 +1,61 @@
+"""Generate the asyncio shells in ``distlb/aio/`` from the sync shells in ``distlb/``.
+
+The shells are one-line methods that drive sans-I/O operations; the asyncio
+twin differs only by ``async``/``await`` and the runner. Writing it by hand
+would be a copy to keep in sync, so it is generated (as httpcore's unasync
+does) and a test fails when a generated file is stale.
+
+    python tools/gen_aio.py          # rewrite distlb/aio/*.py
+    python tools/gen_aio.py --check  # exit 1 if any generated file is stale
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: sync module -> generated asyncio module
+MODULES = {"distlb/shaping.py": "distlb/aio/shaping.py"}
+#: methods that stay sync in the asyncio shell (they do no I/O)
+SYNC_METHODS = {"with_global_limit"}
+
+
+def generate(source: str, origin: str) -> str:
+    out = source
+    out = re.sub(r'^"""(.*?)"""', lambda m: '"""Asyncio twin of ``' + origin.replace("/", ".")[:-3]
+                 + "``: the same classes and methods, awaited.\n\nUse a ``redis.asyncio`` client."
+                 " Concurrent calls from many tasks are coalesced\ninto pipelines: one round trip"
+                 " carries many decisions, each still its own\natomic script.\n\n"
+                 f"GENERATED from {origin} by tools/gen_aio.py: do not edit.\n" + '"""',
+                 out, count=1, flags=re.S)
+    out = out.replace("SyncRunner", "AsyncRunner")
+
+    def asyncify(m: re.Match[str]) -> str:
+        return m.group(0) if m.group(1) in SYNC_METHODS else f"    async def {m.group(1)}(self"
+
+    out = re.sub(r"^    def (\w+)\(self", asyncify, out, flags=re.M)
+    out = re.sub(r"\bself\._run\(", "await self._run(", out)
+    out = re.sub(r"\bself\.client\.(\w+)\(", r"await self.client.\1(", out)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    stale = []
+    for src, dst in MODULES.items():
+        text = generate((ROOT / src).read_text(), src)
+        target = ROOT / dst
+        if target.exists() and target.read_text() == text:
+            continue
+        stale.append(dst)
+        if "--check" not in argv:
+            target.write_text(text)
+    if stale and "--check" in argv:
+        print("stale generated files (run python tools/gen_aio.py):", *stale)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
