@@ -1,0 +1,83 @@
+"""Fixtures: a real server for every test, a 3-master cluster, and the client matrix.
+
+* ``server_url``: ``$DISTLB_REDIS_URL`` when set, else an embedded Valkey (or the
+  binary in ``$DISTLB_SERVER_BINARY``, e.g. Debian's redis-server 7.0 in CI).
+* ``cluster``: a 3-master Redis Cluster formed from the same binary.
+* ``client``: a sync client in each of the four reply modes users may hand us:
+  RESP2/RESP3 x decode_responses off/on.
+* ``prefix``: a fresh key prefix per test, so tests never see each other's keys
+  and never need FLUSHALL on a shared server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+import redis.asyncio
+
+from distlb.embedded import EmbeddedCluster, EmbeddedServer
+
+CLIENT_MODES = [(2, False), (2, True), (3, False), (3, True)]
+MODE_IDS = [f"resp{p}-{'str' if d else 'bytes'}" for p, d in CLIENT_MODES]
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    url = os.environ.get("DISTLB_REDIS_URL")
+    if url:
+        yield url
+        return
+    with EmbeddedServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[EmbeddedCluster]:
+    with EmbeddedCluster(masters=3) as c:
+        yield c
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=CLIENT_MODES, ids=MODE_IDS)
+def client(request: pytest.FixtureRequest, server_url: str) -> Iterator[redis.Redis]:
+    protocol, decode = request.param
+    c = redis.Redis.from_url(server_url, protocol=protocol, decode_responses=decode)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def r(server_url: str) -> Iterator[redis.Redis]:
+    """A plain RESP2 bytes client, for tests that do not vary the reply mode."""
+    c = redis.Redis.from_url(server_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+async def ar(server_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    c = redis.asyncio.Redis.from_url(server_url)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
+def rc(cluster: EmbeddedCluster) -> Iterator[redis.cluster.RedisCluster]:
+    c = cluster.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def own_server() -> Iterator[EmbeddedServer]:
+    """A private server a test may stop and restart."""
+    with EmbeddedServer() as s:
+        yield s
