@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -55,10 +56,23 @@ def server_binary(path: str | os.PathLike[str] | None = None) -> str:
     return str(get_binary_path())
 
 
-def free_port() -> int:
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(*, cluster: bool = False) -> int:
+    """A free loopback port; for a cluster node, one whose bus port (+10000) is free too."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 55535 if cluster else 65535)
+        if _bindable(port) and (not cluster or _bindable(port + 10000)):
+            return port
+    raise EmbeddedServerError("no free loopback port found")
 
 
 class EmbeddedServer:
@@ -70,7 +84,7 @@ class EmbeddedServer:
     def __init__(self, *, port: int | None = None, binary: str | None = None,
                  extra_args: list[str] | None = None, startup_timeout_s: float = 10.0) -> None:
         self.binary = server_binary(binary)
-        self.port = port or free_port()
+        self.port = port or free_port(cluster="--cluster-enabled" in (extra_args or []))
         self.extra_args = list(extra_args or [])
         self.startup_timeout_s = startup_timeout_s
         self.dir = tempfile.mkdtemp(prefix="distlb-server-")

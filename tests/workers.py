@@ -1,0 +1,76 @@
+"""Worker functions run in real child processes (multiprocessing, spawn) by the tests.
+
+Each builds its own client from a plain description, so nothing but strings and
+numbers crosses the process boundary, as between real hosts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import redis
+import redis.cluster
+
+from distlb import Limit, PriorityLimiter, TokenBucket, TrafficShaper
+
+
+def make_client(target: dict[str, Any]) -> Any:
+    if target.get("cluster"):
+        nodes = [redis.cluster.ClusterNode(h, p) for h, p in target["cluster"]]
+        return redis.cluster.RedisCluster(startup_nodes=nodes)
+    return redis.Redis.from_url(target["url"])
+
+
+def hammer_bucket(target: dict[str, Any], prefix: str, rate: float, burst: float,
+                  duration_s: float, barrier: Any, out: Any) -> None:
+    tb = TokenBucket(make_client(target), "shared", rate_per_s=rate, burst=burst, prefix=prefix)
+    tb.peek()  # connect and load the script before the clock starts
+    barrier.wait()
+    deadline = time.time() + duration_s
+    admitted = attempts = 0
+    while time.time() < deadline:
+        attempts += 1
+        admitted += tb.try_acquire().allowed
+    out.put({"admitted": admitted, "attempts": attempts})
+
+
+def hammer_shaper(target: dict[str, Any], prefix: str, duration_s: float, barrier: Any,
+                  out: Any) -> None:
+    shaper = TrafficShaper(make_client(target), "api", global_limit=Limit(400, 40),
+                           client_limit=Limit(1000, 100), prefix=prefix)
+    shaper.peek("a")
+    barrier.wait()
+    deadline = time.time() + duration_s
+    counts = {"a": 0, "b": 0}
+    while time.time() < deadline:
+        for c in ("a", "b"):
+            counts[c] += shaper.try_acquire(c).allowed
+    out.put(counts)
+
+
+def queue_at_priority(target: dict[str, Any], prefix: str, level: int, threads: int,
+                      duration_s: float, barrier: Any, out: Any) -> None:
+    cfg = dict(rate_per_s=40, burst=1, levels=10, aging_s=1000.0, prefix=prefix)
+    admitted: list[float] = []
+    lock = threading.Lock()
+    barrier.wait()
+    deadline = time.time() + duration_s
+
+    def loop() -> None:
+        pq = PriorityLimiter(make_client(target), "pq", **cfg)  # type: ignore[arg-type]
+        while time.time() < deadline:
+            try:
+                pq.acquire(level, timeout_s=max(0.0, deadline - time.time()))
+            except Exception:
+                return
+            with lock:
+                admitted.append(time.time())
+
+    ts = [threading.Thread(target=loop) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.put({"level": level, "admitted": len(admitted)})
