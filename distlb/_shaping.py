@@ -362,8 +362,12 @@ class PriorityLimiterCore(_Shared):
                  sleep: Callable[[float], Any] | None = None) -> None:
         self.limit = Limit(rate_per_s, burst)
         self.levels = integer("levels", levels, low=1, high=1000)
-        depths = [max_queue_depth] * self.levels if isinstance(max_queue_depth, int) \
-            else list(max_queue_depth)
+        if isinstance(max_queue_depth, int):
+            depths: list[object] = [max_queue_depth] * self.levels
+        elif isinstance(max_queue_depth, list | tuple):
+            depths = list(max_queue_depth)
+        else:
+            raise ConfigError("max_queue_depth", "must be an int or a list with one int per level")
         if len(depths) != self.levels:
             raise ConfigError("max_queue_depth", f"must have one entry per level ({self.levels})")
         self.max_queue_depth = tuple(integer("max_queue_depth", d, low=0, high=10**7)

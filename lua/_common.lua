@@ -13,10 +13,11 @@ local function now_us()
 end
 
 -- Fractions leave Lua as strings: a Lua number in a reply is truncated to an
--- integer. Six decimals is a microsecond for times, a millionth of a token.
+-- integer. 14 significant digits (Lua's own tostring precision) keeps tiny
+-- rates exact enough and shows round values plainly ("10", "0.5") in redis-cli.
 local function fmt(x)
   if x == math.huge then return 'inf' end
-  return string.format('%.6f', x)
+  return string.format('%.14g', x)
 end
 
 -- Token bucket state at `now`: refilled since its last write, capped at burst.
