@@ -16,7 +16,6 @@ library proper never reads the environment.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
@@ -113,9 +112,13 @@ class EmbeddedServer:
             while True:
                 if self.process.poll() is not None:
                     raise EmbeddedServerError(f"server exited at start-up:\n{self.log_tail()}")
-                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                try:
                     if probe.ping():
                         return self
+                except redis.AuthenticationError:  # --requirepass: up, and it answered
+                    return self
+                except (redis.ConnectionError, redis.TimeoutError):
+                    pass
                 if time.monotonic() > deadline:
                     raise EmbeddedServerError(f"server not ready in time:\n{self.log_tail()}")
                 time.sleep(0.02)

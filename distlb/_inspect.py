@@ -1,0 +1,151 @@
+"""Read distlb's state for people: SCAN every primary, decode each entity's keys.
+
+Used by ``distlb inspect``. Read-only: it never changes a key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+import redis.cluster
+
+from distlb import _keys
+
+
+@dataclass
+class KeyState:
+    key: str
+    part: str
+    type: str
+    ttl_s: float | None
+    fields: dict[str, str] = field(default_factory=dict)
+    size: int = 0
+
+
+@dataclass
+class Entity:
+    kind: str
+    name: str
+    keys: list[KeyState]
+    summary: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "kind_label": _keys.KINDS.get(self.kind, self.kind),
+                "name": self.name, "summary": self.summary,
+                "keys": [asdict(k) for k in self.keys]}
+
+
+def connect(url: str, **kwargs: Any) -> Any:
+    """A client for ``url``: a ``RedisCluster`` when the server is a cluster node."""
+    r = redis.Redis.from_url(url, decode_responses=True, **kwargs)
+    if r.info("cluster").get("cluster_enabled"):
+        r.close()
+        return redis.cluster.RedisCluster.from_url(url, decode_responses=True, **kwargs)
+    return r
+
+
+def _node_clients(client: Any) -> Iterator[Any]:
+    if isinstance(client, redis.cluster.RedisCluster):
+        for node in client.get_primaries():
+            yield client.get_redis_connection(node)
+    else:
+        yield client
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def scan(client: Any, prefix: str = _keys.DEFAULT_PREFIX, count: int = 500) -> list[Entity]:
+    """Every distlb entity under ``prefix``, from SCAN on each primary."""
+    grouped: dict[tuple[str, str], list[KeyState]] = {}
+    for node in _node_clients(client):
+        for raw in node.scan_iter(match=f"{prefix}:{{*", count=count):
+            key = _s(raw)
+            ref = _keys.parse(key)
+            if ref is None or ref.prefix != prefix:
+                continue
+            grouped.setdefault((ref.kind, ref.name), []).append(_read_key(node, key, ref.part))
+    now_us = _server_time_us(client)
+    entities = [Entity(kind, name, sorted(ks, key=lambda k: k.part))
+                for (kind, name), ks in sorted(grouped.items())]
+    for e in entities:
+        e.summary = summarize(e, now_us)
+    return entities
+
+
+def _server_time_us(client: Any) -> int:
+    node = next(_node_clients(client))
+    sec, usec = node.time()
+    return int(sec) * 1_000_000 + int(usec)
+
+
+def _read_key(node: Any, key: str, part: str) -> KeyState:
+    kind = _s(node.type(key))
+    ttl_ms = node.pttl(key)
+    ks = KeyState(key, part, kind, ttl_ms / 1000 if ttl_ms >= 0 else None)
+    if kind == "hash":
+        ks.fields = {_s(k): _s(v) for k, v in node.hgetall(key).items()}
+        ks.size = len(ks.fields)
+    elif kind == "zset":
+        ks.size = node.zcard(key)
+    return ks
+
+
+def _bucket_now(f: dict[str, str], now_us: int) -> float:
+    """Tokens in a bucket hash at ``now_us``, refilled as the Lua script would."""
+    tokens, ts = float(f.get("tokens", "nan")), float(f.get("ts_us", "nan"))
+    rate, burst = float(f.get("rate", "nan")), float(f.get("burst", "nan"))
+    if math.isnan(tokens + ts + rate + burst):
+        return math.nan
+    return min(burst, tokens + max(0, now_us - ts) * rate / 1e6)
+
+
+_PART_LABELS = {"c": "client", "cb": "client bandwidth", "bb": "backend bandwidth"}
+
+
+def part_label(part: str) -> str:
+    """``c:ali%3Ace`` -> ``client ali:ce``: the key part as a person reads it."""
+    kind, sep, ident = part.partition(":")
+    if not sep:
+        return part or "bucket"
+    return f"{_PART_LABELS.get(kind, kind)} {_keys.unescape(ident)}"
+
+
+def summarize(e: Entity, now_us: int) -> str:
+    """One human line per entity."""
+    parts = []
+    for k in e.keys:
+        f = k.fields
+        if "tokens" in f:
+            label = part_label(k.part)
+            parts.append(f"{label}: {_bucket_now(f, now_us):.1f}/{float(f['burst']):g} tokens "
+                         f"@ {float(f['rate']):g}/s")
+        elif "next_us" in f:
+            wait = max(0.0, (float(f["next_us"]) - now_us) / 1e6)
+            queued = wait * float(f["rate"])
+            parts.append(f"queued {queued:.1f}/{float(f['capacity']):g} "
+                         f"@ {float(f['rate']):g}/s (wait {wait * 1000:.0f} ms)")
+        elif k.part == "limits":
+            parts.append("shared limits: " + ", ".join(
+                f"{part_label(n)} {float(v.split()[0]):g}/s burst {float(v.split()[1]):g}"
+                for n, v in f.items()))
+        elif k.part == "queue":
+            parts.append(f"{k.size} waiting")
+    return "; ".join(parts)
+
+
+def human_ttl(ttl_s: float | None) -> str:
+    if ttl_s is None:
+        return "none"
+    if ttl_s < 60:
+        return f"{ttl_s:.1f}s"
+    if ttl_s < 3600:
+        return f"{ttl_s / 60:.0f}m"
+    if ttl_s < 86400:
+        return f"{ttl_s / 3600:.1f}h"
+    return f"{ttl_s / 86400:.1f}d"

@@ -1,0 +1,80 @@
+"""The distlb command against real servers (standalone and cluster), output parsed from --json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import redis
+
+from distlb import LeakyBucket, Limit, PriorityLimiter, TokenBucket, TrafficShaper
+from distlb.embedded import EmbeddedCluster, EmbeddedServer
+
+
+def distlb(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "distlb.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def inspect_json(url: str, prefix: str) -> dict[str, Any]:
+    done = distlb("inspect", "--redis-url", url, "--prefix", prefix, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def populate(client: Any, prefix: str) -> None:
+    TokenBucket(client, "api", rate_per_s=10, burst=5, prefix=prefix).try_acquire(2)
+    shaper = TrafficShaper(client, "edge", global_limit=Limit(100, 10), prefix=prefix)
+    shaper.set_client_rate_limit("ali:ce", 50, 5)
+    shaper.try_acquire("ali:ce")
+    LeakyBucket(client, "out", rate_per_s=2, capacity=5, prefix=prefix).try_acquire(3)
+    PriorityLimiter(client, "jobs", rate_per_s=0.1, burst=1, prefix=prefix).try_acquire(1)
+
+
+def check_inventory(doc: dict[str, Any]) -> None:
+    by_name = {(e["kind"], e["name"]): e for e in doc["entities"]}
+    assert set(by_name) == {("tb", "api"), ("ts", "edge"), ("lb", "out"), ("pq", "jobs")}
+    api = by_name[("tb", "api")]
+    assert api["kind_label"] == "token bucket"
+    assert float(api["keys"][0]["fields"]["tokens"]) == pytest.approx(3, abs=0.05)
+    assert 0 < api["keys"][0]["ttl_s"] <= 1.3
+    edge = by_name[("ts", "edge")]
+    assert {k["part"] for k in edge["keys"]} == {"global", "c:ali%3Ace", "limits"}
+    assert "client ali:ce 50/s burst 5" in edge["summary"]
+    assert "queued" in by_name[("lb", "out")]["summary"]
+
+
+def test_inspect_standalone(server_url: str, prefix: str) -> None:
+    populate(redis.Redis.from_url(server_url), prefix)
+    check_inventory(inspect_json(server_url, prefix))
+    table = distlb("inspect", "--redis-url", server_url, "--prefix", prefix).stdout
+    assert "token bucket" in table and "client ali:ce" in table
+
+
+@pytest.mark.cluster
+def test_inspect_cluster_scans_every_primary(cluster: EmbeddedCluster, prefix: str) -> None:
+    populate(cluster.client(), prefix)
+    check_inventory(inspect_json(cluster.url, prefix))
+
+
+def test_inspect_empty_namespace(server_url: str, prefix: str) -> None:
+    done = distlb("inspect", "--redis-url", server_url, "--prefix", prefix)
+    assert done.returncode == 0 and f"no distlb state under prefix {prefix!r}" in done.stdout
+    assert inspect_json(server_url, prefix)["entities"] == []
+
+
+def test_helpful_errors() -> None:
+    done = distlb("inspect", "--redis-url", "redis://127.0.0.1:1")
+    assert done.returncode == 2 and "cannot reach the server" in done.stderr
+    with EmbeddedServer(extra_args=["--requirepass", "right"]) as s:
+        done = distlb("inspect", "--redis-url", f"redis://:wrong@127.0.0.1:{s.port}")
+        assert done.returncode == 2 and "refused the password" in done.stderr
+
+
+def test_demo_passes_its_own_checks(server_url: str) -> None:
+    done = distlb("demo", "--redis-url", server_url, "--workers", "3", "--duration", "3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("PASS") == 3 and "FAIL" not in done.stdout
