@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import redis.asyncio
 from redis import exceptions as rx
 
 from distlb._core.ops import Call, Op, Sleep
@@ -73,6 +74,7 @@ class StoreGuard:
         self._lock = threading.Lock()
 
     def skip(self) -> bool:
+        """Whether to go straight to the failure policy (the store failed moments ago)."""
         return self._down and self.clock() < self._down_until
 
     def fallback(self, call: Call[T], exc: BaseException | None = None) -> T:
@@ -109,19 +111,22 @@ class SyncRunner:
         self.sleep = sleep
 
     def call(self, call: Call[T]) -> T:
-        if self.guard.skip():
-            return self.guard.fallback(call)
+        guard = self.guard
+        if guard.skip():
+            return guard.fallback(call)
         try:
             reply = run_sync(self.client, call.script, call.keys, call.args)
         except UNAVAILABLE as exc:
-            return self.guard.fallback(call, exc)
+            return guard.fallback(call, exc)
         except rx.ResponseError as exc:
             raise StoreError(f"{call.script.name}.lua failed: {exc}") from exc
-        self.guard.succeeded()
+        guard.succeeded()
         return call.parse(reply)
 
     def drive(self, op: Op[T]) -> T:
         """Run an operation to completion."""
+        if isinstance(op, Call):
+            return self.call(op)
         reply: Any = None
         error: BaseException | None = None
         try:
@@ -155,6 +160,9 @@ class _Batcher:
         self.client = client
         self.pending: list[tuple[Call[Any], asyncio.Future[Any]]] = []
         self.flushing = False
+        # A plain redis.asyncio.Redis (Sentinel masters included) gets the direct
+        # path; clusters and other clients go through their own pipeline.
+        self.direct = isinstance(client, redis.asyncio.Redis)
 
     def submit(self, call: Call[Any]) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -183,13 +191,7 @@ class _Batcher:
                 _settle(fut, reply)
             return
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for call, _ in batch:
-                # execute_command, not pipe.evalsha: cluster pipelines block the
-                # helper but route the raw command by its keys just fine.
-                pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys,
-                                     *call.args)
-            replies = await pipe.execute(raise_on_error=False)
+            replies = await (self._exchange(batch) if self.direct else self._pipeline(batch))
         except BaseException as exc:
             for _, fut in batch:
                 _settle(fut, exc=exc)
@@ -206,6 +208,45 @@ class _Batcher:
                 _settle(fut, exc=reply)
             else:
                 _settle(fut, reply)
+
+
+    async def _pipeline(self, batch: list[tuple[Call[Any], asyncio.Future[Any]]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for call, _ in batch:
+            # execute_command, not pipe.evalsha: cluster pipelines block the
+            # helper but route the raw command by its keys just fine.
+            pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys,
+                                 *call.args)
+        return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+    async def _exchange(self, batch: list[tuple[Call[Any], asyncio.Future[Any]]]) -> list[Any]:
+        """Write every command at once on one pooled connection, then read each reply.
+
+        The same bytes as a pipeline, without its per-command bookkeeping; each
+        call's command is packed once and kept on the (reused) Call.
+        """
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            packed = []
+            for call, _ in batch:
+                if not call.packed:
+                    call.packed.append(b"".join(conn.pack_command(
+                        "EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)))
+                packed.append(call.packed[0])
+            await conn.send_packed_command(packed)
+            replies: list[Any] = []
+            for _ in batch:
+                try:
+                    replies.append(await conn.read_response())
+                except rx.ResponseError as exc:  # one script's error; the stream stays in sync
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
 
 def _settle(fut: asyncio.Future[Any], value: Any = None, exc: BaseException | None = None) -> None:
@@ -243,6 +284,8 @@ class AsyncRunner:
         return call.parse(reply)
 
     async def drive(self, op: Op[T]) -> T:
+        if isinstance(op, Call):
+            return await self.call(op)
         reply: Any = None
         error: BaseException | None = None
         try:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from distlb import _keys
 from distlb._core import bucket, leaky, priority
 from distlb._core.local import LocalState
-from distlb._core.ops import Call, Op, Sleep, single
+from distlb._core.ops import Call, Op, Sleep
 from distlb._runtime import AsyncRunner, StoreGuard, SyncRunner
 from distlb._scripts import script
 from distlb._validate import StorePolicy, integer, number, store_policy
@@ -121,19 +121,29 @@ class TokenBucketCore(_Shared):
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
         self._twin = bucket.LocalBuckets(self.expected_processes, self._local)
         self._conflict = bucket.warn_conflict_once(f"token bucket {name!r}")
+        self._calls: dict[tuple[str, type, float], Call[Decision]] = {}
 
     def _call(self, mode: bucket.Mode, cost: float) -> Call[Decision]:
+        # Calls are immutable: reuse them per (mode, cost), so the hot path builds nothing.
+        memo = (mode, type(cost), cost)  # type: keeps True from hitting the entry for 1
+        call = self._calls.get(memo)
+        if call is not None:
+            return call
         c = check_cost(cost, self.limit.burst)
         specs = [bucket.BucketSpec(self.key, self.name, self.limit.rate_per_s, self.limit.burst, c)]
-        return bucket.plan(mode, specs, limits_key=None, limits_ttl_ms=0,
+        call = bucket.plan(mode, specs, limits_key=None, limits_ttl_ms=0,
                            fallback=_fallback_decision(self, lambda: self._twin.decide(mode, specs)),
                            on_conflict=self._conflict)
+        if len(self._calls) >= 256:
+            self._calls.clear()
+        self._calls[memo] = call
+        return call
 
     def _try_acquire(self, cost: float) -> Op[Decision]:
-        return single(self._call("take", cost))
+        return self._call("take", cost)
 
     def _peek(self, cost: float) -> Op[Decision]:
-        return single(self._call("peek", cost))
+        return self._call("peek", cost)
 
     def _acquire(self, cost: float, timeout_s: float) -> Op[Decision]:
         deadline = self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
@@ -144,7 +154,7 @@ class TokenBucketCore(_Shared):
             yield self._wait_or_raise(d.retry_after_s, d.limit or self.name, deadline)
 
     def _reset(self) -> Op[int]:
-        return single(self._delete([self.key]))
+        return self._delete([self.key])
 
 
 class LeakyBucketCore(_Shared):
@@ -184,10 +194,10 @@ class LeakyBucketCore(_Shared):
                           fallback=fallback, on_conflict=self._conflict)
 
     def _try_acquire(self, cost: float) -> Op[LeakyDecision]:
-        return single(self._call("take", cost))
+        return self._call("take", cost)
 
     def _peek(self, cost: float) -> Op[LeakyDecision]:
-        return single(self._call("peek", cost))
+        return self._call("peek", cost)
 
     def _acquire(self, cost: float, timeout_s: float) -> Op[LeakyDecision]:
         deadline = self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
@@ -200,7 +210,7 @@ class LeakyBucketCore(_Shared):
             yield self._wait_or_raise(d.retry_after_s, f"leaky bucket {self.name}", deadline)
 
     def _reset(self) -> Op[int]:
-        return single(self._delete([self.key]))
+        return self._delete([self.key])
 
 
 class TrafficShaperCore(_Shared):
@@ -279,11 +289,11 @@ class TrafficShaperCore(_Shared):
 
     def _try_acquire(self, client_id: str | None, cost: float, nbytes: float,
                      backend: str | None) -> Op[Decision]:
-        return single(self._call("take", client_id, cost, nbytes, backend))
+        return self._call("take", client_id, cost, nbytes, backend)
 
     def _peek(self, client_id: str | None, cost: float, nbytes: float,
               backend: str | None) -> Op[Decision]:
-        return single(self._call("peek", client_id, cost, nbytes, backend))
+        return self._call("peek", client_id, cost, nbytes, backend)
 
     def _acquire(self, client_id: str | None, cost: float, nbytes: float, backend: str | None,
                  timeout_s: float) -> Op[Decision]:
@@ -307,7 +317,7 @@ class TrafficShaperCore(_Shared):
 
         call = Call(script("config"), (self.limits_key,), (op, field, value, self.config_ttl_ms),
                     parse, unavailable)
-        return single(call)
+        return call
 
     def _set(self, prefix: str, ident: str, field: str, rate_per_s: float,
              burst: float) -> Op[bool]:
@@ -322,10 +332,10 @@ class TrafficShaperCore(_Shared):
 
     def _reset_client(self, client_id: str) -> Op[int]:
         cid = _keys.escape(client_id, "client_id")
-        return single(self._delete([f"{self.key}:c:{cid}", f"{self.key}:cb:{cid}"]))
+        return self._delete([f"{self.key}:c:{cid}", f"{self.key}:cb:{cid}"])
 
     def _reset(self) -> Op[int]:
-        return single(self._delete([f"{self.key}:global"]))
+        return self._delete([f"{self.key}:global"])
 
 
 def parse_limits(raw: Mapping[Any, Any]) -> dict[str, Limit]:
@@ -405,7 +415,7 @@ class PriorityLimiterCore(_Shared):
 
     def _try_acquire(self, priority_: int, cost: float) -> Op[PriorityDecision]:
         level, c = self._check(priority_, cost)
-        return single(self._call("try", uuid.uuid4().hex, level, c))
+        return self._call("try", uuid.uuid4().hex, level, c)
 
     def _acquire(self, priority_: int, cost: float, timeout_s: float) -> Op[PriorityDecision]:
         level, c = self._check(priority_, cost)
@@ -429,4 +439,4 @@ class PriorityLimiterCore(_Shared):
             raise
 
     def _reset(self) -> Op[int]:
-        return single(self._delete(list(self.keys)))
+        return self._delete(list(self.keys))

@@ -72,6 +72,10 @@ class Decision:
     @staticmethod
     def from_limits(limits: tuple[LimitState, ...], source: str = "store") -> Decision:
         """Combine per-limit states: allowed only if every limit allows."""
+        if len(limits) == 1:  # the common case, kept cheap: it is on every request's path
+            s = limits[0]
+            return Decision(s.allowed, s.remaining, s.retry_after_s, s.reset_after_s, s.label,
+                            limits, source)
         if not limits:
             return Decision(True, math.inf, 0.0, 0.0, "", (), source)
         denied = [s for s in limits if not s.allowed]

@@ -22,28 +22,34 @@ end
 
 -- Token bucket state at `now`: refilled since its last write, capped at burst.
 -- A missing hash is a full bucket; that is why keys may expire once full.
--- Returns tokens and whether the stored rate/burst differ from the given ones.
+-- Returns tokens, whether the stored rate/burst differ from the given ones, and
+-- whether rate/burst must be (re)written on the next write.
 local function bucket_read(key, rate, burst, now)
   local s = redis.call('HMGET', key, 'tokens', 'ts_us', 'rate', 'burst')
   local tokens = tonumber(s[1])
   local ts = tonumber(s[2])
   if tokens == nil or ts == nil then
-    return burst, false
+    return burst, false, true
   end
   -- A failover to a replica with a slower clock must not mint tokens from a
   -- negative interval, hence the max().
   local elapsed = math.max(0, now - ts)
   tokens = math.min(burst, tokens + elapsed * rate / 1000000)
-  local conflict = (s[3] ~= false and tonumber(s[3]) ~= rate)
-    or (s[4] ~= false and tonumber(s[4]) ~= burst)
-  return tokens, conflict
+  local differs = tonumber(s[3]) ~= rate or tonumber(s[4]) ~= burst
+  return tokens, differs, differs
 end
 
 -- Store a bucket and expire it once it would be full again: an expired bucket
 -- reads as full, so expiry loses nothing and abandoned buckets cost no memory.
-local function bucket_write(key, tokens, rate, burst, now)
-  redis.call('HSET', key, 'tokens', fmt(tokens), 'ts_us', string.format('%d', now),
-    'rate', fmt(rate), 'burst', fmt(burst))
+-- rate and burst are stored for people (redis-cli, distlb inspect) and for
+-- conflict detection; they are rewritten only when they change.
+local function bucket_write(key, tokens, rate, burst, now, with_config)
+  if with_config then
+    redis.call('HSET', key, 'tokens', fmt(tokens), 'ts_us', string.format('%d', now),
+      'rate', fmt(rate), 'burst', fmt(burst))
+  else
+    redis.call('HSET', key, 'tokens', fmt(tokens), 'ts_us', string.format('%d', now))
+  end
   local refill_ms = math.ceil((burst - tokens) / rate * 1000)
   redis.call('PEXPIRE', key, refill_ms + 1000)
 end

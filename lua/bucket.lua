@@ -5,26 +5,29 @@
 -- consumes the client's tokens, nor the other way round.
 --
 -- KEYS[1..n]  bucket hashes; fields tokens, ts_us (server time, us), rate, burst
--- KEYS[n+1]   only when ARGV[3] > 0: the limits hash, field -> "<rate> <burst>"
+-- KEYS[n+1]   only when the limits TTL is > 0: the limits hash, field -> "<rate> <burst>"
 --             (dynamic per-client/per-backend limits shared by the fleet)
--- ARGV[1]     mode: "take" charges when every bucket allows; "peek" never writes
--- ARGV[2]     n, the number of buckets (1..16)
--- ARGV[3]     TTL of the limits hash in ms, refreshed on each take; 0 = no limits hash
--- then 5 values per bucket:
---   label     the limit's name in replies, e.g. "global", "client", "client_bandwidth"
---   field     field of the limits hash overriding rate/burst, or "" for none
---   rate      default refill, tokens per second; "0" (and no override) = unlimited
+-- ARGV[1]     "<mode> <limits_ttl_ms>": mode "take" charges when every bucket allows,
+--             "peek" never writes; limits_ttl_ms refreshes the limits hash on each
+--             take, 0 = no limits hash
+-- ARGV[1+i]   bucket i, "<rate> <burst> <cost>[ <field>]" (n = #ARGV - 1, at most 16):
+--   rate      default refill, tokens per second; 0 (and no override) = unlimited
 --   burst     default capacity, tokens
 --   cost      tokens this request takes
--- Returns {allowed 0|1, conflict 0|1, rows...}, one row per bucket:
---   {label, allowed 0|1, remaining tokens, retry_after_s, reset_after_s, rate, burst}
---   with fractions as strings ("inf" when cost exceeds burst: never admissible).
---   Unlimited buckets are left out of the rows.
+--   field     field of the limits hash overriding rate/burst (optional)
+--   (Packed into one argument per bucket: each argument costs the client more
+--   than parsing it costs Lua, and this is the hot path.)
+-- Returns one string of space-separated fields (a flat string is the cheapest
+--   reply to send and parse on the hot path):
+--   "<allowed 0|1> <conflict 0|1>" then, per limited bucket, 7 fields
+--   "<i> <ok 0|1> <remaining> <retry_after_s> <reset_after_s> <rate> <burst>"
+--   where i is the bucket's 1-based position in KEYS; "inf" for retry_after_s
+--   when cost exceeds burst (never admissible). Unlimited buckets are left out.
 -- Expires: each bucket once it would be full again (+1 s); see bucket_write.
 
-local mode = ARGV[1]
-local n = tonumber(ARGV[2])
-local limits_ttl = tonumber(ARGV[3])
+local mode, limits_ttl = string.match(ARGV[1], '^(%a+) (%d+)$')
+limits_ttl = tonumber(limits_ttl)
+local n = #ARGV - 1
 local limits_key = nil
 if limits_ttl > 0 then limits_key = KEYS[n + 1] end
 local now = now_us()
@@ -34,27 +37,26 @@ local live = {}
 local all_ok = true
 local conflict = 0
 for i = 1, n do
-  local a = 3 + (i - 1) * 5
-  local label, field = ARGV[a + 1], ARGV[a + 2]
-  local rate, burst, cost = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local r, b, c, field = string.match(ARGV[1 + i], '^(%S+) (%S+) (%S+) ?(%S*)$')
+  local rate, burst, cost = tonumber(r), tonumber(b), tonumber(c)
   local overridden = false
   if limits_key and field ~= '' then
     local o = redis.call('HGET', limits_key, field)
     if o then
-      local r, b = string.match(o, '^(%S+) (%S+)$')
-      if r then rate, burst, overridden = tonumber(r), tonumber(b), true end
+      local orate, oburst = string.match(o, '^(%S+) (%S+)$')
+      if orate then rate, burst, overridden = tonumber(orate), tonumber(oburst), true end
     end
   end
   if rate > 0 then
-    local tokens, differs = bucket_read(KEYS[i], rate, burst, now)
+    local tokens, differs, rewrite = bucket_read(KEYS[i], rate, burst, now)
     -- Two processes configured differently for one bucket: the caller's values
     -- apply to its call and the client is told, so it can warn.
     if differs and not overridden then conflict = 1 end
     local wait = bucket_wait_s(tokens, rate, burst, cost)
     local ok = wait == 0
     if not ok then all_ok = false end
-    live[#live + 1] = {KEYS[i], tokens, rate, burst, cost}
-    rows[#rows + 1] = {label, ok and 1 or 0, tokens, wait, rate, burst}
+    live[#live + 1] = {KEYS[i], cost, rewrite}
+    rows[#rows + 1] = {i, ok and 1 or 0, tokens, wait, rate, burst}
   end
 end
 
@@ -62,13 +64,13 @@ local out = {all_ok and 1 or 0, conflict}
 for j, row in ipairs(rows) do
   local tokens, rate, burst = row[3], row[5], row[6]
   if all_ok and mode == 'take' then
-    tokens = tokens - live[j][5]
-    bucket_write(live[j][1], tokens, rate, burst, now)
+    tokens = tokens - live[j][2]
+    bucket_write(live[j][1], tokens, rate, burst, now, live[j][3])
   end
-  out[#out + 1] = {row[1], row[2], fmt(tokens), fmt(row[4]), fmt((burst - tokens) / rate),
-    fmt(rate), fmt(burst)}
+  out[#out + 1] = string.format('%d %d %s %s %s %s %s', row[1], row[2], fmt(tokens),
+    fmt(row[4]), fmt((burst - tokens) / rate), fmt(rate), fmt(burst))
 end
 if all_ok and mode == 'take' and limits_key and redis.call('EXISTS', limits_key) == 1 then
   redis.call('PEXPIRE', limits_key, limits_ttl)
 end
-return out
+return table.concat(out, ' ')

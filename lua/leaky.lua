@@ -10,7 +10,8 @@
 -- ARGV[3]   capacity, units that may be queued (admitted, not yet departed);
 --           the longest wait is therefore capacity / rate seconds
 -- ARGV[4]   cost, units this request takes (<= capacity)
--- Returns {allowed 0|1, delay_s, queued_after, retry_after_s, conflict 0|1}
+-- Returns "<allowed 0|1> <delay_s> <queued_after> <retry_after_s> <conflict 0|1>",
+--   one space-separated string (cheapest to send and parse)
 --   delay_s: how long the caller waits for its slot (0 when the queue is empty)
 --   queued_after: units queued after this call, fractions as strings
 --   retry_after_s: when denied, the wait until `cost` units fit in the queue
@@ -29,7 +30,7 @@ local queued = wait_us * rate / 1000000
 
 if queued + cost > capacity + 1e-9 then
   local retry = (queued + cost - capacity) / rate
-  return {0, fmt(wait_us / 1000000), fmt(queued), fmt(retry), conflict}
+  return string.format('0 %s %s %s %d', fmt(wait_us / 1000000), fmt(queued), fmt(retry), conflict)
 end
 if mode == 'take' then
   local new_next = next_us + cost / rate * 1000000
@@ -38,4 +39,4 @@ if mode == 'take' then
   redis.call('PEXPIRE', KEYS[1], math.ceil((new_next - now) / 1000) + 1000)
   queued = queued + cost
 end
-return {1, fmt(wait_us / 1000000), fmt(queued), fmt(0), conflict}
+return string.format('1 %s %s 0 %d', fmt(wait_us / 1000000), fmt(queued), conflict)

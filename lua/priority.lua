@@ -58,7 +58,7 @@ if mode == 'cancel' then
   return {0, 'cancelled', fmt(0), -1, fmt(0)}
 end
 
-local tokens = bucket_read(bucket, rate, burst, now)
+local tokens, _, rewrite = bucket_read(bucket, rate, burst, now)
 local my_score = tonumber(redis.call('ZSCORE', queue, member))
 local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
 local score = now / 1000000 / aging_s - level
@@ -73,7 +73,7 @@ end
 
 if first and tokens >= cost then
   tokens = tokens - cost
-  bucket_write(bucket, tokens, rate, burst, now)
+  bucket_write(bucket, tokens, rate, burst, now, rewrite)
   if my_score then leave(member); touch() end
   return {1, 'admitted', fmt(0), -1, fmt(tokens)}
 end

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from distlb._core.local import LocalState
-from distlb._core.ops import Call, num, text
+from distlb._core.ops import Call, text
 from distlb._scripts import Arg, script
 from distlb.results import Decision, LimitState
 
@@ -40,19 +40,22 @@ def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
          on_conflict: Callable[[], None]) -> Call[Decision]:
     """The ``bucket.lua`` call checking (and with ``take``, charging) every spec at once."""
     keys = [s.key for s in specs]
-    args: list[Arg] = [mode, len(specs), limits_ttl_ms if limits_key else 0]
+    args: list[Arg] = [f"{mode} {limits_ttl_ms if limits_key else 0}".encode()]
     if limits_key:
         keys.append(limits_key)
     for s in specs:
-        args += [s.label, s.field, repr(s.rate_per_s), repr(s.burst), repr(s.cost)]
+        args.append(f"{s.rate_per_s!r} {s.burst!r} {s.cost!r} {s.field}".rstrip().encode())
+
+    labels = [s.label for s in specs]
 
     def parse(reply: Any) -> Decision:
-        if int(reply[1]):
+        f = text(reply).split()
+        if f[1] == "1":
             on_conflict()
         states = tuple(
-            LimitState(text(r[0]), bool(int(r[1])), num(r[2]), num(r[3]), num(r[4]),
-                       num(r[5]), num(r[6]))
-            for r in reply[2:]
+            LimitState(labels[int(f[i]) - 1], f[i + 1] == "1", float(f[i + 2]), float(f[i + 3]),
+                       float(f[i + 4]), float(f[i + 5]), float(f[i + 6]))
+            for i in range(2, len(f), 7)
         )
         return Decision.from_limits(states)
 

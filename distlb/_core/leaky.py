@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from distlb._core.local import LocalState
-from distlb._core.ops import Call, num
+from distlb._core.ops import Call, text
 from distlb._scripts import script
 from distlb.results import LeakyDecision
 
@@ -15,9 +15,10 @@ def plan(mode: Literal["take", "peek"], key: str, rate_per_s: float, capacity: f
          cost: float, *, fallback: Callable[[], LeakyDecision],
          on_conflict: Callable[[], None]) -> Call[LeakyDecision]:
     def parse(reply: Any) -> LeakyDecision:
-        if int(reply[4]):
+        f = text(reply).split()
+        if f[4] == "1":
             on_conflict()
-        return LeakyDecision(bool(int(reply[0])), num(reply[1]), num(reply[2]), num(reply[3]))
+        return LeakyDecision(f[0] == "1", float(f[1]), float(f[2]), float(f[3]))
 
     args = (mode, repr(rate_per_s), repr(capacity), repr(cost))
     return Call(script("leaky"), (key,), args, parse, fallback)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from distlb._scripts import Arg, Script
@@ -25,6 +25,9 @@ class Call(Generic[T]):
     args: tuple[Arg, ...]
     parse: Callable[[Any], T]
     fallback: Callable[[], T]
+    #: The command as packed for the wire, filled once by the asyncio batcher
+    #: (calls are reused, so packing is paid once, not per request).
+    packed: list[bytes] = field(default_factory=list, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +38,9 @@ class Sleep:
 
 
 #: An operation: yields steps, receives replies (parsed Call results, or None after a Sleep).
-Op = Generator[Call[Any] | Sleep, Any, R]
-
-
-def single(call: Call[T]) -> Op[T]:
-    """The operation that is just one call."""
-    result: T = yield call
-    return result
+#: An operation that is one script call is just that ``Call``: the hot path then
+#: skips the generator machinery.
+Op = Generator[Call[Any] | Sleep, Any, R] | Call[R]
 
 
 def text(value: Any) -> str:
@@ -52,7 +51,3 @@ def text(value: Any) -> str:
 def num(value: Any) -> float:
     """A reply number sent as a string (Lua truncates numbers in replies)."""
     return float(text(value))
-
-
-def rows(value: Any) -> Sequence[Any]:
-    return list(value)

@@ -1,0 +1,165 @@
+"""distlb benchmarks: figures and ratios against the bare EVALSHA round trip, in one run.
+
+    python -m benchmarks                      # embedded Valkey
+    python -m benchmarks --redis-url URL      # a server of yours
+    python -m benchmarks --quick              # shorter rounds (CI smoke run)
+
+Every figure is the median of several rounds. The machines this runs on are
+small and noisy: read the ratios, which compare figures taken side by side on
+the same connection in the same run, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from typing import Any
+
+import redis
+import redis.asyncio
+
+import distlb.aio as aio
+from distlb import Limit, TokenBucket, TrafficShaper
+from distlb.embedded import EmbeddedServer
+
+from benchmarks import _workers
+
+TRIVIAL = "return 1"
+
+
+def rate_of(fn: Callable[[], Any], seconds: float) -> float:
+    """Calls per second of ``fn`` over about ``seconds``."""
+    n, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(100):
+            fn()
+        n += 100
+        now = time.perf_counter()
+        if now >= deadline:
+            return n / (now - start)
+
+
+def median_rate(fn: Callable[[], Any], rounds: int, seconds: float) -> float:
+    fn()  # warm up: connect, load scripts
+    return statistics.median(rate_of(fn, seconds) for _ in range(rounds))
+
+
+async def async_rate(make_call: Callable[[], Awaitable[Any]], tasks: int, seconds: float) -> float:
+    count = 0
+    stop = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal count
+        while time.perf_counter() < stop:
+            await make_call()
+            count += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*[loop() for _ in range(tasks)])
+    return count / (time.perf_counter() - start)
+
+
+def multiprocess_accuracy(url: str, seconds: float, workers: int = 4) -> tuple[int, float]:
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(workers), ctx.Queue()
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    procs = [ctx.Process(target=_workers.hammer, args=(url, prefix, seconds, barrier, out))
+             for _ in range(workers)]
+    for p in procs:
+        p.start()
+    admitted = sum(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join()
+    return admitted, 500 * seconds + 50
+
+
+def _server_version(r: redis.Redis) -> str:
+    info = r.info("server")
+    if "valkey_version" in info:
+        return f"Valkey {info['valkey_version']}"
+    return f"Redis {info['redis_version']}"
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str]] = []
+
+    def add(self, name: str, value: str, note: str = "") -> None:
+        self.rows.append((name, value, note))
+        print(f"  {name:<52} {value:>14}  {note}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    ap.add_argument("--redis-url")
+    ap.add_argument("--quick", action="store_true", help="short rounds, for a smoke run")
+    args = ap.parse_args(argv)
+    rounds, seconds = (3, 0.3) if args.quick else (5, 1.0)
+
+    with ExitStack() as stack:
+        url = args.redis_url or stack.enter_context(EmbeddedServer()).url
+        r = redis.Redis.from_url(url)
+        prefix = f"bench{uuid.uuid4().hex[:6]}"
+        print(f"distlb benchmarks against {url} ({_server_version(r)}); "
+              f"median of {rounds} x {seconds:g}s\n")
+        rep = Report()
+
+        sha = r.script_load(TRIVIAL)
+        bare = median_rate(lambda: r.evalsha(sha, 0), rounds, seconds)
+        rep.add("bare EVALSHA (trivial script), sync, 1 connection", f"{bare:,.0f}/s", "1.00x")
+
+        def pipelined() -> None:
+            p = r.pipeline(transaction=False)
+            for _ in range(100):
+                p.evalsha(sha, 0)
+            p.execute()
+        piped = median_rate(pipelined, rounds, seconds) * 100
+        rep.add("bare EVALSHA, pipelined x100", f"{piped:,.0f}/s", f"{piped / bare:.2f}x")
+
+        tb = TokenBucket(r, "tb", rate_per_s=1e9, burst=1e9, prefix=prefix)
+        # The same script call with no distlb Python around it: splits the gap
+        # between try_acquire and the bare round trip into Lua work and our overhead.
+        call = tb._call("take", 1)
+        raw = median_rate(lambda: r.evalsha(call.script.sha, len(call.keys), *call.keys,
+                                            *call.args), rounds, seconds)
+        rep.add("bucket.lua via raw EVALSHA (no distlb Python)", f"{raw:,.0f}/s",
+                f"{raw / bare:.2f}x bare")
+        tb_rate = median_rate(tb.try_acquire, rounds, seconds)
+        rep.add("TokenBucket.try_acquire, sync", f"{tb_rate:,.0f}/s",
+                f"{tb_rate / bare:.2f}x bare, {tb_rate / raw:.2f}x raw (target >= 0.9)")
+
+        shaper = TrafficShaper(r, "ts", global_limit=Limit(1e9, 1e9),
+                               client_limit=Limit(1e9, 1e9), prefix=prefix)
+        sh_rate = median_rate(lambda: shaper.try_acquire("alice"), rounds, seconds)
+        rep.add("TrafficShaper.try_acquire (global+client), sync", f"{sh_rate:,.0f}/s",
+                f"{sh_rate / bare:.2f}x bare")
+
+        async def run_async() -> float:
+            ar = redis.asyncio.Redis.from_url(url)
+            atb = aio.TokenBucket(ar, "atb", rate_per_s=1e9, burst=1e9, prefix=prefix)
+            await atb.try_acquire()
+            figures = [await async_rate(atb.try_acquire, 256, seconds) for _ in range(rounds)]
+            await ar.aclose()
+            return statistics.median(figures)
+
+        a_rate = asyncio.run(run_async())
+        rep.add("aio TokenBucket.try_acquire, 256 tasks, 1 client", f"{a_rate:,.0f}/s",
+                f"{a_rate / tb_rate:.2f}x sync (target >= 4)")
+
+        admitted, expected = multiprocess_accuracy(url, 1.0 if args.quick else 3.0)
+        rep.add("4 processes on one 500/s burst-50 limit", f"{admitted} admitted",
+                f"{admitted / expected:.4f} of rate x s + burst ({expected:.0f})")
+        r.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
