@@ -26,10 +26,9 @@ import redis
 import redis.asyncio
 
 import distlb.aio as aio
+from benchmarks import _workers
 from distlb import Limit, TokenBucket, TrafficShaper
 from distlb.embedded import EmbeddedServer
-
-from benchmarks import _workers
 
 TRIVIAL = "return 1"
 

@@ -114,8 +114,8 @@ def run_demo(cfg: DemoConfig, stream: TextIO = sys.stdout) -> bool:
             total = sum(per.values())
             cells = "".join(f"{per[i]:<8}" for i in range(cfg.workers))
             ok = total <= cfg.rate_per_s * 1.02 + cfg.burst
-            p.line(f"{next_paint - start:3.0f}s  {cells}{p.paint(f'{total:<10}', '32' if ok else '31')}"
-                   f"{cfg.rate_per_s:g}")
+            rate = p.paint(f"{total:<10}", "32" if ok else "31")
+            p.line(f"{next_paint - start:3.0f}s  {cells}{rate}{cfg.rate_per_s:g}")
             next_paint += 1.0
     for proc in procs:
         proc.join(5)

@@ -37,11 +37,8 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     rx.MasterDownError,
     OSError,
     asyncio.TimeoutError,
+    rx.MaxConnectionsError,
 )
-try:  # present in redis-py >= 5
-    UNAVAILABLE += (rx.MaxConnectionsError,)
-except AttributeError:  # pragma: no cover
-    pass
 
 
 @dataclass

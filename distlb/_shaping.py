@@ -73,10 +73,12 @@ class _Shared:
         self.clock = clock
         self._guard = StoreGuard(f"{_keys.KINDS[self.kind]} {name!r}", retry, clock)
         self._local = LocalState(clock)
+        self._twin = bucket.LocalBuckets(self.expected_processes, self._local)
         self.client = client
         runner = self._runner(client, self._guard) if sleep is None \
-            else self._runner(client, self._guard, sleep=sleep)  # type: ignore[arg-type]
-        self._run = runner.drive
+            else self._runner(client, self._guard, sleep=sleep)
+        # Sync shells get results, asyncio shells awaitables: typed per shell (see pyproject).
+        self._run: Callable[[Op[Any]], Any] = runner.drive
 
     @property
     def store_stats(self) -> Any:
@@ -89,17 +91,18 @@ class _Shared:
             raise RateLimited(reason, retry_after_s)
         return Sleep(max(retry_after_s, 0.0005))
 
+    def _bucket_fallback(self, mode: bucket.Mode,
+                         specs: list[bucket.BucketSpec]) -> Callable[[], Decision]:
+        """The decision while the store is unreachable, per ``on_store_error``."""
+        def fallback() -> Decision:
+            if self.on_store_error == "local":
+                return self._twin.decide(mode, specs)
+            return bucket.fixed(self.on_store_error == "fail_open",
+                                self._guard.retry_store_after_s, self.on_store_error)
+        return fallback
+
     def _delete(self, keys: Sequence[str]) -> Call[int]:
         return Call(script("delete"), tuple(keys), (), int, lambda: 0)
-
-
-def _fallback_decision(owner: _Shared, local: Callable[[], Decision]) -> Callable[[], Decision]:
-    def fallback() -> Decision:
-        if owner.on_store_error == "local":
-            return local()
-        open_ = owner.on_store_error == "fail_open"
-        return bucket.fixed(open_, owner._guard.retry_store_after_s, owner.on_store_error)
-    return fallback
 
 
 class TokenBucketCore(_Shared):
@@ -119,20 +122,19 @@ class TokenBucketCore(_Shared):
         super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
                          expected_processes=expected_processes,
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
-        self._twin = bucket.LocalBuckets(self.expected_processes, self._local)
         self._conflict = bucket.warn_conflict_once(f"token bucket {name!r}")
         self._calls: dict[tuple[str, type, float], Call[Decision]] = {}
 
     def _call(self, mode: bucket.Mode, cost: float) -> Call[Decision]:
         # Calls are immutable: reuse them per (mode, cost), so the hot path builds nothing.
-        memo = (mode, type(cost), cost)  # type: keeps True from hitting the entry for 1
+        memo = (mode, type(cost), cost)  # the type keeps True off the entry for 1
         call = self._calls.get(memo)
         if call is not None:
             return call
         c = check_cost(cost, self.limit.burst)
         specs = [bucket.BucketSpec(self.key, self.name, self.limit.rate_per_s, self.limit.burst, c)]
         call = bucket.plan(mode, specs, limits_key=None, limits_ttl_ms=0,
-                           fallback=_fallback_decision(self, lambda: self._twin.decide(mode, specs)),
+                           fallback=self._bucket_fallback(mode, specs),
                            on_conflict=self._conflict)
         if len(self._calls) >= 256:
             self._calls.clear()
@@ -177,7 +179,7 @@ class LeakyBucketCore(_Shared):
         super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
                          expected_processes=expected_processes,
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
-        self._twin = leaky.LocalLeaky(self.expected_processes, self._local)
+        self._leaky_twin = leaky.LocalLeaky(self.expected_processes, self._local)
         self._conflict = bucket.warn_conflict_once(f"leaky bucket {name!r}")
 
     def _call(self, mode: bucket.Mode, cost: float) -> Call[LeakyDecision]:
@@ -185,7 +187,7 @@ class LeakyBucketCore(_Shared):
 
         def fallback() -> LeakyDecision:
             if self.on_store_error == "local":
-                return self._twin.decide(mode, self.key, self.rate_per_s, self.capacity, c)
+                return self._leaky_twin.decide(mode, self.key, self.rate_per_s, self.capacity, c)
             if self.on_store_error == "fail_open":
                 return LeakyDecision(True, 0.0, 0.0, 0.0, "fail_open")
             return LeakyDecision(False, 0.0, 0.0, self._guard.retry_store_after_s, "fail_closed")
@@ -238,7 +240,8 @@ class TrafficShaperCore(_Shared):
                              ("client_bandwidth", client_bandwidth),
                              ("backend_bandwidth", backend_bandwidth)):
             if value is not None and not isinstance(value, Limit):
-                raise ConfigError(field, f"must be a distlb.Limit or None, got {type(value).__name__}")
+                raise ConfigError(field,
+                                  f"must be a distlb.Limit or None, got {type(value).__name__}")
         self.global_limit = global_limit
         self.client_limit = client_limit
         self.client_bandwidth = client_bandwidth
@@ -248,7 +251,6 @@ class TrafficShaperCore(_Shared):
                          expected_processes=expected_processes,
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
         self.limits_key = f"{self.key}:limits"
-        self._twin = bucket.LocalBuckets(self.expected_processes, self._local)
         self._conflict = bucket.warn_conflict_once(f"traffic shaper {name!r}")
 
     # -- planning -------------------------------------------------------------------------------
@@ -284,7 +286,7 @@ class TrafficShaperCore(_Shared):
         specs = self._specs(client_id, cost, nbytes, backend)
         return bucket.plan(mode, specs, limits_key=self.limits_key,
                            limits_ttl_ms=self.config_ttl_ms,
-                           fallback=_fallback_decision(self, lambda: self._twin.decide(mode, specs)),
+                           fallback=self._bucket_fallback(mode, specs),
                            on_conflict=self._conflict)
 
     def _try_acquire(self, client_id: str | None, cost: float, nbytes: float,
@@ -388,7 +390,6 @@ class PriorityLimiterCore(_Shared):
                          expected_processes=expected_processes,
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
         self.keys = (self.key, f"{self.key}:queue", f"{self.key}:leases", f"{self.key}:depth")
-        self._twin = bucket.LocalBuckets(self.expected_processes, self._local)
 
     def _call(self, mode: priority.Mode, ticket: str, level: int,
               cost: float) -> Call[PriorityDecision]:

@@ -27,7 +27,8 @@ def number(field: str, value: object, *, low: float = 0.0, high: float = MAX_AMO
     above = v >= low if low_inclusive else v > low
     if not math.isfinite(v) or not above or v > high:
         bracket = "[" if low_inclusive else "("
-        raise ConfigError(field, f"must be a finite number in {bracket}{low:g}, {high:g}], got {value!r}")
+        raise ConfigError(field,
+                          f"must be a finite number in {bracket}{low:g}, {high:g}], got {value!r}")
     return v
 
 
@@ -50,5 +51,6 @@ def cost(value: object, burst: float, field: str = "cost", burst_field: str = "b
 
 def store_policy(value: object) -> StorePolicy:
     if value not in STORE_POLICIES:
-        raise ConfigError("on_store_error", f"must be one of {', '.join(STORE_POLICIES)}; got {value!r}")
+        raise ConfigError("on_store_error",
+                          f"must be one of {', '.join(STORE_POLICIES)}; got {value!r}")
     return value  # type: ignore[return-value]

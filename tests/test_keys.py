@@ -20,7 +20,8 @@ def test_escaped_name_cannot_leave_its_hash_tag(name: str) -> None:
     assert key.count("{") == 1 and key.count("}") == 1
     assert tag == "ts:" + _keys.escape(name)
     # Redis Cluster hashes only the tag: every key of the entity shares the slot.
-    assert key_slot(key.encode()) == key_slot(_keys.entity("distlb", "ts", _keys.escape(name)).encode())
+    entity_key = _keys.entity("distlb", "ts", _keys.escape(name))
+    assert key_slot(key.encode()) == key_slot(entity_key.encode())
 
 
 @given(names, names)
@@ -35,7 +36,8 @@ def test_parse_round_trips(name: str) -> None:
 
 
 def test_common_names_stay_readable() -> None:
-    assert _keys.entity("distlb", "tb", _keys.escape("user-42@api.v2")) == "distlb:{tb:user-42@api.v2}"
+    key = _keys.entity("distlb", "tb", _keys.escape("user-42@api.v2"))
+    assert key == "distlb:{tb:user-42@api.v2}"
     assert _keys.escape("a:b{c}") == "a%3Ab%7Bc%7D"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -19,7 +20,7 @@ def test_leaky_slots_are_evenly_spaced(client: redis.Redis, prefix: str) -> None
     assert [d.allowed for d in ds] == [True] * 5 + [False]
     delays = [d.delay_s for d in ds[:5]]
     assert delays[0] == 0
-    gaps = [b - a for a, b in zip(delays, delays[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(delays)]
     assert all(0.045 < g <= 0.0501 for g in gaps), gaps
     assert ds[4].queued == pytest.approx(5, abs=0.05)
     assert 0 < ds[5].retry_after_s <= 0.05
