@@ -12,12 +12,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from distlb import _keys
 from distlb._core import bucket, leaky, priority
 from distlb._core.local import LocalState
-from distlb._core.ops import Call, Op, Sleep
+from distlb._core.ops import Call, Op, Sleep, Steps
 from distlb._runtime import AsyncRunner, StoreGuard, SyncRunner
 from distlb._scripts import script
 from distlb._validate import StorePolicy, integer, number, store_policy
@@ -26,6 +26,7 @@ from distlb.errors import ConfigError, RateLimited
 from distlb.results import Decision, LeakyDecision, PriorityDecision
 
 Clock = Callable[[], float]
+D = TypeVar("D", Decision, LeakyDecision)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +86,25 @@ class _Shared:
         """Calls, store errors, fallbacks and outages seen by this object."""
         return self._guard.stats
 
+    def _deadline(self, timeout_s: float) -> float:
+        return self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
+
     def _wait_or_raise(self, retry_after_s: float, reason: str, deadline: float) -> Sleep:
         """Sleep until a retry if the deadline allows it, else raise RateLimited."""
         if retry_after_s > deadline - self.clock():
             raise RateLimited(reason, retry_after_s)
         return Sleep(max(retry_after_s, 0.0005))
+
+    def _until_admitted(self, call: Call[D], timeout_s: float,
+                        reason: Callable[[D], str]) -> Steps[D]:
+        """Repeat ``call`` until it admits, sleeping its ``retry_after_s`` in between,
+        or raise ``RateLimited`` once the next retry would pass ``timeout_s``."""
+        deadline = self._deadline(timeout_s)
+        while True:
+            d: D = yield call
+            if d.allowed:
+                return d
+            yield self._wait_or_raise(d.retry_after_s, reason(d), deadline)
 
     def _bucket_fallback(self, mode: bucket.Mode,
                          specs: list[bucket.BucketSpec]) -> Callable[[], Decision]:
@@ -148,12 +163,8 @@ class TokenBucketCore(_Shared):
         return self._call("peek", cost)
 
     def _acquire(self, cost: float, timeout_s: float) -> Op[Decision]:
-        deadline = self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
-        while True:
-            d: Decision = yield self._call("take", cost)
-            if d.allowed:
-                return d
-            yield self._wait_or_raise(d.retry_after_s, d.limit or self.name, deadline)
+        return self._until_admitted(self._call("take", cost), timeout_s,
+                                    lambda d: d.limit or self.name)
 
     def _reset(self) -> Op[int]:
         return self._delete([self.key])
@@ -202,14 +213,11 @@ class LeakyBucketCore(_Shared):
         return self._call("peek", cost)
 
     def _acquire(self, cost: float, timeout_s: float) -> Op[LeakyDecision]:
-        deadline = self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
-        while True:
-            d: LeakyDecision = yield self._call("take", cost)
-            if d.allowed:
-                if d.delay_s > 0:
-                    yield Sleep(d.delay_s)
-                return d
-            yield self._wait_or_raise(d.retry_after_s, f"leaky bucket {self.name}", deadline)
+        d = yield from self._until_admitted(self._call("take", cost), timeout_s,
+                                            lambda _: f"leaky bucket {self.name}")
+        if d.delay_s > 0:  # our slot is reserved; wait for it
+            yield Sleep(d.delay_s)
+        return d
 
     def _reset(self) -> Op[int]:
         return self._delete([self.key])
@@ -299,13 +307,8 @@ class TrafficShaperCore(_Shared):
 
     def _acquire(self, client_id: str | None, cost: float, nbytes: float, backend: str | None,
                  timeout_s: float) -> Op[Decision]:
-        deadline = self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
         call = self._call("take", client_id, cost, nbytes, backend)
-        while True:
-            d: Decision = yield call
-            if d.allowed:
-                return d
-            yield self._wait_or_raise(d.retry_after_s, d.limit, deadline)
+        return self._until_admitted(call, timeout_s, lambda d: d.limit)
 
     # -- shared configuration -------------------------------------------------------------------
 
@@ -420,7 +423,7 @@ class PriorityLimiterCore(_Shared):
 
     def _acquire(self, priority_: int, cost: float, timeout_s: float) -> Op[PriorityDecision]:
         level, c = self._check(priority_, cost)
-        deadline = self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
+        deadline = self._deadline(timeout_s)
         ticket = uuid.uuid4().hex
         try:
             while True:

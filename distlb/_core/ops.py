@@ -40,7 +40,8 @@ class Sleep:
 #: An operation: yields steps, receives replies (parsed Call results, or None after a Sleep).
 #: An operation that is one script call is just that ``Call``: the hot path then
 #: skips the generator machinery.
-Op = Generator[Call[Any] | Sleep, Any, R] | Call[R]
+Steps = Generator[Call[Any] | Sleep, Any, R]
+Op = Steps[R] | Call[R]
 
 
 def text(value: Any) -> str:
