@@ -32,6 +32,7 @@ KINDS = {
     "lb": "leaky bucket",
     "ts": "traffic shaper",
     "pq": "priority limiter",
+    "cb": "circuit breaker",
 }
 
 

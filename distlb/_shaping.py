@@ -12,20 +12,19 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from distlb import _keys
 from distlb._core import bucket, leaky, priority
 from distlb._core.local import LocalState
 from distlb._core.ops import Call, Op, Sleep, Steps
-from distlb._runtime import AsyncRunner, StoreGuard, SyncRunner
 from distlb._scripts import script
-from distlb._validate import StorePolicy, integer, number, store_policy
+from distlb._shared import Clock, Shared
+from distlb._validate import StorePolicy, integer, number
 from distlb._validate import cost as check_cost
 from distlb.errors import ConfigError, RateLimited
 from distlb.results import Decision, LeakyDecision, PriorityDecision
 
-Clock = Callable[[], float]
 D = TypeVar("D", Decision, LeakyDecision)
 
 
@@ -48,43 +47,21 @@ class Limit:
         return f"{self.rate_per_s!r} {self.burst!r}"
 
 
-class _Shared:
-    """What every shared primitive has: a name, keys, and a store failure policy.
-
-    ``on_store_error``: ``"fail_open"`` admits, ``"fail_closed"`` denies (retry
-    after ``retry_store_after_s``), ``"local"`` limits in-process at the rate
-    divided by ``expected_processes``. The store is retried every
-    ``retry_store_after_s`` and resumes by itself.
+class _Limiter(Shared):
+    """What every limiter adds to a shared primitive: a local twin for the
+    ``local`` failure policy (the rate divided by ``expected_processes``) and the
+    wait-until-admitted loop of the blocking ``acquire`` helpers.
     """
-
-    kind = ""
-    #: Set by the shells: SyncRunner (distlb.shaping) or AsyncRunner (distlb.aio.shaping).
-    _runner: ClassVar[type[SyncRunner] | type[AsyncRunner]]
 
     def __init__(self, client: Any, name: str, *, prefix: str, on_store_error: StorePolicy,
                  expected_processes: int, retry_store_after_s: float,
                  clock: Clock, sleep: Callable[[float], Any] | None) -> None:
-        self.name = name
-        self.prefix = _keys.check_prefix(prefix)
-        self.key = _keys.entity(self.prefix, self.kind, _keys.escape(name, "name"))
-        self.on_store_error = store_policy(on_store_error)
+        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
+                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
         self.expected_processes = integer("expected_processes", expected_processes,
                                           low=1, high=100_000)
-        retry = number("retry_store_after_s", retry_store_after_s, high=3600)
-        self.clock = clock
-        self._guard = StoreGuard(f"{_keys.KINDS[self.kind]} {name!r}", retry, clock)
         self._local = LocalState(clock)
         self._twin = bucket.LocalBuckets(self.expected_processes, self._local)
-        self.client = client
-        runner = self._runner(client, self._guard) if sleep is None \
-            else self._runner(client, self._guard, sleep=sleep)
-        # Sync shells get results, asyncio shells awaitables: typed per shell (see pyproject).
-        self._run: Callable[[Op[Any]], Any] = runner.drive
-
-    @property
-    def store_stats(self) -> Any:
-        """Calls, store errors, fallbacks and outages seen by this object."""
-        return self._guard.stats
 
     def _deadline(self, timeout_s: float) -> float:
         return self.clock() + number("timeout_s", timeout_s, high=86400, low_inclusive=True)
@@ -116,11 +93,8 @@ class _Shared:
                                 self._guard.retry_store_after_s, self.on_store_error)
         return fallback
 
-    def _delete(self, keys: Sequence[str]) -> Call[int]:
-        return Call(script("delete"), tuple(keys), (), int, lambda: 0)
 
-
-class TokenBucketCore(_Shared):
+class TokenBucketCore(_Limiter):
     """A token bucket shared by every process: ``rate_per_s`` refill, ``burst`` capacity.
 
     Key: ``<prefix>:{tb:<name>}``, a hash with ``tokens``, ``ts_us``, ``rate``, ``burst``.
@@ -170,7 +144,7 @@ class TokenBucketCore(_Shared):
         return self._delete([self.key])
 
 
-class LeakyBucketCore(_Shared):
+class LeakyBucketCore(_Limiter):
     """A leaky bucket shared by every process: output leaves evenly at ``rate_per_s``.
 
     ``capacity`` is how many units may wait for their slot; the longest wait is
@@ -223,7 +197,7 @@ class LeakyBucketCore(_Shared):
         return self._delete([self.key])
 
 
-class TrafficShaperCore(_Shared):
+class TrafficShaperCore(_Limiter):
     """A global limit, per-client limits and bandwidth limits, checked together atomically.
 
     One request is admitted only if every applicable limit admits it, and then
@@ -354,7 +328,7 @@ def parse_limits(raw: Mapping[Any, Any]) -> dict[str, Limit]:
     return out
 
 
-class PriorityLimiterCore(_Shared):
+class PriorityLimiterCore(_Limiter):
     """A shared token bucket whose waiters are admitted in priority order, with aging.
 
     Priorities are ints in ``[0, levels)``; higher is served first. Each level has

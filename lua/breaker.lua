@@ -1,0 +1,201 @@
+-- breaker.lua: one circuit breaker for the whole fleet (closed / open / half-open).
+--
+-- Every transition is decided here, on the server clock, so all processes see
+-- the same state. Two trip rules share the same state machine:
+--   "count": open after failure_threshold consecutive failures (a success resets);
+--   "rate":  open when, over a sliding window of buckets, calls >= min_calls and
+--            error rate > max(error_rate_threshold, k x baseline), where baseline is
+--            a slow EWMA of the error rate of past buckets while closed (alpha per bucket).
+-- Open -> half-open after open_timeout. Half-open hands out at most
+-- half_open_max probe permits in total (leased: a permit whose process died
+-- expires after probe_lease and its slot is free again); success_threshold
+-- probe successes close the breaker, any probe failure opens it again.
+--
+-- KEYS[1]   main hash: state, forced, failures, successes, opened_us, version, baseline, folded
+-- KEYS[2]   probes zset: permit -> lease expiry (server us)
+-- KEYS[3]   window hash ("rate" rule): "<bucket>:c" calls, "<bucket>:e" errors
+-- ARGV[1]   op: attempt | success | failure | state | force
+-- ARGV[2]   permit id (attempt/success/failure), or the forced state for force:
+--           "open", "closed", or "" (reset: back to closed, counts cleared)
+-- ARGV[3]   events channel ("" = publish nothing); ARGV[4] breaker name (for events)
+-- ARGV[5]   rule config: "count <failure_threshold>" or
+--           "rate <error_rate_threshold> <window_ms> <buckets> <min_calls> <k> <alpha>"
+-- ARGV[6]   "<open_timeout_ms> <success_threshold> <half_open_max> <probe_lease_ms> <ttl_ms>"
+-- Returns one space-separated string:
+--   "<allowed 0|1> <state> <forced|-> <failures> <version> <permit|-> <retry_after_ms>
+--    <successes> <probes> <calls> <error_rate> <baseline|->"
+--   version is the server time (us) of the last change: it orders states and events.
+-- Publishes (msgpack map) on every change: kind "cb", name, event ("transition"
+--   or "failures"), from, to, state, failures, version.
+-- Expires: every key ttl_ms after the last write (a missing breaker is closed).
+
+local op, arg = ARGV[1], ARGV[2]
+local channel, name = ARGV[3], ARGV[4]
+local rule = {}
+for w in string.gmatch(ARGV[5], '%S+') do rule[#rule + 1] = w end
+local open_timeout_ms, success_threshold, half_open_max, probe_lease_ms, ttl_ms =
+  string.match(ARGV[6], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+open_timeout_ms, success_threshold = tonumber(open_timeout_ms), tonumber(success_threshold)
+half_open_max, probe_lease_ms, ttl_ms = tonumber(half_open_max), tonumber(probe_lease_ms),
+  tonumber(ttl_ms)
+local main, probes, window = KEYS[1], KEYS[2], KEYS[3]
+local now = now_us()
+
+local h = redis.call('HMGET', main, 'state', 'forced', 'failures', 'successes', 'opened_us',
+  'version', 'baseline', 'folded')
+local state = h[1] or 'closed'
+local forced = h[2] or ''
+local failures = tonumber(h[3]) or 0
+local successes = tonumber(h[4]) or 0
+local opened = tonumber(h[5]) or 0
+local version = tonumber(h[6]) or 0
+local baseline = tonumber(h[7])
+local folded = tonumber(h[8]) or -1
+local dirty = false
+local calls, rate = 0, 0
+
+local function publish(event, from)
+  if channel ~= '' then
+    redis.call('PUBLISH', channel, cmsgpack.pack({kind = 'cb', name = name, event = event,
+      from = from, to = state, state = state, failures = failures, version = version,
+      forced = forced}))
+  end
+end
+
+local function change()
+  -- Strictly increasing even if two changes share a microsecond.
+  version = math.max(now, version + 1)
+  dirty = true
+end
+
+local function move(to)
+  local from = state
+  state = to
+  if to == 'open' then opened = now end
+  if to ~= 'half_open' then successes = 0 end
+  if to == 'closed' then failures = 0 end
+  redis.call('DEL', probes)
+  change()
+  publish('transition', from)
+end
+
+-- The "rate" rule: record one result, drop expired buckets, sum the window,
+-- and fold the last complete bucket into the baseline while closed.
+local function window_record(failed)
+  local threshold, window_ms, buckets, min_calls, k, alpha = tonumber(rule[2]),
+    tonumber(rule[3]), tonumber(rule[4]), tonumber(rule[5]), tonumber(rule[6]), tonumber(rule[7])
+  local bucket_ms = window_ms / buckets
+  local cur = math.floor(now / 1000 / bucket_ms)
+  redis.call('HINCRBY', window, cur .. ':c', 1)
+  if failed then redis.call('HINCRBY', window, cur .. ':e', 1) end
+  redis.call('PEXPIRE', window, math.ceil(window_ms * 2))
+  local flat = redis.call('HGETALL', window)
+  local errors, prev_c, prev_e = 0, 0, 0
+  for i = 1, #flat, 2 do
+    local b, kind = string.match(flat[i], '^(%d+):(%a)$')
+    b = tonumber(b)
+    local v = tonumber(flat[i + 1])
+    if b == nil or b <= cur - buckets then
+      redis.call('HDEL', window, flat[i])
+    else
+      if kind == 'c' then calls = calls + v else errors = errors + v end
+      if b == cur - 1 then
+        if kind == 'c' then prev_c = v else prev_e = v end
+      end
+    end
+  end
+  rate = calls > 0 and errors / calls or 0
+  if state == 'closed' and prev_c > 0 and folded < cur - 1 then
+    local r = prev_e / prev_c
+    baseline = baseline and (baseline * (1 - alpha) + r * alpha) or r
+    folded = cur - 1
+    dirty = true
+  end
+  return calls >= min_calls and rate > math.max(threshold, k * (baseline or 0))
+end
+
+-- Open breakers turn half-open lazily, on the first call after the timeout.
+if forced == '' and state == 'open' and now >= opened + open_timeout_ms * 1000 then
+  move('half_open')
+end
+
+local allowed, permit, retry_ms = 0, '-', 0
+if op == 'attempt' then
+  if forced == 'open' then
+    allowed = 0
+  elseif forced == 'closed' or state == 'closed' then
+    allowed = 1
+  elseif state == 'open' then
+    retry_ms = math.ceil((opened + open_timeout_ms * 1000 - now) / 1000)
+  else
+    redis.call('ZREMRANGEBYSCORE', probes, '-inf', now)
+    local in_flight = redis.call('ZCARD', probes)
+    if successes + in_flight < half_open_max then
+      redis.call('ZADD', probes, now + probe_lease_ms * 1000, arg)
+      redis.call('PEXPIRE', probes, ttl_ms)
+      allowed, permit = 1, arg
+    else
+      local first = redis.call('ZRANGE', probes, 0, 0, 'WITHSCORES')
+      retry_ms = first[2] and math.max(1, math.ceil((tonumber(first[2]) - now) / 1000)) or 1
+    end
+  end
+elseif op == 'success' or op == 'failure' then
+  local failed = op == 'failure'
+  local trip = false
+  if rule[1] == 'rate' and state == 'closed' then
+    trip = window_record(failed)
+  end
+  if state == 'closed' then
+    if failed then
+      failures = failures + 1
+      change()
+      if rule[1] == 'count' then trip = failures >= tonumber(rule[2]) end
+      if trip and forced ~= 'closed' then move('open') else publish('failures', state) end
+    elseif trip and forced ~= 'closed' then
+      move('open')
+    elseif failures > 0 then
+      failures = 0
+      change()
+      publish('failures', state)
+    end
+  elseif state == 'half_open' then
+    redis.call('ZREM', probes, arg)
+    if failed then
+      move('open')
+    else
+      successes = successes + 1
+      change()
+      if successes >= success_threshold then move('closed') end
+    end
+  end
+  -- open: a late result from before the trip changes nothing
+elseif op == 'force' then
+  if arg == '' then
+    redis.call('DEL', main, probes, window)
+    local from = state
+    state, forced, failures, successes, opened, baseline, folded = 'closed', '', 0, 0, 0, nil, -1
+    change()
+    publish('transition', from)
+  else
+    forced = arg
+    if arg == 'open' then move('open') else move('closed') end
+  end
+end
+
+if dirty then
+  redis.call('HSET', main, 'state', state, 'forced', forced, 'failures', failures,
+    'successes', successes, 'opened_us', string.format('%d', opened),
+    'version', string.format('%d', version), 'folded', folded)
+  if baseline then redis.call('HSET', main, 'baseline', fmt(baseline)) end
+  redis.call('PEXPIRE', main, ttl_ms)
+end
+
+if state == 'open' and forced ~= 'open' and retry_ms == 0 then
+  retry_ms = math.max(0, math.ceil((opened + open_timeout_ms * 1000 - now) / 1000))
+end
+if op == 'state' then
+  redis.call('ZREMRANGEBYSCORE', probes, '-inf', now)
+end
+return string.format('%d %s %s %d %d %s %d %d %d %d %s %s', allowed, state,
+  forced == '' and '-' or forced, failures, version, permit, retry_ms, successes,
+  redis.call('ZCARD', probes), calls, fmt(rate), baseline and fmt(baseline) or '-')
