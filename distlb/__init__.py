@@ -6,14 +6,29 @@ run on the server's clock. ``distlb.aio`` has the same classes for asyncio.
 """
 
 from distlb._keys import DEFAULT_PREFIX
-from distlb.errors import ConfigError, DistlbError, RateLimited, StoreError
-from distlb.results import Decision, LeakyDecision, LimitState, PriorityDecision
+from distlb.breaker import AdaptiveCircuitBreaker, BreakerGuard, CircuitBreaker
+from distlb.errors import CircuitOpen, ConfigError, DistlbError, RateLimited, StoreError
+from distlb.results import (
+    Attempt,
+    BreakerState,
+    Decision,
+    LeakyDecision,
+    LimitState,
+    PriorityDecision,
+    Transition,
+)
 from distlb.shaping import LeakyBucket, Limit, PriorityLimiter, TokenBucket, TrafficShaper
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "AdaptiveCircuitBreaker",
+    "Attempt",
+    "BreakerGuard",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpen",
     "ConfigError",
     "Decision",
     "DistlbError",
@@ -27,4 +42,5 @@ __all__ = [
     "StoreError",
     "TokenBucket",
     "TrafficShaper",
+    "Transition",
 ]

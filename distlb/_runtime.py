@@ -8,6 +8,7 @@ policy bookkeeping (:class:`StoreGuard`), used by both shells.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import redis.asyncio
 from redis import exceptions as rx
 
-from distlb._core.ops import Call, Op, Sleep
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep
 from distlb._scripts import is_noscript, run_async, run_sync
 from distlb.errors import StoreError
 
@@ -124,6 +125,8 @@ class SyncRunner:
         """Run an operation to completion."""
         if isinstance(op, Call):
             return self.call(op)
+        if isinstance(op, Done):
+            return op.value
         reply: Any = None
         error: BaseException | None = None
         try:
@@ -136,6 +139,14 @@ class SyncRunner:
                     if isinstance(step, Sleep):
                         self.sleep(step.seconds)
                         reply = None
+                    elif isinstance(step, Invoke):
+                        start = self.guard.clock()
+                        try:
+                            value = step.fn(*step.args, **step.kwargs)
+                        except Exception as exc:
+                            reply = Outcome(None, exc, self.guard.clock() - start)
+                        else:
+                            reply = Outcome(value, None, self.guard.clock() - start)
                     else:
                         reply = self.call(step)
                 except BaseException as exc:
@@ -283,6 +294,8 @@ class AsyncRunner:
     async def drive(self, op: Op[T]) -> T:
         if isinstance(op, Call):
             return await self.call(op)
+        if isinstance(op, Done):
+            return op.value
         reply: Any = None
         error: BaseException | None = None
         try:
@@ -293,6 +306,16 @@ class AsyncRunner:
                     if isinstance(step, Sleep):
                         await self.sleep(step.seconds)
                         reply = None
+                    elif isinstance(step, Invoke):
+                        start = self.guard.clock()
+                        try:
+                            value = step.fn(*step.args, **step.kwargs)
+                            if inspect.isawaitable(value):
+                                value = await value
+                        except Exception as exc:
+                            reply = Outcome(None, exc, self.guard.clock() - start)
+                        else:
+                            reply = Outcome(value, None, self.guard.clock() - start)
                     else:
                         reply = await self.call(step)
                 except BaseException as exc:

@@ -34,6 +34,20 @@ class RateLimited(DistlbError):
         super().__init__(f"rate limited by {reason}; retry after {retry_after_s:.3f}s")
 
 
+class CircuitOpen(DistlbError):
+    """Raised by a breaker's ``call``, decorator or guard when it refuses a call.
+
+    ``state`` is ``"open"`` or ``"half_open"`` (every probe slot taken);
+    ``retry_after_s`` is when trying again may succeed.
+    """
+
+    def __init__(self, name: str, state: str, retry_after_s: float) -> None:
+        self.name = name
+        self.state = state
+        self.retry_after_s = retry_after_s
+        super().__init__(f"circuit {name!r} is {state}; retry after {retry_after_s:.3f}s")
+
+
 class StoreError(DistlbError):
     """The store answered with an error that no failure policy should hide.
 

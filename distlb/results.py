@@ -127,3 +127,62 @@ class PriorityDecision:
 
     def __bool__(self) -> bool:
         return self.allowed
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A breaker's answer to ``can_attempt()``: may this call go to the backend?
+
+    ``permit`` is set when the breaker is half-open and this call is one of its
+    rationed probes; hand the attempt back to ``record_success``/``record_failure``
+    so the probe slot is released. ``source`` is ``"cache"`` when the answer came
+    from this process's up-to-date view (no round trip), ``"store"`` when the
+    script decided, or the failure policy while the store is unreachable.
+    """
+
+    allowed: bool
+    state: str
+    permit: str | None = None
+    retry_after_s: float = 0.0
+    source: str = "store"
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """A breaker's shared state, as ``state()`` reads it.
+
+    ``retry_after_s``: while open, seconds until it turns half-open; while
+    half-open with every probe slot taken, until the first slot frees. The
+    ``calls``/``error_rate``/``baseline`` fields describe the adaptive rule's
+    window (zero and None for the consecutive-failure rule, and outside calls
+    that record a result).
+    """
+
+    name: str
+    state: str                  #: "closed", "open" or "half_open"
+    forced: str | None          #: "open" or "closed" while forced, else None
+    failures: int               #: consecutive failures (closed)
+    successes: int              #: probe successes so far (half-open)
+    probes_in_flight: int       #: probe permits handed out and not yet returned or expired
+    retry_after_s: float
+    version: int                #: server time (us) of the last change; orders states and events
+    calls: int = 0
+    error_rate: float = 0.0
+    baseline: float | None = None
+    allowed: bool = False       #: for attempts: whether the call may go ahead
+    permit: str | None = None   #: for attempts: the probe permit, if any
+    source: str = "store"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A state change seen by this process: from its own call, or from another's event."""
+
+    name: str
+    from_state: str
+    to_state: str
+    version: int
+    origin: str                 #: "call" (this process's call) or "event" (pub/sub)

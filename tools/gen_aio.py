@@ -17,9 +17,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: sync module -> generated asyncio module
-MODULES = {"distlb/shaping.py": "distlb/aio/shaping.py"}
+MODULES = {"distlb/shaping.py": "distlb/aio/shaping.py",
+           "distlb/breaker.py": "distlb/aio/breaker.py"}
 #: methods that stay sync in the asyncio shell (they do no I/O)
-SYNC_METHODS = {"with_global_limit"}
+SYNC_METHODS = {"with_global_limit", "__call__", "guard", "__init__"}
+#: plain renames, applied in order
+RENAMES = [
+    ("SyncRunner", "AsyncRunner"),
+    ("SyncBus", "AsyncBus"),
+    ("def __enter__(self", "def __aenter__(self"),
+    ("def __exit__(self", "def __aexit__(self"),
+    ("``with breaker.guard():``", "``async with breaker.guard():``"),
+    ("        def wrapper(", "        async def wrapper("),
+]
 
 
 def generate(source: str, origin: str) -> str:
@@ -30,13 +40,14 @@ def generate(source: str, origin: str) -> str:
                  " carries many decisions, each still its own\natomic script.\n\n"
                  f"GENERATED from {origin} by tools/gen_aio.py: do not edit.\n" + '"""',
                  out, count=1, flags=re.S)
-    out = out.replace("SyncRunner", "AsyncRunner")
+    for old, new in RENAMES:
+        out = out.replace(old, new)
 
     def asyncify(m: re.Match[str]) -> str:
         return m.group(0) if m.group(1) in SYNC_METHODS else f"    async def {m.group(1)}(self"
 
     out = re.sub(r"^    def (\w+)\(self", asyncify, out, flags=re.M)
-    out = re.sub(r"\bself\._run\(", "await self._run(", out)
+    out = re.sub(r"\bself\.(breaker\.)?_run\(", r"await self.\1_run(", out)
     out = re.sub(r"\bself\.client\.(\w+)\(", r"await self.client.\1(", out)
     return out
 

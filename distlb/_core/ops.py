@@ -37,11 +37,39 @@ class Sleep:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class Done(Generic[T]):
+    """An operation already decided without I/O (e.g. a breaker known to be closed)."""
+
+    value: T
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """Call the user's function: the sync shell calls it, the asyncio shell awaits it.
+
+    The reply is an :class:`Outcome`.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an :class:`Invoke` step produced: a value or an exception, and how long it took."""
+
+    value: Any
+    error: BaseException | None
+    duration_s: float
+
+
 #: An operation: yields steps, receives replies (parsed Call results, or None after a Sleep).
 #: An operation that is one script call is just that ``Call``: the hot path then
 #: skips the generator machinery.
-Steps = Generator[Call[Any] | Sleep, Any, R]
-Op = Steps[R] | Call[R]
+Steps = Generator[Call[Any] | Sleep | Invoke, Any, R]
+Op = Steps[R] | Call[R] | Done[R]
 
 
 def text(value: Any) -> str:

@@ -4,12 +4,27 @@ Pass a ``redis.asyncio`` client (``Redis``, ``RedisCluster`` or a Sentinel
 master). Results, errors and ``Limit`` are shared with the sync package.
 """
 
+from distlb.aio.breaker import AdaptiveCircuitBreaker, BreakerGuard, CircuitBreaker
 from distlb.aio.shaping import LeakyBucket, PriorityLimiter, TokenBucket, TrafficShaper
-from distlb.errors import ConfigError, DistlbError, RateLimited, StoreError
-from distlb.results import Decision, LeakyDecision, LimitState, PriorityDecision
+from distlb.errors import CircuitOpen, ConfigError, DistlbError, RateLimited, StoreError
+from distlb.results import (
+    Attempt,
+    BreakerState,
+    Decision,
+    LeakyDecision,
+    LimitState,
+    PriorityDecision,
+    Transition,
+)
 from distlb.shaping import Limit
 
 __all__ = [
+    "AdaptiveCircuitBreaker",
+    "Attempt",
+    "BreakerGuard",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpen",
     "ConfigError",
     "Decision",
     "DistlbError",
@@ -23,4 +38,5 @@ __all__ = [
     "StoreError",
     "TokenBucket",
     "TrafficShaper",
+    "Transition",
 ]

@@ -1,0 +1,304 @@
+"""Circuit breakers without I/O: configuration, keys, the local view, operations.
+
+``distlb.breaker`` (sync) and ``distlb.aio.breaker`` (generated) drive these.
+A breaker is one breaker for the whole fleet: its state lives in Redis and
+every transition is one ``breaker.lua`` call on the server clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from distlb._core import breaker as bk
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps
+from distlb._events import AsyncBus, SyncBus, channel_for
+from distlb._shared import Clock, Shared
+from distlb._validate import StorePolicy, integer, number
+from distlb.errors import CircuitOpen, ConfigError
+from distlb.results import Attempt, BreakerState, Transition
+
+log = logging.getLogger("distlb")
+Listener = Callable[[Transition], None]
+
+
+def _exception_types(field: str, value: object) -> tuple[type[BaseException], ...]:
+    types = value if isinstance(value, tuple) else (value,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise ConfigError(field, "must be an exception class or a tuple of them")
+    return types
+
+
+class BreakerBase(Shared):
+    """The state machine both breakers share; subclasses pick the trip rule.
+
+    ``on_store_error``: ``"fail_open"`` lets calls through, ``"fail_closed"``
+    refuses them, ``"local"`` runs an in-process breaker (consecutive failures,
+    the same timeouts) until the store is back.
+    """
+
+    kind = "cb"
+    #: Set by the shells: SyncBus (sync classes) or AsyncBus (distlb.aio).
+    _bus_type: ClassVar[type[SyncBus] | type[AsyncBus]]
+
+    def __init__(self, client: Any, name: str, *, rule: str, local_threshold: int,
+                 open_timeout_s: float, success_threshold: int, half_open_max_requests: int,
+                 probe_lease_s: float, failure_on: Any, ignore: Any, slow_call_s: float | None,
+                 max_staleness_s: float, subscribe: bool, ttl_s: float, prefix: str,
+                 on_store_error: StorePolicy, retry_store_after_s: float, clock: Clock,
+                 sleep: Callable[[float], Any] | None) -> None:
+        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
+                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        self.open_timeout_s = number("open_timeout_s", open_timeout_s, low=0.001, high=86400)
+        self.success_threshold = integer("success_threshold", success_threshold,
+                                         low=1, high=10_000)
+        self.half_open_max_requests = integer("half_open_max_requests", half_open_max_requests,
+                                              low=self.success_threshold, high=10_000)
+        self.probe_lease_s = number("probe_lease_s", probe_lease_s, low=0.001, high=86400)
+        self.failure_on = _exception_types("failure_on", failure_on)
+        self.ignore = _exception_types("ignore", ignore)
+        self.slow_call_s = None if slow_call_s is None else number("slow_call_s", slow_call_s,
+                                                                   high=86400)
+        self.max_staleness_s = number("max_staleness_s", max_staleness_s, low_inclusive=True,
+                                      high=3600)
+        ttl = number("ttl_s", ttl_s, low=self.open_timeout_s + self.probe_lease_s,
+                     high=365 * 86400)
+        if not isinstance(subscribe, bool):
+            raise ConfigError("subscribe", "must be True or False")
+        self.subscribe = subscribe
+        self.keys = (self.key, f"{self.key}:probes", f"{self.key}:window")
+        self.channel = channel_for(self.prefix)
+        self._config = bk.Config(
+            rule, f"{math.ceil(self.open_timeout_s * 1000)} {self.success_threshold} "
+                  f"{self.half_open_max_requests} {math.ceil(self.probe_lease_s * 1000)} "
+                  f"{math.ceil(ttl * 1000)}", self.open_timeout_s)
+        self._view = bk.View(name, self.open_timeout_s, self.max_staleness_s, clock)
+        self._twin = bk.LocalBreaker(local_threshold, self.open_timeout_s,
+                                     self.success_threshold, clock)
+        self._bus: SyncBus | AsyncBus | None = None
+        self._listeners: list[Listener] = []
+
+    # -- events and the local view ---------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(Transition)`` on every state change this process sees: its own
+        calls' and, through pub/sub, every other process's (on the subscriber thread)."""
+        self._listeners.append(listener)
+
+    def _subscribed_since(self) -> float | None:
+        if not self.subscribe:
+            return None
+        if self._bus is None:
+            self._bus = self._bus_type.get(self.client, self.channel, self.clock)
+            if self._bus is not None:
+                self._bus.register(self.kind, self.name, self._on_event)
+        return self._bus.subscribed_since() if self._bus is not None else None
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self._notify(self._view.apply(str(event["state"]), event.get("forced") or None,
+                                      int(event["failures"]), int(event["version"]), None,
+                                      "event"))
+
+    def _observe(self, st: BreakerState) -> None:
+        wait = st.retry_after_s if st.state == "open" else None
+        self._notify(self._view.apply(st.state, st.forced, st.failures, st.version, wait, "call"))
+
+    def _notify(self, transition: Transition | None) -> None:
+        if transition is None:
+            return
+        log.info("distlb: circuit %r %s -> %s", self.name, transition.from_state,
+                 transition.to_state)
+        for listener in self._listeners:
+            try:
+                listener(transition)
+            except Exception:
+                log.exception("distlb: breaker listener failed")
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _plan(self, op: bk.BreakerOp, arg: str,
+              fallback: Callable[[], BreakerState]) -> Call[BreakerState]:
+        return bk.plan(op, self.keys, name=self.name, arg=arg, channel=self.channel,
+                       config=self._config, parse_hook=self._observe, fallback=fallback)
+
+    def _policy_state(self, allowed: bool) -> BreakerState:
+        return BreakerState(self.name, "closed" if allowed else "open", None, 0, 0, 0,
+                            0.0 if allowed else self._guard.retry_store_after_s, 0,
+                            allowed=allowed, source=self.on_store_error)
+
+    def _attempt_fallback(self) -> BreakerState:
+        if self.on_store_error == "local":
+            a = self._twin.attempt()
+            st = self._twin.snapshot(self.name)
+            return BreakerState(self.name, a.state, None, st.failures, st.successes,
+                                st.probes_in_flight, a.retry_after_s, 0, allowed=a.allowed,
+                                permit=a.permit, source="local")
+        return self._policy_state(self.on_store_error == "fail_open")
+
+    def _record_fallback(self, failed: bool) -> Callable[[], BreakerState]:
+        def fallback() -> BreakerState:
+            if self.on_store_error == "local":
+                self._twin.record(failed)
+                return self._twin.snapshot(self.name)
+            return self._policy_state(self.on_store_error == "fail_open")
+        return fallback
+
+    def _attempt(self) -> Op[Attempt]:
+        fast = self._view.fast_attempt(self.clock(), self._subscribed_since())
+        if fast is not None:
+            return Done(fast)
+        return self._attempt_steps()
+
+    def _attempt_steps(self) -> Steps[Attempt]:
+        st: BreakerState = yield self._plan("attempt", uuid.uuid4().hex, self._attempt_fallback)
+        return Attempt(st.allowed, st.state, st.permit, st.retry_after_s, st.source)
+
+    def _result_is_news(self, failed: bool, attempt: Attempt | None) -> bool:
+        """Whether a result must reach the store; the adaptive breaker records every one."""
+        if failed or (attempt is not None and attempt.permit):
+            return True
+        return self._view.success_is_news(self.clock(), self._subscribed_since())
+
+    def _record(self, failed: bool, attempt: Attempt | None) -> Op[Any]:
+        if attempt is not None and not isinstance(attempt, Attempt):
+            raise ConfigError("attempt", "must be the Attempt that can_attempt() returned")
+        if not self._result_is_news(failed, attempt):
+            return Done(None)
+        permit = attempt.permit if attempt is not None and attempt.permit else ""
+        return self._plan("failure" if failed else "success", permit,
+                          self._record_fallback(failed))
+
+    def _state(self) -> Call[BreakerState]:
+        return self._plan("state", "", lambda: self._twin.snapshot(self.name)
+                          if self.on_store_error == "local"
+                          else self._policy_state(self.on_store_error == "fail_open"))
+
+    def _force(self, value: str) -> Call[BreakerState]:
+        def unavailable() -> BreakerState:
+            raise CircuitOpen(self.name, "unknown (store unreachable: not changed)",
+                              self._guard.retry_store_after_s)
+        return self._plan("force", value, unavailable)
+
+    # -- calling through the breaker ---------------------------------------------------------
+
+    def is_failure(self, error: BaseException | None, duration_s: float) -> bool:
+        """Whether an outcome counts against the backend: an exception of ``failure_on``
+        that is not in ``ignore``, or any call slower than ``slow_call_s``."""
+        if error is not None:
+            return isinstance(error, self.failure_on) and not isinstance(error, self.ignore)
+        return self.slow_call_s is not None and duration_s > self.slow_call_s
+
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Steps[Any]:
+        attempt = yield from _steps(self._attempt())
+        if not attempt.allowed:
+            raise CircuitOpen(self.name, attempt.state, attempt.retry_after_s)
+        outcome: Outcome = yield Invoke(fn, args, kwargs)
+        yield from _steps(self._record(self.is_failure(outcome.error, outcome.duration_s),
+                                       attempt))
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.value
+
+
+def _steps(op: Op[Any]) -> Steps[Any]:
+    """Any operation as steps, for ``yield from`` inside a larger operation."""
+    if isinstance(op, Done):
+        return op.value
+    if isinstance(op, Call):
+        return (yield op)
+    return (yield from op)
+
+
+class CircuitBreakerCore(BreakerBase):
+    """A circuit breaker shared by every process (closed / open / half-open).
+
+    Closed: calls go through; ``failure_threshold`` consecutive failures (across
+    the fleet; a success resets the count) open it. Open: calls are refused for
+    ``open_timeout_s``, then it turns half-open. Half-open: at most
+    ``half_open_max_requests`` probe calls in total across all processes;
+    ``success_threshold`` probe successes close it, any probe failure opens it
+    again. A probe whose process dies frees its slot after ``probe_lease_s``.
+
+    While the breaker is known closed, ``can_attempt()`` costs no round trip:
+    every change is pushed to every process by pub/sub, and without a healthy
+    subscription the local view is trusted for at most ``max_staleness_s``.
+
+    Keys: ``<prefix>:{cb:<name>}`` (hash: state, forced, failures, successes,
+    opened_us, version) and ``:probes`` (zset of probe permits).
+    """
+
+    def __init__(self, client: Any, name: str, *, failure_threshold: int = 5,
+                 open_timeout_s: float = 30.0, success_threshold: int = 3,
+                 half_open_max_requests: int = 5, probe_lease_s: float = 30.0,
+                 failure_on: Any = Exception, ignore: Any = (), slow_call_s: float | None = None,
+                 max_staleness_s: float = 1.0, subscribe: bool = True, ttl_s: float = 86400.0,
+                 prefix: str = "distlb", on_store_error: StorePolicy = "fail_open",
+                 retry_store_after_s: float = 1.0, clock: Clock = time.monotonic,
+                 sleep: Callable[[float], Any] | None = None) -> None:
+        threshold = integer("failure_threshold", failure_threshold, low=1, high=1_000_000)
+        self.failure_threshold = threshold
+        super().__init__(client, name, rule=f"count {threshold}", local_threshold=threshold,
+                         open_timeout_s=open_timeout_s, success_threshold=success_threshold,
+                         half_open_max_requests=half_open_max_requests,
+                         probe_lease_s=probe_lease_s, failure_on=failure_on, ignore=ignore,
+                         slow_call_s=slow_call_s, max_staleness_s=max_staleness_s,
+                         subscribe=subscribe, ttl_s=ttl_s, prefix=prefix,
+                         on_store_error=on_store_error, retry_store_after_s=retry_store_after_s,
+                         clock=clock, sleep=sleep)
+
+
+class AdaptiveCircuitBreakerCore(BreakerBase):
+    """A breaker that trips on the fleet's error rate, against the backend's own normal.
+
+    Every result is counted in a sliding window of ``window_s`` seconds split in
+    ``buckets`` buckets, shared by all processes. It opens when the window holds
+    at least ``min_calls`` calls and
+
+        error_rate > max(error_rate_threshold, baseline_factor x baseline)
+
+    where ``baseline`` is a slow exponentially weighted average of the error rate
+    of each completed bucket while closed (weight ``baseline_alpha`` per bucket):
+    a backend that normally fails 8% of calls trips at 16% with the defaults,
+    one that normally never fails trips at 10%. Open and half-open work as in
+    ``CircuitBreaker``. Each recorded result is one script call.
+
+    Keys: as ``CircuitBreaker``, plus ``:window`` (hash ``<bucket>:c`` calls,
+    ``<bucket>:e`` errors).
+    """
+
+    def __init__(self, client: Any, name: str, *, error_rate_threshold: float = 0.1,
+                 window_s: float = 60.0, buckets: int = 10, min_calls: int = 20,
+                 baseline_factor: float = 2.0, baseline_alpha: float = 0.05,
+                 open_timeout_s: float = 30.0, success_threshold: int = 3,
+                 half_open_max_requests: int = 5, probe_lease_s: float = 30.0,
+                 failure_on: Any = Exception, ignore: Any = (), slow_call_s: float | None = None,
+                 max_staleness_s: float = 1.0, subscribe: bool = True, ttl_s: float = 86400.0,
+                 prefix: str = "distlb", on_store_error: StorePolicy = "fail_open",
+                 retry_store_after_s: float = 1.0, clock: Clock = time.monotonic,
+                 sleep: Callable[[float], Any] | None = None) -> None:
+        self.error_rate_threshold = number("error_rate_threshold", error_rate_threshold, high=1)
+        self.window_s = number("window_s", window_s, low=0.01, high=86400)
+        self.buckets = integer("buckets", buckets, low=1, high=1000)
+        self.min_calls = integer("min_calls", min_calls, low=1, high=10**9)
+        self.baseline_factor = number("baseline_factor", baseline_factor, low=1,
+                                      low_inclusive=True, high=1000)
+        self.baseline_alpha = number("baseline_alpha", baseline_alpha, high=1)
+        rule = (f"rate {self.error_rate_threshold!r} {math.ceil(self.window_s * 1000)} "
+                f"{self.buckets} {self.min_calls} {self.baseline_factor!r} "
+                f"{self.baseline_alpha!r}")
+        super().__init__(client, name, rule=rule, local_threshold=self.min_calls,
+                         open_timeout_s=open_timeout_s, success_threshold=success_threshold,
+                         half_open_max_requests=half_open_max_requests,
+                         probe_lease_s=probe_lease_s, failure_on=failure_on, ignore=ignore,
+                         slow_call_s=slow_call_s, max_staleness_s=max_staleness_s,
+                         subscribe=subscribe, ttl_s=ttl_s, prefix=prefix,
+                         on_store_error=on_store_error, retry_store_after_s=retry_store_after_s,
+                         clock=clock, sleep=sleep)
+
+    def _result_is_news(self, failed: bool, attempt: Attempt | None) -> bool:
+        return True  # every result feeds the shared window

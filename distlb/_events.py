@@ -1,0 +1,175 @@
+"""Shared-state events over pub/sub: breakers push every change to every process.
+
+Scripts ``PUBLISH`` a msgpack map on ``<prefix>:events`` whenever they change a
+breaker. One subscriber per client and channel (a daemon thread for sync
+clients, a task for asyncio ones) hands each event to the breakers of this
+process, and pings every ``heartbeat_s`` so a silent, broken subscription is
+noticed: while it is not healthy, views fall back to ``max_staleness_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+log = logging.getLogger("distlb")
+Handler = Callable[[dict[str, Any]], None]
+
+
+def channel_for(prefix: str) -> str:
+    return f"{prefix}:events"
+
+
+def decode(data: Any) -> dict[str, Any] | None:
+    try:
+        event = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception:  # not ours: someone else publishing on the channel
+        return None
+    return event if isinstance(event, dict) else None
+
+
+class _Bus:
+    """Bookkeeping shared by the sync and asyncio subscribers."""
+
+    heartbeat_s = 0.25
+
+    def __init__(self, client: Any, channel: str, clock: Callable[[], float]) -> None:
+        self.client = client
+        self.channel = channel
+        self.clock = clock
+        self.handlers: dict[tuple[str, str], list[weakref.WeakMethod[Handler]]] = {}
+        self.since: float | None = None     # when the live subscription (re)started
+        self.alive_at = 0.0
+        self.events = 0
+
+    def register(self, kind: str, name: str, handler: Handler) -> None:
+        self.handlers.setdefault((kind, name), []).append(weakref.WeakMethod(handler))
+
+    def subscribed_since(self) -> float | None:
+        """When the current healthy subscription started, or None if it is not healthy."""
+        if self.since is None or self.clock() - self.alive_at > 3 * self.heartbeat_s:
+            return None
+        return self.since
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        self.alive_at = self.clock()
+        kind = msg.get("type")
+        if kind == "subscribe":
+            self.since = self.alive_at
+        elif kind == "message":
+            event = decode(msg.get("data"))
+            if event is None:
+                return
+            self.events += 1
+            for ref in self.handlers.get((str(event.get("kind")), str(event.get("name"))), []):
+                handler = ref()
+                if handler is not None:
+                    try:
+                        handler(event)
+                    except Exception:  # a listener's bug must not kill the subscription
+                        log.exception("distlb: event handler failed")
+
+    def lost(self, exc: BaseException) -> None:
+        if self.since is not None:
+            log.warning("distlb: event subscription on %s lost (%s); views fall back to "
+                        "bounded staleness until it is back", self.channel, exc)
+        self.since = None
+
+
+class SyncBus(_Bus):
+    """A daemon thread subscribed on one sync client."""
+
+    _buses: dict[tuple[int, int, str], SyncBus] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls, client: Any, channel: str, clock: Callable[[], float]) -> SyncBus:
+        key = (os.getpid(), id(client), channel)  # a forked child starts its own
+        with cls._lock:
+            bus = cls._buses.get(key)
+            if bus is None:
+                bus = cls._buses[key] = cls(client, channel, clock)
+                bus.start()
+            return bus
+
+    def start(self) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"distlb-events-{self.channel}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        pubsub = None
+        while not self.stop.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = self.client.pubsub()
+                    pubsub.subscribe(self.channel)
+                msg = pubsub.get_message(timeout=self.heartbeat_s)
+                if msg is None:
+                    pubsub.ping()
+                else:
+                    self.on_message(msg)
+            except Exception as exc:
+                self.lost(exc)
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
+                pubsub = None
+                self.stop.wait(self.heartbeat_s)
+
+
+class AsyncBus(_Bus):
+    """A task subscribed on one asyncio client (per event loop)."""
+
+    task: asyncio.Task[None] | None = None
+
+    _buses: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                      dict[tuple[int, str], AsyncBus]] = \
+        weakref.WeakKeyDictionary()
+
+    @classmethod
+    def get(cls, client: Any, channel: str, clock: Callable[[], float]) -> AsyncBus | None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # constructed outside a loop: subscribe on first use
+            return None
+        per_loop = cls._buses.setdefault(loop, {})
+        bus = per_loop.get((id(client), channel))
+        if bus is None:
+            bus = per_loop[(id(client), channel)] = cls(client, channel, clock)
+            bus.task = loop.create_task(bus._loop())
+        return bus
+
+    async def _loop(self) -> None:
+        pubsub = None
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = self.client.pubsub()
+                    await pubsub.subscribe(self.channel)
+                msg = await pubsub.get_message(timeout=self.heartbeat_s)
+                if msg is None:
+                    await pubsub.ping()
+                else:
+                    self.on_message(msg)
+            except asyncio.CancelledError:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                raise
+            except Exception as exc:
+                self.lost(exc)
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                pubsub = None
+                await asyncio.sleep(self.heartbeat_s)
