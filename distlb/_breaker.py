@@ -185,12 +185,24 @@ class BreakerBase(Shared):
 
     # -- calling through the breaker ---------------------------------------------------------
 
-    def is_failure(self, error: BaseException | None, duration_s: float) -> bool:
-        """Whether an outcome counts against the backend: an exception of ``failure_on``
-        that is not in ``ignore``, or any call slower than ``slow_call_s``."""
+    def classify(self, error: BaseException | None, duration_s: float) -> str:
+        """``"failure"``: an exception of ``failure_on`` not in ``ignore``, or a call slower
+        than ``slow_call_s``. ``"ignored"``: any other exception (the caller's problem, not
+        the backend's): it counts as neither. Else ``"success"``."""
         if error is not None:
-            return isinstance(error, self.failure_on) and not isinstance(error, self.ignore)
-        return self.slow_call_s is not None and duration_s > self.slow_call_s
+            if isinstance(error, self.failure_on) and not isinstance(error, self.ignore):
+                return "failure"
+            return "ignored"
+        if self.slow_call_s is not None and duration_s > self.slow_call_s:
+            return "failure"
+        return "success"
+
+    def _outcome(self, attempt: Attempt | None, verdict: str) -> Op[Any]:
+        """Record a classified outcome. An ignored one is not recorded, except that a
+        half-open probe still returns its slot as a success (the backend did answer)."""
+        if verdict == "ignored" and not (attempt is not None and attempt.permit):
+            return Done(None)
+        return self._record(verdict == "failure", attempt)
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Steps[Any]:
@@ -198,8 +210,8 @@ class BreakerBase(Shared):
         if not attempt.allowed:
             raise CircuitOpen(self.name, attempt.state, attempt.retry_after_s)
         outcome: Outcome = yield Invoke(fn, args, kwargs)
-        yield from _steps(self._record(self.is_failure(outcome.error, outcome.duration_s),
-                                       attempt))
+        yield from _steps(self._outcome(attempt, self.classify(outcome.error,
+                                                               outcome.duration_s)))
         if outcome.error is not None:
             raise outcome.error
         return outcome.value
@@ -262,9 +274,11 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
         error_rate > max(error_rate_threshold, baseline_factor x baseline)
 
     where ``baseline`` is a slow exponentially weighted average of the error rate
-    of each completed bucket while closed (weight ``baseline_alpha`` per bucket):
-    a backend that normally fails 8% of calls trips at 16% with the defaults,
-    one that normally never fails trips at 10%. Open and half-open work as in
+    of each completed bucket while closed (weight ``baseline_alpha`` per bucket),
+    learning only from buckets that were themselves not above
+    ``baseline_factor x baseline`` (an incident must not teach the breaker that
+    it is normal). A backend that normally fails 8% of calls trips at 16% with
+    the defaults; one that normally never fails trips at 10%. Open and half-open work as in
     ``CircuitBreaker``. Each recorded result is one script call.
 
     Keys: as ``CircuitBreaker``, plus ``:window`` (hash ``<bucket>:c`` calls,

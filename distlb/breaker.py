@@ -73,8 +73,8 @@ class _Shell(_breaker.BreakerBase):
 
 
 class BreakerGuard:
-    """Enter: ask the breaker (raise ``CircuitOpen`` if refused). Exit: record the outcome
-    (an exception per ``failure_on``/``ignore``, or a call slower than ``slow_call_s``)."""
+    """Enter: ask the breaker (raise ``CircuitOpen`` if refused). Exit: record the outcome,
+    classified by ``failure_on``, ``ignore`` and ``slow_call_s``."""
 
     def __init__(self, breaker: _Shell) -> None:
         self.breaker = breaker
@@ -91,8 +91,8 @@ class BreakerGuard:
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
-        failed = self.breaker.is_failure(e, self.breaker.clock() - self.started)
-        self.breaker._run(self.breaker._record(failed, self.attempt))
+        verdict = self.breaker.classify(e, self.breaker.clock() - self.started)
+        self.breaker._run(self.breaker._outcome(self.attempt, verdict))
 
 
 class CircuitBreaker(_Shell, _breaker.CircuitBreakerCore):

@@ -5,7 +5,8 @@
 --   "count": open after failure_threshold consecutive failures (a success resets);
 --   "rate":  open when, over a sliding window of buckets, calls >= min_calls and
 --            error rate > max(error_rate_threshold, k x baseline), where baseline is
---            a slow EWMA of the error rate of past buckets while closed (alpha per bucket).
+--            a slow EWMA of the error rate of past buckets while closed (alpha per
+--            bucket), learning only from buckets not above k x baseline.
 -- Open -> half-open after open_timeout. Half-open hands out at most
 -- half_open_max probe permits in total (leased: a permit whose process died
 -- expires after probe_lease and its slot is free again); success_threshold
@@ -106,8 +107,14 @@ local function window_record(failed)
   end
   rate = calls > 0 and errors / calls or 0
   if state == 'closed' and prev_c > 0 and folded < cur - 1 then
+    -- Learn only from normal buckets: one already above k x baseline is an
+    -- incident, and letting it raise the baseline would hide the incident.
     local r = prev_e / prev_c
-    baseline = baseline and (baseline * (1 - alpha) + r * alpha) or r
+    if baseline == nil then
+      baseline = r
+    elseif r <= k * baseline then
+      baseline = baseline * (1 - alpha) + r * alpha
+    end
     folded = cur - 1
     dirty = true
   end
