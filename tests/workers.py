@@ -74,3 +74,66 @@ def queue_at_priority(target: dict[str, Any], prefix: str, level: int, threads: 
     for t in ts:
         t.join()
     out.put({"level": level, "admitted": len(admitted)})
+
+
+def ask_backend(port: int) -> str:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"req\n")
+        return s.makefile().readline().strip()
+
+
+def call_through_breaker(target: dict[str, Any], prefix: str, port: int, cfg: dict[str, Any],
+                         threads: int, duration_s: float, barrier: Any, out: Any) -> None:
+    """Call the backend through one shared breaker until the time is up; count outcomes."""
+    from distlb import CircuitBreaker, CircuitOpen
+
+    counts = {"ok": 0, "failed": 0, "refused": 0}
+    lock = threading.Lock()
+    barrier.wait()
+    deadline = time.time() + duration_s
+
+    def loop() -> None:
+        cb = CircuitBreaker(make_client(target), "backend", prefix=prefix, **cfg)
+
+        def request() -> str:
+            reply = ask_backend(port)
+            if reply != "ok":
+                raise ConnectionError(reply)
+            return reply
+
+        while time.time() < deadline:
+            try:
+                cb.call(request)
+                outcome = "ok"
+            except CircuitOpen:
+                outcome = "refused"
+                time.sleep(0.002)
+            except ConnectionError:
+                outcome = "failed"
+            with lock:
+                counts[outcome] += 1
+
+    ts = [threading.Thread(target=loop) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.put(counts)
+
+
+def take_probe_and_die(target: dict[str, Any], prefix: str, cfg: dict[str, Any],
+                       barrier: Any, out: Any) -> None:
+    """Take the half-open probe permit, report it, then die without returning it."""
+    import os
+    import signal
+
+    from distlb import CircuitBreaker
+
+    cb = CircuitBreaker(make_client(target), "backend", prefix=prefix, **cfg)
+    barrier.wait()
+    attempt = cb.can_attempt()
+    out.put({"permit": attempt.permit})
+    time.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,118 @@
+"""Breakers shared by real processes: trips contained, probes rationed, dead probes healed."""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from distlb import CircuitBreaker
+from distlb.embedded import EmbeddedCluster
+from tests import workers
+from tests.test_multiprocess import ctx, run_workers
+
+pytestmark = pytest.mark.multiprocess
+
+
+class Backend(socketserver.ThreadingTCPServer):
+    """A loopback backend: answers "ok" or "fail" per its mode, logs every arrival."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.mode = "ok"
+        self.delay_s = 0.0
+        self.arrivals: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        server: Backend = self.server  # type: ignore[assignment]
+        self.rfile.readline()
+        with server.lock:
+            server.arrivals.append((time.monotonic(), server.mode))
+        if server.delay_s:
+            time.sleep(server.delay_s)
+        self.wfile.write(f"{server.mode}\n".encode())
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    server = Backend()
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def target(request: pytest.FixtureRequest, server_url: str) -> dict[str, Any]:
+    if request.param == "standalone":
+        return {"url": server_url}
+    cluster: EmbeddedCluster = request.getfixturevalue("cluster")
+    return {"cluster": cluster.startup_nodes}
+
+
+def test_after_the_trip_at_most_one_call_per_process_reaches_the_backend(
+        target: dict[str, Any], backend: Backend) -> None:
+    prefix = f"mp{uuid.uuid4().hex[:8]}"
+    threshold, procs = 5, 4
+    cfg = dict(failure_threshold=threshold, open_timeout_s=60)
+    threading.Timer(0.5, lambda: setattr(backend, "mode", "fail")).start()
+    results = run_workers(workers.call_through_breaker,
+                          [(target, prefix, backend.server_address[1], cfg, 1, 1.5)] * procs)
+    failed_arrivals = sum(1 for _, mode in backend.arrivals if mode == "fail")
+    ok = sum(r["ok"] for r in results)
+    refused = sum(r["refused"] for r in results)
+    print(f"ok {ok}, failing calls reaching the backend {failed_arrivals}, refused {refused}")
+    assert ok > 20 and refused > 20
+    # The trip needs `threshold` failures; each process may have one call in flight then.
+    assert threshold <= failed_arrivals <= threshold + procs
+
+
+def test_half_open_probes_are_rationed_across_processes(target: dict[str, Any],
+                                                        backend: Backend) -> None:
+    prefix = f"mp{uuid.uuid4().hex[:8]}"
+    cfg = dict(failure_threshold=1, open_timeout_s=0.3, success_threshold=3,
+               half_open_max_requests=3, probe_lease_s=5)
+    client = workers.make_client(target)
+    CircuitBreaker(client, "backend", prefix=prefix, **cfg).record_failure()  # open now
+    backend.delay_s = 0.3                      # probes stay in flight together
+    results = run_workers(workers.call_through_breaker,
+                          [(target, prefix, backend.server_address[1], cfg, 3, 1.2)] * 4)
+    first = backend.arrivals[0][0]
+    during_probe = [t for t, _ in backend.arrivals if t < first + 0.25]
+    print(f"requests while probing: {len(during_probe)}; all {len(backend.arrivals)}; {results}")
+    assert len(during_probe) <= 3
+    assert len(backend.arrivals) > 3           # the probes closed it; traffic resumed
+
+
+def test_a_killed_probe_holder_does_not_block_recovery(target: dict[str, Any]) -> None:
+    prefix = f"mp{uuid.uuid4().hex[:8]}"
+    cfg = dict(failure_threshold=1, open_timeout_s=0.2, success_threshold=1,
+               half_open_max_requests=1, probe_lease_s=0.6)
+    cb = CircuitBreaker(workers.make_client(target), "backend", prefix=prefix, **cfg)
+    cb.record_failure()
+    time.sleep(0.25)
+    barrier, out = ctx.Barrier(1), ctx.Queue()
+    p = ctx.Process(target=workers.take_probe_and_die, args=(target, prefix, cfg, barrier, out))
+    p.start()
+    assert out.get(timeout=30)["permit"]
+    p.join(10)
+    assert p.exitcode == -9
+    assert not cb.can_attempt().allowed        # the dead process still holds the only slot
+    t0 = time.monotonic()
+    while not (attempt := cb.can_attempt()).allowed:
+        assert time.monotonic() - t0 < 2
+        time.sleep(0.02)
+    cb.record_success(attempt)
+    assert cb.state().state == "closed"
