@@ -27,7 +27,7 @@ import redis.asyncio
 
 import distlb.aio as aio
 from benchmarks import _workers
-from distlb import Limit, TokenBucket, TrafficShaper
+from distlb import CircuitBreaker, Limit, TokenBucket, TrafficShaper
 from distlb.embedded import EmbeddedServer
 
 TRIVIAL = "return 1"
@@ -85,6 +85,27 @@ def _server_version(r: redis.Redis) -> str:
     if "valkey_version" in info:
         return f"Valkey {info['valkey_version']}"
     return f"Redis {info['redis_version']}"
+
+
+def trip_propagation(url: str, watchers: int) -> list[float]:
+    """Seconds from one process tripping a breaker to each other process seeing it open."""
+    ctx = mp.get_context("spawn")
+    ready, out = ctx.Queue(), ctx.Queue()
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    procs = [ctx.Process(target=_workers.watch_breaker, args=(url, prefix, ready, out))
+             for _ in range(watchers)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=60)
+    cb = CircuitBreaker(redis.Redis.from_url(url), "watched", prefix=prefix,
+                        failure_threshold=1, open_timeout_s=60)
+    t0 = time.monotonic()
+    cb.record_failure()
+    seen = [out.get(timeout=30) - t0 for _ in procs]
+    for p in procs:
+        p.join()
+    return seen
 
 
 class Report:
@@ -153,6 +174,21 @@ def main(argv: list[str] | None = None) -> int:
         a_rate = asyncio.run(run_async())
         rep.add("aio TokenBucket.try_acquire, 256 tasks, 1 client", f"{a_rate:,.0f}/s",
                 f"{a_rate / tb_rate:.2f}x sync (target >= 4)")
+
+        cb = CircuitBreaker(r, "closed", prefix=prefix)
+        cb.can_attempt()
+
+        def closed_call() -> None:
+            cb.record_success(cb.can_attempt())
+        cb_rate = median_rate(closed_call, rounds, seconds)
+        rep.add("CircuitBreaker can_attempt+record_success, closed", f"{cb_rate:,.0f}/s",
+                f"{cb_rate / bare:.1f}x bare (no round trip while closed)")
+
+        delays = [trip_propagation(url, watchers=3) for _ in range(1 if args.quick else 3)]
+        worst = max(max(d) for d in delays) * 1000
+        med = statistics.median(x for d in delays for x in d) * 1000
+        rep.add("breaker trip seen open by 3 other processes", f"{med:.1f} ms median",
+                f"{worst:.1f} ms worst (pub/sub event)")
 
         admitted, expected = multiprocess_accuracy(url, 1.0 if args.quick else 3.0)
         rep.add("4 processes on one 500/s burst-50 limit", f"{admitted} admitted",

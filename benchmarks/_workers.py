@@ -19,3 +19,17 @@ def hammer(url: str, prefix: str, seconds: float, barrier: Any, out: Any) -> Non
     while time.time() < deadline:
         admitted += tb.try_acquire().allowed
     out.put(admitted)
+
+
+def watch_breaker(url: str, prefix: str, ready: Any, out: Any) -> None:
+    """Spin on a closed breaker; report the monotonic time it is first seen open."""
+    from distlb import CircuitBreaker
+
+    cb = CircuitBreaker(redis.Redis.from_url(url), "watched", prefix=prefix, open_timeout_s=60)
+    cb.can_attempt()
+    while cb._subscribed_since() is None:
+        time.sleep(0.001)
+    ready.put(True)
+    while cb.can_attempt().allowed:
+        time.sleep(0.0001)
+    out.put(time.monotonic())

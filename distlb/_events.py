@@ -49,6 +49,8 @@ class _Bus:
         self.since: float | None = None     # when the live subscription (re)started
         self.alive_at = 0.0
         self.events = 0
+        self.lost_at: float | None = None
+        self.warned = False
 
     def register(self, kind: str, name: str, handler: Handler) -> None:
         self.handlers.setdefault((kind, name), []).append(weakref.WeakMethod(handler))
@@ -63,7 +65,10 @@ class _Bus:
         self.alive_at = self.clock()
         kind = msg.get("type")
         if kind == "subscribe":
+            if self.lost_at is not None and self.since is None:
+                log.info("distlb: event subscription on %s is back", self.channel)
             self.since = self.alive_at
+            self.lost_at = None
         elif kind == "message":
             event = decode(msg.get("data"))
             if event is None:
@@ -77,10 +82,20 @@ class _Bus:
                     except Exception:  # a listener's bug must not kill the subscription
                         log.exception("distlb: event handler failed")
 
+    #: A subscription down this long is worth a WARNING; shorter blips are INFO.
+    warn_after_s = 5.0
+
     def lost(self, exc: BaseException) -> None:
-        if self.since is not None:
-            log.warning("distlb: event subscription on %s lost (%s); views fall back to "
-                        "bounded staleness until it is back", self.channel, exc)
+        now = self.clock()
+        if self.since is not None or self.lost_at is None:
+            self.lost_at, self.warned = now, False
+            log.info("distlb: event subscription on %s lost (%s); views fall back to "
+                     "bounded staleness until it is back", self.channel, exc)
+        elif not self.warned and now - self.lost_at > self.warn_after_s:
+            self.warned = True
+            log.warning("distlb: event subscription on %s down for %.0fs (%s); every breaker "
+                        "check goes to the store once its view is older than max_staleness_s",
+                        self.channel, now - self.lost_at, exc)
         self.since = None
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 from distlb import (
     AdaptiveCircuitBreaker,
@@ -30,7 +31,15 @@ def breaker(client: Any, prefix: str, **kw: Any) -> CircuitBreaker:
 
 
 def test_every_transition(client: redis.Redis, prefix: str) -> None:
-    cb = breaker(client, prefix)
+    check_every_transition(breaker(client, prefix))
+
+
+@pytest.mark.cluster
+def test_every_transition_on_cluster(rc: redis.cluster.RedisCluster, prefix: str) -> None:
+    check_every_transition(breaker(rc, prefix))
+
+
+def check_every_transition(cb: CircuitBreaker) -> None:
     assert cb.state().state == "closed"
     cb.record_failure()
     cb.record_failure()
