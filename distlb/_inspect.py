@@ -130,6 +130,18 @@ def summarize(e: Entity, now_us: int) -> str:
             queued = wait * float(f["rate"])
             parts.append(f"queued {queued:.1f}/{float(f['capacity']):g} "
                          f"@ {float(f['rate']):g}/s (wait {wait * 1000:.0f} ms)")
+        elif "state" in f:
+            text = f["state"].replace("_", "-")
+            if f.get("forced"):
+                text += f" (forced {f['forced']})"
+            text += f", {f.get('failures', '0')} failures"
+            if f["state"] == "half_open":
+                text += f", {f.get('successes', '0')} probe successes"
+            if "baseline" in f:
+                text += f", baseline error rate {float(f['baseline']):.3f}"
+            parts.append(text)
+        elif k.part == "probes":
+            parts.append(f"{k.size} probes in flight")
         elif k.part == "limits":
             parts.append("shared limits: " + ", ".join(
                 f"{part_label(n)} {float(v.split()[0]):g}/s burst {float(v.split()[1]):g}"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from distlb import LeakyBucket, Limit, PriorityLimiter, TokenBucket, TrafficShaper
+from distlb import CircuitBreaker, LeakyBucket, Limit, PriorityLimiter, TokenBucket, TrafficShaper
 from distlb.embedded import EmbeddedCluster, EmbeddedServer
 
 
@@ -32,11 +32,15 @@ def populate(client: Any, prefix: str) -> None:
     shaper.try_acquire("ali:ce")
     LeakyBucket(client, "out", rate_per_s=2, capacity=5, prefix=prefix).try_acquire(3)
     PriorityLimiter(client, "jobs", rate_per_s=0.1, burst=1, prefix=prefix).try_acquire(1)
+    cb = CircuitBreaker(client, "node1", failure_threshold=1, prefix=prefix)
+    cb.force_open()
 
 
 def check_inventory(doc: dict[str, Any]) -> None:
     by_name = {(e["kind"], e["name"]): e for e in doc["entities"]}
-    assert set(by_name) == {("tb", "api"), ("ts", "edge"), ("lb", "out"), ("pq", "jobs")}
+    assert set(by_name) == {("tb", "api"), ("ts", "edge"), ("lb", "out"), ("pq", "jobs"),
+                            ("cb", "node1")}
+    assert by_name[("cb", "node1")]["summary"].startswith("open (forced open)")
     api = by_name[("tb", "api")]
     assert api["kind_label"] == "token bucket"
     assert float(api["keys"][0]["fields"]["tokens"]) == pytest.approx(3, abs=0.05)
