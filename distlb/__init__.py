@@ -7,7 +7,14 @@ run on the server's clock. ``distlb.aio`` has the same classes for asyncio.
 
 from distlb._keys import DEFAULT_PREFIX
 from distlb.breaker import AdaptiveCircuitBreaker, BreakerGuard, CircuitBreaker
-from distlb.errors import CircuitOpen, ConfigError, DistlbError, RateLimited, StoreError
+from distlb.errors import (
+    CircuitOpen,
+    ConfigError,
+    DistlbError,
+    RateLimited,
+    RetryBudgetExhausted,
+    StoreError,
+)
 from distlb.results import (
     Attempt,
     BreakerState,
@@ -17,6 +24,7 @@ from distlb.results import (
     PriorityDecision,
     Transition,
 )
+from distlb.retry import BudgetDecision, RetryBudget, RetryPolicy, RetryState
 from distlb.shaping import LeakyBucket, Limit, PriorityLimiter, TokenBucket, TrafficShaper
 
 __version__ = "0.1.0"
@@ -27,6 +35,7 @@ __all__ = [
     "Attempt",
     "BreakerGuard",
     "BreakerState",
+    "BudgetDecision",
     "CircuitBreaker",
     "CircuitOpen",
     "ConfigError",
@@ -39,6 +48,10 @@ __all__ = [
     "PriorityDecision",
     "PriorityLimiter",
     "RateLimited",
+    "RetryBudget",
+    "RetryBudgetExhausted",
+    "RetryPolicy",
+    "RetryState",
     "StoreError",
     "TokenBucket",
     "TrafficShaper",

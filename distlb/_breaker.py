@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from distlb._core import breaker as bk
-from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._events import AsyncBus, SyncBus, channel_for
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number
@@ -151,9 +151,9 @@ class BreakerBase(Shared):
         fast = self._view.fast_attempt(self.clock(), self._subscribed_since())
         if fast is not None:
             return Done(fast)
-        return self._attempt_steps()
+        return self._attemptsteps()
 
-    def _attempt_steps(self) -> Steps[Attempt]:
+    def _attemptsteps(self) -> Steps[Attempt]:
         st: BreakerState = yield self._plan("attempt", uuid.uuid4().hex, self._attempt_fallback)
         return Attempt(st.allowed, st.state, st.permit, st.retry_after_s, st.source)
 
@@ -206,24 +206,15 @@ class BreakerBase(Shared):
 
     def _call(self, fn: Callable[..., Any], args: tuple[Any, ...],
               kwargs: dict[str, Any]) -> Steps[Any]:
-        attempt = yield from _steps(self._attempt())
+        attempt = yield from steps(self._attempt())
         if not attempt.allowed:
             raise CircuitOpen(self.name, attempt.state, attempt.retry_after_s)
         outcome: Outcome = yield Invoke(fn, args, kwargs)
-        yield from _steps(self._outcome(attempt, self.classify(outcome.error,
+        yield from steps(self._outcome(attempt, self.classify(outcome.error,
                                                                outcome.duration_s)))
         if outcome.error is not None:
             raise outcome.error
         return outcome.value
-
-
-def _steps(op: Op[Any]) -> Steps[Any]:
-    """Any operation as steps, for ``yield from`` inside a larger operation."""
-    if isinstance(op, Done):
-        return op.value
-    if isinstance(op, Call):
-        return (yield op)
-    return (yield from op)
 
 
 class CircuitBreakerCore(BreakerBase):

@@ -33,6 +33,7 @@ KINDS = {
     "ts": "traffic shaper",
     "pq": "priority limiter",
     "cb": "circuit breaker",
+    "rb": "retry budget",
 }
 
 

@@ -48,6 +48,21 @@ class CircuitOpen(DistlbError):
         super().__init__(f"circuit {name!r} is {state}; retry after {retry_after_s:.3f}s")
 
 
+class RetryBudgetExhausted(DistlbError):
+    """A retry was not made because the fleet's retry budget is spent.
+
+    Raised from the last error of the call (``__cause__``). ``attempt`` is the
+    number of attempts made; ``balance`` what the budget had left (< 1).
+    """
+
+    def __init__(self, budget: str, attempt: int, balance: float) -> None:
+        self.budget = budget
+        self.attempt = attempt
+        self.balance = balance
+        super().__init__(f"retry budget {budget!r} exhausted after attempt {attempt} "
+                         f"(balance {balance:.2f})")
+
+
 class StoreError(DistlbError):
     """The store answered with an error that no failure policy should hide.
 

@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: sync module -> generated asyncio module
 MODULES = {"distlb/shaping.py": "distlb/aio/shaping.py",
-           "distlb/breaker.py": "distlb/aio/breaker.py"}
+           "distlb/breaker.py": "distlb/aio/breaker.py",
+           "distlb/retry.py": "distlb/aio/retry.py"}
 #: methods that stay sync in the asyncio shell (they do no I/O)
 SYNC_METHODS = {"with_global_limit", "__call__", "guard", "__init__"}
 #: plain renames, applied in order

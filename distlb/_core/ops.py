@@ -80,3 +80,12 @@ def text(value: Any) -> str:
 def num(value: Any) -> float:
     """A reply number sent as a string (Lua truncates numbers in replies)."""
     return float(text(value))
+
+
+def steps(op: Op[R]) -> Steps[R]:
+    """Any operation as steps, for ``yield from`` inside a larger operation."""
+    if isinstance(op, Done):
+        return op.value
+    if isinstance(op, Call):
+        return (yield op)  # type: ignore[no-any-return]
+    return (yield from op)

@@ -5,8 +5,16 @@ master). Results, errors and ``Limit`` are shared with the sync package.
 """
 
 from distlb.aio.breaker import AdaptiveCircuitBreaker, BreakerGuard, CircuitBreaker
+from distlb.aio.retry import BudgetDecision, RetryBudget, RetryPolicy, RetryState
 from distlb.aio.shaping import LeakyBucket, PriorityLimiter, TokenBucket, TrafficShaper
-from distlb.errors import CircuitOpen, ConfigError, DistlbError, RateLimited, StoreError
+from distlb.errors import (
+    CircuitOpen,
+    ConfigError,
+    DistlbError,
+    RateLimited,
+    RetryBudgetExhausted,
+    StoreError,
+)
 from distlb.results import (
     Attempt,
     BreakerState,
@@ -23,6 +31,7 @@ __all__ = [
     "Attempt",
     "BreakerGuard",
     "BreakerState",
+    "BudgetDecision",
     "CircuitBreaker",
     "CircuitOpen",
     "ConfigError",
@@ -35,6 +44,10 @@ __all__ = [
     "PriorityDecision",
     "PriorityLimiter",
     "RateLimited",
+    "RetryBudget",
+    "RetryBudgetExhausted",
+    "RetryPolicy",
+    "RetryState",
     "StoreError",
     "TokenBucket",
     "TrafficShaper",

@@ -1,0 +1,450 @@
+"""Retry policies (local) and retry budgets (shared), without I/O.
+
+A policy decides, attempt after attempt, whether to retry and how long to
+wait; the shells in ``distlb.retry`` and ``distlb.aio.retry`` only run the
+user's function and sleep. A budget caps retries across the whole fleet:
+every request deposits, every retry withdraws, one script call each (deposits
+are batched locally).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep, Steps, steps, text
+from distlb._runtime import AsyncRunner, StoreGuard, SyncRunner
+from distlb._scripts import script
+from distlb._shared import Clock, Shared
+from distlb._validate import StorePolicy, integer, number
+from distlb.errors import ConfigError, RetryBudgetExhausted
+
+# -- backoff strategies ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fixed:
+    """The same delay before every retry."""
+
+    delay_s: float
+
+    def __post_init__(self) -> None:
+        number("delay_s", self.delay_s, low=0, low_inclusive=True, high=86400)
+
+    def delay(self, retry: int, previous_s: float, rng: random.Random) -> float:
+        return self.delay_s
+
+
+@dataclass(frozen=True, slots=True)
+class Exponential:
+    """``min(max_delay_s, base_s x multiplier^(retry-1))``: 0.1, 0.2, 0.4, ... capped."""
+
+    base_s: float = 0.1
+    multiplier: float = 2.0
+    max_delay_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        number("base_s", self.base_s, high=86400)
+        number("multiplier", self.multiplier, low=1, low_inclusive=True, high=100)
+        number("max_delay_s", self.max_delay_s, low=self.base_s, low_inclusive=True, high=86400)
+
+    def ceiling(self, retry: int) -> float:
+        # Compare exponents, not powers: base x multiplier^retry overflows a float
+        # long before a retry count does.
+        if (retry - 1) * math.log(self.multiplier) > math.log(self.max_delay_s / self.base_s):
+            return self.max_delay_s
+        return float(min(self.max_delay_s, self.base_s * self.multiplier ** (retry - 1)))
+
+    def delay(self, retry: int, previous_s: float, rng: random.Random) -> float:
+        return self.ceiling(retry)
+
+
+@dataclass(frozen=True, slots=True)
+class ExponentialJitter:
+    """Exponential with jitter (AWS architecture blog, "Exponential Backoff And Jitter").
+
+    ``full``:  uniform(0, ceiling) -- the best spread, sometimes a near-zero wait.
+    ``equal``: ceiling/2 + uniform(0, ceiling/2) -- never less than half the ceiling.
+    The ceiling is ``min(max_delay_s, base_s x 2^(retry-1))``.
+    """
+
+    base_s: float = 0.1
+    max_delay_s: float = 30.0
+    jitter: Literal["full", "equal"] = "full"
+
+    def __post_init__(self) -> None:
+        Exponential(self.base_s, 2.0, self.max_delay_s)
+        if self.jitter not in ("full", "equal"):
+            raise ConfigError("jitter", f"must be 'full' or 'equal', got {self.jitter!r}")
+
+    def delay(self, retry: int, previous_s: float, rng: random.Random) -> float:
+        ceiling = Exponential(self.base_s, 2.0, self.max_delay_s).ceiling(retry)
+        if self.jitter == "full":
+            return rng.uniform(0, ceiling)
+        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+@dataclass(frozen=True, slots=True)
+class DecorrelatedJitter:
+    """``min(max_delay_s, uniform(base_s, previous x 3))``, previous starting at ``base_s``
+    (AWS architecture blog): grows like exponential, but each delay depends on the last."""
+
+    base_s: float = 0.1
+    max_delay_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        Exponential(self.base_s, 2.0, self.max_delay_s)
+
+    def delay(self, retry: int, previous_s: float, rng: random.Random) -> float:
+        previous = previous_s if previous_s > 0 else self.base_s
+        return min(self.max_delay_s, rng.uniform(self.base_s, previous * 3))
+
+
+Backoff = Fixed | Exponential | ExponentialJitter | DecorrelatedJitter
+
+# -- the testing switch ------------------------------------------------------------------------
+
+_testing = threading.Event()
+
+
+def set_testing(on: bool) -> None:
+    """Turn every retry sleep off (``True``) or back on, process-wide: for test suites."""
+    if on:
+        _testing.set()
+    else:
+        _testing.clear()
+
+
+# -- retry budget ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetDecision:
+    """A budget's answer: may this retry go ahead, and the window's counts."""
+
+    allowed: bool
+    deposits: int
+    withdrawals: int
+    balance: float
+    source: str = "store"
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+class _LocalBudget:
+    """The in-process budget for ``on_store_error="local"``: one window, this process only."""
+
+    def __init__(self, owner: RetryBudgetCore) -> None:
+        self.owner = owner
+        self.lock = threading.Lock()
+        self.start = owner.clock()
+        self.deposits = self.withdrawals = 0
+
+    def decide(self, add: int, withdraw: bool) -> BudgetDecision:
+        o = self.owner
+        with self.lock:
+            now = o.clock()
+            if now - self.start > o.window_s:
+                self.start, self.deposits, self.withdrawals = now, 0, 0
+            self.deposits += add
+            balance = o.ratio * self.deposits + o.min_retries_per_s * o.window_s \
+                / o.expected_processes - self.withdrawals
+            ok = withdraw and balance >= 1
+            if ok:
+                self.withdrawals += 1
+                balance -= 1
+            return BudgetDecision(ok, self.deposits, self.withdrawals, balance, "local")
+
+
+class RetryBudgetCore(Shared):
+    """A retry budget shared by every process (Finagle's model).
+
+    Requests deposit, retries withdraw. Over any ``window_s`` (``buckets``
+    buckets sliding), retries may not exceed ``ratio`` x requests plus
+    ``min_retries_per_s`` x ``window_s``, counted for the whole fleet. Deposits
+    are batched: one script call per ``deposit_batch`` requests (or after
+    ``deposit_flush_s``), and every withdrawal carries this process's pending
+    deposits, so a request costs a fraction of a round trip.
+
+    ``on_store_error``: ``"fail_open"`` allows retries, ``"fail_closed"`` refuses
+    them, ``"local"`` keeps a budget in-process (the minimum divided by
+    ``expected_processes``). Key: ``<prefix>:{rb:<name>}``, a hash of
+    ``<bucket>:d`` deposits and ``<bucket>:w`` withdrawals.
+    """
+
+    kind = "rb"
+
+    def __init__(self, client: Any, name: str, *, ratio: float = 0.2,
+                 min_retries_per_s: float = 10.0, window_s: float = 10.0, buckets: int = 10,
+                 deposit_batch: int = 10, deposit_flush_s: float = 0.1,
+                 expected_processes: int = 1, prefix: str = "distlb",
+                 on_store_error: StorePolicy = "fail_open", retry_store_after_s: float = 1.0,
+                 clock: Clock = time.monotonic,
+                 sleep: Callable[[float], Any] | None = None) -> None:
+        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
+                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        self.ratio = number("ratio", ratio, low=0, low_inclusive=True, high=100)
+        self.min_retries_per_s = number("min_retries_per_s", min_retries_per_s, low=0,
+                                        low_inclusive=True, high=1e6)
+        self.window_s = number("window_s", window_s, low=0.01, high=86400)
+        self.buckets = integer("buckets", buckets, low=1, high=1000)
+        self.deposit_batch = integer("deposit_batch", deposit_batch, low=1, high=100_000)
+        self.deposit_flush_s = number("deposit_flush_s", deposit_flush_s, low=0,
+                                      low_inclusive=True, high=3600)
+        self.expected_processes = integer("expected_processes", expected_processes,
+                                          low=1, high=100_000)
+        self._config = (f"{self.ratio!r} {self.min_retries_per_s!r} "
+                        f"{math.ceil(self.window_s * 1000)} {self.buckets}")
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._flushed_at = clock()
+        self._twin = _LocalBudget(self)
+
+    def _take_pending(self, add: int) -> int:
+        with self._lock:
+            n, self._pending = self._pending + add, 0
+            self._flushed_at = self.clock()
+            return n
+
+    def _plan(self, op: str, deposits: int, withdraw: bool) -> Call[BudgetDecision]:
+        def parse(reply: Any) -> BudgetDecision:
+            f = text(reply).split()
+            return BudgetDecision(f[0] == "1", int(f[1]), int(f[2]), float(f[3]))
+
+        def fallback() -> BudgetDecision:
+            if self.on_store_error == "local":
+                return self._twin.decide(deposits, withdraw)
+            ok = withdraw and self.on_store_error == "fail_open"
+            return BudgetDecision(ok, 0, 0, math.inf if ok else 0.0, self.on_store_error)
+
+        return Call(script("budget"), (self.key,), (op, deposits, self._config), parse, fallback)
+
+    def _deposit(self, n: int) -> Op[Any]:
+        n = integer("n", n, low=0, high=10**9)
+        with self._lock:
+            self._pending += n
+            due = (self._pending >= self.deposit_batch
+                   or self.clock() - self._flushed_at >= self.deposit_flush_s)
+        if not due:
+            return Done(None)
+        return self._plan("deposit", self._take_pending(0), False)
+
+    def _flush(self) -> Call[BudgetDecision]:
+        return self._plan("deposit", self._take_pending(0), False)
+
+    def _withdraw(self) -> Call[BudgetDecision]:
+        return self._plan("withdraw", self._take_pending(0), True)
+
+    def _peek(self) -> Call[BudgetDecision]:
+        return self._plan("peek", 0, False)
+
+    def _reset(self) -> Call[int]:
+        with self._lock:
+            self._pending = 0
+        return self._delete([self.key])
+
+
+# -- retry policy ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryState:
+    """What a ``before_sleep`` hook is told before each wait."""
+
+    attempt: int                    #: the attempt that just failed, 1-based
+    delay_s: float                  #: the wait before the next attempt
+    elapsed_s: float                #: since the first attempt started
+    error: BaseException | None     #: the exception, or None for a retried result
+    value: Any = None               #: the result, for ``retry_on_result``
+
+
+RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+def _is_exception_type(t: object) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseException)
+
+
+def _valid_retry_on(retry_on: object) -> bool:
+    if isinstance(retry_on, tuple):
+        return all(_is_exception_type(t) for t in retry_on)
+    return _is_exception_type(retry_on) or (callable(retry_on) and not isinstance(retry_on, type))
+
+
+def _retryable(retry_on: RetryOn, error: BaseException) -> bool:
+    if isinstance(retry_on, type | tuple):
+        return isinstance(error, retry_on)
+    return bool(retry_on(error))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicyCore:
+    """How to retry a call: a backoff, limits, what to retry, and an optional shared budget.
+
+    Immutable: the ``with_*`` builders return a new policy. Exceptions not
+    matched by ``retry_on`` propagate at once. When attempts run out the last
+    exception is raised again (or, for ``retry_on_result``, the last result is
+    returned). With ``max_total_s`` an attempt is never started if the wait plus
+    the longest attempt so far would pass the deadline. With a budget, each call
+    deposits once and each retry withdraws; a refused retry raises
+    ``RetryBudgetExhausted`` from the last error.
+    """
+
+    backoff: Backoff = field(default_factory=lambda: ExponentialJitter())
+    max_attempts: int = 3
+    max_total_s: float | None = None
+    retry_on: RetryOn = Exception
+    retry_on_result: Callable[[Any], bool] | None = None
+    before_sleep: tuple[Callable[[RetryState], None], ...] = ()
+    budget: RetryBudgetCore | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Any] | None = None
+
+    _runner: ClassVar[type[SyncRunner] | type[AsyncRunner]]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backoff, Fixed | Exponential | ExponentialJitter
+                          | DecorrelatedJitter):
+            raise ConfigError("backoff", "must be Fixed, Exponential, ExponentialJitter or "
+                                         "DecorrelatedJitter")
+        integer("max_attempts", self.max_attempts, low=1, high=1000)
+        if self.max_total_s is not None:
+            number("max_total_s", self.max_total_s, high=86400)
+        if not _valid_retry_on(self.retry_on):
+            raise ConfigError("retry_on", "must be an exception class, a tuple of them, or a "
+                                          "predicate taking the exception")
+        if self.budget is not None and not isinstance(self.budget, RetryBudgetCore):
+            raise ConfigError("budget", "must be a RetryBudget or None")
+        if self.budget is not None and self.budget._runner is not self._runner:
+            raise ConfigError("budget", "must come from the same package as the policy "
+                                        "(distlb.RetryBudget with distlb.RetryPolicy, "
+                                        "distlb.aio.RetryBudget with distlb.aio.RetryPolicy)")
+
+    # -- named constructors --------------------------------------------------------------------
+
+    @classmethod
+    def fixed(cls, delay_s: float = 1.0, *, max_attempts: int = 3) -> Any:
+        return cls(backoff=Fixed(delay_s), max_attempts=max_attempts)
+
+    @classmethod
+    def exponential(cls, base_s: float = 0.1, *, multiplier: float = 2.0,
+                    max_delay_s: float = 30.0, max_attempts: int = 3) -> Any:
+        return cls(backoff=Exponential(base_s, multiplier, max_delay_s),
+                   max_attempts=max_attempts)
+
+    @classmethod
+    def exponential_with_jitter(cls, base_s: float = 0.1, *, max_delay_s: float = 30.0,
+                                max_attempts: int = 3,
+                                jitter: Literal["full", "equal"] = "full") -> Any:
+        return cls(backoff=ExponentialJitter(base_s, max_delay_s, jitter),
+                   max_attempts=max_attempts)
+
+    @classmethod
+    def decorrelated_jitter(cls, base_s: float = 0.1, *, max_delay_s: float = 30.0,
+                            max_attempts: int = 3) -> Any:
+        return cls(backoff=DecorrelatedJitter(base_s, max_delay_s), max_attempts=max_attempts)
+
+    @classmethod
+    def default(cls) -> Any:
+        """3 attempts, exponential backoff with full jitter from 0.1 s, capped at 30 s."""
+        return cls()
+
+    # -- builders ------------------------------------------------------------------------------
+
+    def with_max_attempts(self, n: int) -> Any:
+        return dataclasses.replace(self, max_attempts=n)
+
+    def with_max_total_time(self, seconds: float) -> Any:
+        return dataclasses.replace(self, max_total_s=seconds)
+
+    def with_budget(self, budget: RetryBudgetCore | None) -> Any:
+        return dataclasses.replace(self, budget=budget)
+
+    def with_retry_on(self, retry_on: RetryOn) -> Any:
+        return dataclasses.replace(self, retry_on=retry_on)
+
+    def with_retry_on_result(self, predicate: Callable[[Any], bool] | None) -> Any:
+        return dataclasses.replace(self, retry_on_result=predicate)
+
+    def with_before_sleep(self, hook: Callable[[RetryState], None]) -> Any:
+        return dataclasses.replace(self, before_sleep=(*self.before_sleep, hook))
+
+    def with_random(self, rng: random.Random) -> Any:
+        return dataclasses.replace(self, rng=rng)
+
+    def with_clock(self, clock: Callable[[], float]) -> Any:
+        return dataclasses.replace(self, clock=clock)
+
+    def with_sleep(self, sleep: Callable[[float], Any]) -> Any:
+        return dataclasses.replace(self, sleep=sleep)
+
+    # -- the decision loop ---------------------------------------------------------------------
+
+    def delays(self) -> list[float]:
+        """The waits this policy would make if every attempt failed (draws from ``rng``)."""
+        out: list[float] = []
+        previous = 0.0
+        for retry in range(1, self.max_attempts):
+            previous = self.backoff.delay(retry, previous, self.rng)
+            out.append(previous)
+        return out
+
+    def _run(self, op: Op[Any]) -> Any:
+        # The budget's client runs its calls; without one, no call is ever made.
+        client, guard = (self.budget.client, self.budget._guard) if self.budget is not None \
+            else (None, StoreGuard("retry policy", 1.0, self.clock))
+        runner = self._runner(client, guard) if self.sleep is None \
+            else self._runner(client, guard, sleep=self.sleep)
+        return runner.drive(op)
+
+    def _execute(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Steps[Any]:
+        start = self.clock()
+        if self.budget is not None:
+            yield from steps(self.budget._deposit(1))
+        previous_delay = 0.0
+        longest = 0.0
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome: Outcome = yield Invoke(fn, args, kwargs)
+            longest = max(longest, outcome.duration_s)
+            error = outcome.error
+            if error is None:
+                if self.retry_on_result is None or not self.retry_on_result(outcome.value):
+                    return outcome.value
+            elif not _retryable(self.retry_on, error):
+                raise error
+            if attempt >= self.max_attempts:
+                return _give_up(outcome)
+            delay = self.backoff.delay(attempt, previous_delay, self.rng)
+            previous_delay = delay
+            elapsed = self.clock() - start
+            if self.max_total_s is not None and elapsed + delay + longest > self.max_total_s:
+                return _give_up(outcome)
+            if self.budget is not None:
+                decision = yield self.budget._withdraw()
+                if not decision.allowed:
+                    exhausted = RetryBudgetExhausted(self.budget.name, attempt, decision.balance)
+                    if error is not None:
+                        raise exhausted from error
+                    return outcome.value
+            state = RetryState(attempt, delay, elapsed, error, outcome.value)
+            for hook in self.before_sleep:
+                hook(state)
+            if not _testing.is_set() and delay > 0:
+                yield Sleep(delay)
+
+
+def _give_up(outcome: Outcome) -> Any:
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.value
