@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from typing import Any
 
 import redis
@@ -27,7 +27,15 @@ import redis.asyncio
 
 import distlb.aio as aio
 from benchmarks import _workers
-from distlb import CircuitBreaker, Limit, TokenBucket, TrafficShaper
+from distlb import (
+    CircuitBreaker,
+    Limit,
+    RetryBudget,
+    RetryBudgetExhausted,
+    RetryPolicy,
+    TokenBucket,
+    TrafficShaper,
+)
 from distlb.embedded import EmbeddedServer
 
 TRIVIAL = "return 1"
@@ -85,6 +93,22 @@ def _server_version(r: redis.Redis) -> str:
     if "valkey_version" in info:
         return f"Valkey {info['valkey_version']}"
     return f"Redis {info['redis_version']}"
+
+
+def retry_storm(budget: RetryBudget | None, requests: int) -> float:
+    """Attempts per request that a dead backend receives under a 3-attempt policy."""
+    policy = RetryPolicy.fixed(0, max_attempts=3).with_budget(budget)
+    attempts = 0
+
+    def dead() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError("dead")
+
+    for _ in range(requests):
+        with suppress(ConnectionError, RetryBudgetExhausted):
+            policy.execute(dead)
+    return attempts / requests
 
 
 def trip_propagation(url: str, watchers: int) -> list[float]:
@@ -189,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         med = statistics.median(x for d in delays for x in d) * 1000
         rep.add("breaker trip seen open by 3 other processes", f"{med:.1f} ms median",
                 f"{worst:.1f} ms worst (pub/sub event)")
+
+        for label, budget in (("no budget", None),
+                              ("20% budget", RetryBudget(r, "storm", ratio=0.2,
+                                                         min_retries_per_s=10, window_s=10,
+                                                         prefix=prefix))):
+            multiplier = retry_storm(budget, requests=500 if args.quick else 2000)
+            rep.add(f"retry storm on a dead backend, 3 attempts, {label}",
+                    f"{multiplier:.2f}x load", "attempts per original request")
 
         admitted, expected = multiprocess_accuracy(url, 1.0 if args.quick else 3.0)
         rep.add("4 processes on one 500/s burst-50 limit", f"{admitted} admitted",

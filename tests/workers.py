@@ -6,6 +6,7 @@ numbers crosses the process boundary, as between real hosts.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -137,3 +138,26 @@ def take_probe_and_die(target: dict[str, Any], prefix: str, cfg: dict[str, Any],
     out.put({"permit": attempt.permit})
     time.sleep(0.1)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def retry_against_dead_backend(target: dict[str, Any], prefix: str, requests: int,
+                               barrier: Any, out: Any) -> None:
+    """Make `requests` calls that always fail, 3 attempts each, under one shared budget."""
+    from distlb import RetryBudget, RetryBudgetExhausted, RetryPolicy
+
+    budget = RetryBudget(make_client(target), "dead", ratio=0.2, min_retries_per_s=5,
+                         window_s=30, prefix=prefix)
+    policy = RetryPolicy.fixed(0, max_attempts=3).with_budget(budget)
+    attempts = 0
+
+    def dead() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError("dead")
+
+    barrier.wait()
+    for _ in range(requests):
+        with contextlib.suppress(ConnectionError, RetryBudgetExhausted):
+            policy.execute(dead)
+    budget.flush()
+    out.put({"requests": requests, "attempts": attempts})
