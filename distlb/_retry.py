@@ -23,7 +23,7 @@ from distlb._runtime import AsyncRunner, StoreGuard, SyncRunner
 from distlb._scripts import script
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number
-from distlb.errors import ConfigError, RetryBudgetExhausted
+from distlb.errors import CircuitOpen, ConfigError, RetryBudgetExhausted
 
 # -- backoff strategies ------------------------------------------------------------------------
 
@@ -279,6 +279,13 @@ def _valid_retry_on(retry_on: object) -> bool:
 
 
 def _retryable(retry_on: RetryOn, error: BaseException) -> bool:
+    if isinstance(error, CircuitOpen):
+        # The breaker would refuse the retry too: retrying only spends budget. Retry
+        # CircuitOpen only when asked by name (e.g. a caller that picks another backend).
+        named = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+        return any(isinstance(t, type) and issubclass(t, CircuitOpen) for t in named) or (
+            callable(retry_on) and not isinstance(retry_on, type | tuple)
+            and bool(retry_on(error)))
     if isinstance(retry_on, type | tuple):
         return isinstance(error, retry_on)
     return bool(retry_on(error))
@@ -287,6 +294,11 @@ def _retryable(retry_on: RetryOn, error: BaseException) -> bool:
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicyCore:
     """How to retry a call: a backoff, limits, what to retry, and an optional shared budget.
+
+    ``fn`` is called once per attempt, so a closure may steer each retry to
+    another backend. ``CircuitOpen`` is not retried unless ``retry_on`` names it
+    (or a predicate accepts it): an open breaker would refuse the retry too, so a
+    retry is never sent to a backend whose breaker is open.
 
     Immutable: the ``with_*`` builders return a new policy. Exceptions not
     matched by ``retry_on`` propagate at once. When attempts run out the last

@@ -131,6 +131,18 @@ def test_only_matching_exceptions_are_retried() -> None:
     assert fn.calls["n"] == 2
 
 
+def test_open_breaker_is_not_retried_unless_named() -> None:
+    from distlb import CircuitOpen
+    ft = FakeTime()
+    fn = failing(5, exc=lambda msg: CircuitOpen("node1", "open", 3.0))  # type: ignore[arg-type]
+    with pytest.raises(CircuitOpen):
+        RetryPolicy.fixed(1.0).with_sleep(ft.sleep).execute(fn)
+    assert fn.calls["n"] == 1
+    fn = failing(1, exc=lambda msg: CircuitOpen("node1", "open", 3.0))  # type: ignore[arg-type]
+    policy = RetryPolicy.fixed(1.0).with_sleep(ft.sleep).with_retry_on((CircuitOpen,))
+    assert policy.execute(fn) == "ok"
+
+
 def test_retry_on_result_and_hooks() -> None:
     ft = FakeTime()
     seen: list[RetryState] = []
