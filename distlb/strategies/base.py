@@ -1,0 +1,105 @@
+"""What every strategy shares: the backend snapshot, the request context, the protocol.
+
+Strategies are pure and local: given a snapshot of backends and a request
+context they pick one, with no I/O. Time and randomness are injected
+(``clock``, ``rng``) so tests are deterministic.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
+
+from distlb.errors import ConfigError, DistlbError
+
+
+class NoBackendAvailable(DistlbError):
+    """Every backend is unhealthy (or excluded), or there are none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One backend as strategies see it: identity, weight, health and live statistics.
+
+    ``latency_ms`` is a moving average, ``error_rate`` a fraction in [0, 1],
+    ``throughput_per_s`` completed requests per second, ``active_connections``
+    the fleet-wide count. ``added_at_s`` (on the strategy's clock) is when it
+    joined or last recovered, for slow start.
+    """
+
+    id: str
+    address: str = ""
+    weight: int = 100
+    healthy: bool = True
+    active_connections: int = 0
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    throughput_per_s: float = 0.0
+    added_at_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise ConfigError("id", "must be a non-empty str")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, int) \
+                or not 0 <= self.weight <= 1_000_000:
+            raise ConfigError("weight", f"must be an int in [0, 1000000], got {self.weight!r}")
+
+    def with_(self, **changes: object) -> Backend:
+        """A copy with some fields changed: ``b.with_(active_connections=3)``."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a request tells the strategy: a hash key, a client, a priority.
+
+    ``exclude`` holds backend ids not to pick (e.g. those already tried by a retry).
+    """
+
+    key: str | None = None
+    client_id: str | None = None
+    priority: int = 0
+    exclude: frozenset[str] = frozenset()
+
+    @classmethod
+    def with_key(cls, key: str) -> Context:
+        return cls(key=key)
+
+    def with_priority(self, priority: int) -> Context:
+        return replace(self, priority=priority)
+
+    def with_client(self, client_id: str) -> Context:
+        return replace(self, client_id=client_id)
+
+    def excluding(self, *backend_ids: str) -> Context:
+        return replace(self, exclude=self.exclude | frozenset(backend_ids))
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """A backend-selection strategy. Implement ``select``; ``observe`` is optional."""
+
+    def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
+        """Pick one healthy backend, or raise ``NoBackendAvailable``."""
+        ...
+
+
+def candidates(backends: Sequence[Backend], ctx: Context | None) -> list[Backend]:
+    """The healthy, non-excluded backends with a weight above zero."""
+    exclude = ctx.exclude if ctx is not None else frozenset()
+    out = [b for b in backends if b.healthy and b.weight > 0 and b.id not in exclude]
+    if not out:
+        raise NoBackendAvailable(f"no healthy backend among {len(backends)}")
+    return out
+
+
+class Randomized:
+    """Mixin: an injectable ``random.Random`` (ties, sampling) and clock."""
+
+    def __init__(self, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rng = rng if rng is not None else random.Random()
+        self.clock = clock
