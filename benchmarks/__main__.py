@@ -26,7 +26,7 @@ import redis
 import redis.asyncio
 
 import distlb.aio as aio
-from benchmarks import _workers
+from benchmarks import _strategies, _workers
 from distlb import (
     CircuitBreaker,
     Limit,
@@ -226,7 +226,38 @@ def main(argv: list[str] | None = None) -> int:
         rep.add("4 processes on one 500/s burst-50 limit", f"{admitted} admitted",
                 f"{admitted / expected:.4f} of rate x s + burst ({expected:.0f})")
         r.close()
+
+    strategy_benchmarks(rep, quick=args.quick)
     return 0
+
+
+def strategy_benchmarks(rep: Report, *, quick: bool) -> None:
+    """Local strategies: no server involved."""
+    print()
+    seconds = 0.05 if quick else 0.3
+    sizes = (10, 100, 1000)
+    print(f"  {'selections/s':<40}" + "".join(f"{n:>12} backends" for n in sizes))
+    for name, make in _strategies.STRATEGIES.items():
+        figures = [_strategies.selections_per_s(make, n, seconds) for n in sizes]
+        print(f"  {name:<40}" + "".join(f"{f:>21,.0f}" for f in figures), flush=True)
+    print()
+    mine, theirs = _strategies.ring_vs_uhashring(10, 150, 1 if quick else 3)
+    rep.add("ring lookups, 10 nodes x 150 vnodes (lookup)", f"{mine:,.0f}/s",
+            f"{mine / theirs:.2f}x uhashring ({theirs:,.0f}/s)" if theirs
+            else "uhashring not installed (pip install '.[bench]')")
+    for label, make in (("ring", _strategies.ConsistentHashBalancer),
+                        ("maglev", _strategies.MaglevBalancer),
+                        ("rendezvous", _strategies.RendezvousHashBalancer)):
+        moved = _strategies.key_movement(make, 10)
+        rep.add(f"keys moved adding an 11th backend ({label})", f"{moved:.1%}",
+                f"ideal 1/11 = {1 / 11:.1%}")
+    requests = 5_000 if quick else 20_000
+    for label, make in (("round robin", _strategies.RoundRobinBalancer),
+                        ("least connections", _strategies.LeastConnectionsBalancer),
+                        ("adaptive", _strategies.AdaptiveBalancer),
+                        ("peak EWMA (latency-aware)", _strategies.PeakEwmaBalancer)):
+        mean, p99 = _strategies.simulate(make, requests=requests)
+        rep.add(f"one slow backend of 5: {label}", f"{mean:.1f} ms mean", f"p99 {p99:.1f} ms")
 
 
 if __name__ == "__main__":

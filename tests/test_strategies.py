@@ -307,3 +307,21 @@ def test_bad_scoring_config() -> None:
         ScoringConfig(0.5, 0.5, 0.5, 0.0)
     with pytest.raises(ConfigError, match="weight"):
         Backend("x", weight=-1)
+
+
+def test_weighted_schedule_survives_fresh_snapshots_of_the_same_backends() -> None:
+    s = WeightedRoundRobinBalancer()
+    picks = []
+    for i in range(12):   # a new snapshot tuple every pick, as live connection counts change
+        snapshot = tuple(b.with_(active_connections=i) for b in pool([3, 1]))
+        picks.append(s.select(snapshot).id)
+    assert Counter(picks[:4]) == Counter(picks[4:8]) == Counter({"b0": 3, "b1": 1})
+
+
+def test_tuple_snapshots_are_filtered_once_and_still_honour_health() -> None:
+    s = ConsistentHashBalancer()
+    snapshot = tuple(pool([1, 1, 1]))
+    first = s.select(snapshot, Context.with_key("k"))
+    down = tuple(b.with_(healthy=b.id != first.id) for b in snapshot)
+    assert s.select(down, Context.with_key("k")).id != first.id
+    assert s.select(snapshot, Context.with_key("k")).id == first.id

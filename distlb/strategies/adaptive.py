@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from distlb._validate import integer, number
 from distlb.errors import ConfigError
-from distlb.strategies.base import Backend, Context, Randomized, candidates
+from distlb.strategies.base import Backend, Base, Context
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ class ScoringConfig:
             raise ConfigError("ScoringConfig", f"weights must sum to 1, got {total:g}")
 
 
-class AdaptiveBalancer(Randomized):
+class AdaptiveBalancer(Base):
     """Lowest score wins; the score mixes normalized statistics and the backend's weight.
 
     For each healthy backend, with every statistic divided by its maximum over the
@@ -95,7 +95,7 @@ class AdaptiveBalancer(Randomized):
 
     def scores(self, backends: Sequence[Backend], ctx: Context | None = None) -> dict[str, float]:
         """Every candidate's score (lower is better), for logs and dashboards."""
-        pool = candidates(backends, ctx)
+        pool = self._candidates(backends, ctx)
         now = self.clock()
         if self.predictive:
             for b in pool:
@@ -125,7 +125,7 @@ class AdaptiveBalancer(Randomized):
         return next(b for b in backends if b.id == chosen)
 
 
-class PeakEwmaBalancer(Randomized):
+class PeakEwmaBalancer(Base):
     """Latency-aware power of two choices with peak-EWMA cost (Finagle, Linkerd).
 
     Each backend's latency estimate jumps up to any slower observation at once
@@ -165,7 +165,7 @@ class PeakEwmaBalancer(Randomized):
         return latency * (b.active_connections + 1) / b.weight
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
-        pool = candidates(backends, ctx)
+        pool = self._candidates(backends, ctx)
         if len(pool) == 1:
             return pool[0]
         picks = self.rng.sample(pool, min(self.choices, len(pool)))

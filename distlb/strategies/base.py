@@ -96,10 +96,34 @@ def candidates(backends: Sequence[Backend], ctx: Context | None) -> list[Backend
     return out
 
 
-class Randomized:
-    """Mixin: an injectable ``random.Random`` (ties, sampling) and clock."""
+class Base:
+    """What the built-in strategies share: an injectable ``random.Random`` (ties,
+    sampling) and clock, and the health filter, remembered for the last snapshot.
+
+    Snapshots passed as tuples are immutable, so filtering the same tuple again
+    is skipped: with 1000 backends the O(n) filter, not the pick, is the cost.
+    """
 
     def __init__(self, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rng = rng if rng is not None else random.Random()
         self.clock = clock
+        self._seen: tuple[Sequence[Backend] | None, list[Backend]] = (None, [])
+        self._indexed: tuple[list[Backend] | None, dict[str, Backend]] = (None, {})
+
+    def _candidates(self, backends: Sequence[Backend], ctx: Context | None) -> list[Backend]:
+        if (ctx is not None and ctx.exclude) or not isinstance(backends, tuple):
+            return candidates(backends, ctx)
+        seen, pool = self._seen
+        if seen is not backends:
+            pool = candidates(backends, ctx)
+            self._seen = (backends, pool)
+        return pool
+
+    def _by_id(self, pool: list[Backend]) -> dict[str, Backend]:
+        """``{id: backend}`` for a filtered pool, kept while the pool is the same object."""
+        seen, index = self._indexed
+        if seen is not pool:
+            index = {b.id: b for b in pool}
+            self._indexed = (pool, index)
+        return index

@@ -5,12 +5,12 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from distlb._validate import integer, number
 from distlb.errors import ConfigError
-from distlb.strategies.base import Backend, Context, NoBackendAvailable, candidates
-from distlb.strategies.hashing import MASK64, hash_function
+from distlb.strategies.base import Backend, Base, Context, NoBackendAvailable
+from distlb.strategies.hashing import MASK64, HashFn, hash_function
 
 
 def _key_of(ctx: Context | None) -> bytes:
@@ -19,7 +19,7 @@ def _key_of(ctx: Context | None) -> bytes:
     return (ctx.key if ctx.key is not None else ctx.client_id or "").encode()
 
 
-class ConsistentHashBalancer:
+class ConsistentHashBalancer(Base):
     """A hash ring with ``vnodes`` virtual nodes per backend (weight-aware).
 
     A backend of weight ``w`` gets ``round(vnodes x w / mean weight)`` points on the
@@ -37,6 +37,7 @@ class ConsistentHashBalancer:
 
     def __init__(self, *, vnodes: int = 150, hash: str = "xxhash",
                  bounded_load: float | None = None) -> None:
+        super().__init__()
         self.vnodes = integer("vnodes", vnodes, low=1, high=10_000)
         self.hash_name = hash
         self._hash = hash_function(hash)
@@ -46,10 +47,28 @@ class ConsistentHashBalancer:
         self._signature: tuple[tuple[str, int], ...] = ()
         self._points: list[int] = []
         self._owners: list[str] = []
+        self._lookup: Callable[[str], str] | None = None
+        self._ring_source: Sequence[Backend] | None = None
+
+    def lookup(self, key: str) -> str:
+        """The id of the backend owning ``key`` on the ring built by the last ``select``
+        or ``build`` call, ignoring health and loads: the fast path for affinity maps
+        (like uhashring's ``get_node``). O(log(n x vnodes))."""
+        if self._lookup is None:
+            raise NoBackendAvailable("the ring is empty: call build() or select() first")
+        return self._lookup(key)
+
+    def build(self, backends: Sequence[Backend]) -> None:
+        """Build (or keep) the ring for these backends."""
+        self._ring(backends)
 
     def _ring(self, backends: Sequence[Backend]) -> tuple[list[int], list[str]]:
+        if backends is self._ring_source:   # the same immutable snapshot as last time
+            return self._points, self._owners
         signature = tuple(sorted((b.id, b.weight) for b in backends if b.weight > 0))
         with self._lock:
+            if isinstance(backends, tuple):
+                self._ring_source = backends
             if signature != self._signature:
                 mean = sum(w for _, w in signature) / max(1, len(signature))
                 ring: list[tuple[int, str]] = []
@@ -60,10 +79,11 @@ class ConsistentHashBalancer:
                 self._points = [p for p, _ in ring]
                 self._owners = [o for _, o in ring]
                 self._signature = signature
+                self._lookup = _make_lookup(self._points, self._owners, self._hash)
             return self._points, self._owners
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
-        pool = {b.id: b for b in candidates(backends, ctx)}
+        pool = self._by_id(self._candidates(backends, ctx))
         points, owners = self._ring(backends)
         start = bisect.bisect(points, self._hash(_key_of(ctx)))
         cap = math.inf
@@ -85,7 +105,23 @@ class ConsistentHashBalancer:
         raise NoBackendAvailable("every healthy backend is at its bounded load")
 
 
-class RendezvousHashBalancer:
+def _make_lookup(points: list[int], owners: list[str],
+                 hash_fn: HashFn) -> Callable[[str], str] | None:
+    """A lookup with everything bound locally: encode, hash, bisect, index (the
+    wrap-around is a copy of the first owner at the end, so no modulo)."""
+    if not points:
+        return None
+    wrapped = [*owners, owners[0]]
+
+    def lookup(key: str, _bisect: Callable[[list[int], int], int] = bisect.bisect,
+               _points: list[int] = points, _owners: list[str] = wrapped,
+               _hash: HashFn = hash_fn, _encode: Callable[[str], bytes] = str.encode) -> str:
+        return _owners[_bisect(_points, _hash(_encode(key)))]
+
+    return lookup
+
+
+class RendezvousHashBalancer(Base):
     """Highest random weight (rendezvous) hashing, weighted (Schindelhauer & Schomaker).
 
     Each backend scores ``-weight / ln(h(key, backend) / 2^64)``; the highest wins.
@@ -93,6 +129,7 @@ class RendezvousHashBalancer:
     """
 
     def __init__(self, *, hash: str = "xxhash") -> None:
+        super().__init__()
         self.hash_name = hash
         self._hash = hash_function(hash)
 
@@ -100,7 +137,7 @@ class RendezvousHashBalancer:
         key = _key_of(ctx) + b"|"
         best: Backend | None = None
         best_score = -math.inf
-        for b in candidates(backends, ctx):
+        for b in self._candidates(backends, ctx):
             h = (self._hash(key + b.id.encode()) + 1) / (MASK64 + 2)   # in (0, 1)
             score = -b.weight / math.log(h)
             if score > best_score:
@@ -109,7 +146,7 @@ class RendezvousHashBalancer:
         return best
 
 
-class MaglevBalancer:
+class MaglevBalancer(Base):
     """Maglev hashing (Eisenbud et al., NSDI 2016), as in Envoy and gRPC.
 
     A lookup table of ``table_size`` entries (a prime) is filled by each backend in
@@ -121,6 +158,7 @@ class MaglevBalancer:
     """
 
     def __init__(self, *, table_size: int = 65537, hash: str = "xxhash") -> None:
+        super().__init__()
         self.table_size = integer("table_size", table_size, low=7, high=5_000_011)
         if any(self.table_size % p == 0 for p in range(2, int(self.table_size ** 0.5) + 1)):
             raise ConfigError("table_size", f"must be a prime, got {table_size}")
@@ -128,8 +166,11 @@ class MaglevBalancer:
         self._hash = hash_function(hash)
         self._lock = threading.Lock()
         self._tables: dict[tuple[tuple[str, int], ...], list[str]] = {}
+        self._last: tuple[Sequence[Backend] | None, list[str]] = (None, [])
 
     def _table(self, pool: Sequence[Backend]) -> list[str]:
+        if pool is self._last[0]:           # the same filtered pool as last time
+            return self._last[1]
         signature = tuple(sorted((b.id, b.weight) for b in pool))
         with self._lock:
             table = self._tables.get(signature)
@@ -137,6 +178,7 @@ class MaglevBalancer:
                 if len(self._tables) > 8:
                     self._tables.clear()
                 table = self._tables[signature] = self._build(signature)
+            self._last = (pool, table)
             return table
 
     def _build(self, signature: tuple[tuple[str, int], ...]) -> list[str]:
@@ -167,7 +209,6 @@ class MaglevBalancer:
                     return [t for t in table if t is not None]
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
-        pool = candidates(backends, ctx)
-        by_id = {b.id: b for b in pool}
+        pool = self._candidates(backends, ctx)
         table = self._table(pool)
-        return by_id[table[self._hash(_key_of(ctx)) % self.table_size]]
+        return self._by_id(pool)[table[self._hash(_key_of(ctx)) % self.table_size]]

@@ -39,9 +39,8 @@ def fnv1a_64(data: bytes) -> int:
     return fmix64(h)
 
 
-def xxh3_64(data: bytes) -> int:
-    """xxHash3, 64-bit (the default: fastest, best spread)."""
-    return xxhash.xxh3_64_intdigest(data)
+#: xxHash3, 64-bit (the default: fastest, best spread).
+xxh3_64: HashFn = xxhash.xxh3_64_intdigest
 
 
 def crc32_64(data: bytes) -> int:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from distlb._validate import number
-from distlb.strategies.base import Backend, Context, Randomized, candidates
+from distlb.strategies.base import Backend, Base, Context
 
 
 def _least(pool: Sequence[Backend], load: Callable[[Backend], float],
@@ -18,14 +18,14 @@ def _least(pool: Sequence[Backend], load: Callable[[Backend], float],
     return best[0] if len(best) == 1 else rng.choice(best)
 
 
-class LeastConnectionsBalancer(Randomized):
+class LeastConnectionsBalancer(Base):
     """Fewest active connections (fleet-wide counts from the snapshot). O(n)."""
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
-        return _least(candidates(backends, ctx), lambda b: b.active_connections, self.rng)
+        return _least(self._candidates(backends, ctx), lambda b: b.active_connections, self.rng)
 
 
-class WeightedLeastConnectionsBalancer(Randomized):
+class WeightedLeastConnectionsBalancer(Base):
     """Fewest ``active_connections / weight``, optionally with slow start. O(n).
 
     Slow start: a backend's effective weight ramps linearly from 10% to 100% of
@@ -46,12 +46,12 @@ class WeightedLeastConnectionsBalancer(Randomized):
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
         now = self.clock()
-        return _least(candidates(backends, ctx),
+        return _least(self._candidates(backends, ctx),
                       lambda b: (b.active_connections + 1) / self.effective_weight(b, now),
                       self.rng)
 
 
-class PowerOfTwoChoicesBalancer(Randomized):
+class PowerOfTwoChoicesBalancer(Base):
     """Pick two backends at random, keep the one with less ``connections / weight``.
 
     O(1) a pick (after the health filter): near least-connections balance without
@@ -59,7 +59,7 @@ class PowerOfTwoChoicesBalancer(Randomized):
     """
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
-        pool = candidates(backends, ctx)
+        pool = self._candidates(backends, ctx)
         if len(pool) == 1:
             return pool[0]
         a, b = self.rng.sample(pool, 2)

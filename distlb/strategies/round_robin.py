@@ -7,25 +7,26 @@ import math
 import threading
 from collections.abc import Sequence
 
-from distlb.strategies.base import Backend, Context, candidates
+from distlb.strategies.base import Backend, Base, Context
 
 
-class RoundRobinBalancer:
+class RoundRobinBalancer(Base):
     """Each healthy backend in turn. O(n) to filter health, O(1) to pick."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._next = 0
         self._lock = threading.Lock()
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
-        pool = candidates(backends, ctx)
+        pool = self._candidates(backends, ctx)
         with self._lock:
             i = self._next % len(pool)
             self._next = i + 1
         return pool[i]
 
 
-class WeightedRoundRobinBalancer:
+class WeightedRoundRobinBalancer(Base):
     """Each backend gets exactly ``weight / total`` of the picks over every full cycle.
 
     Earliest-deadline-first, as in Envoy: backend ``i``'s k-th pick is due at
@@ -37,6 +38,7 @@ class WeightedRoundRobinBalancer:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._signature: tuple[tuple[str, int], ...] = ()
         self._heap: list[tuple[int, int, int]] = []   # (deadline, index, picks so far)
@@ -44,21 +46,25 @@ class WeightedRoundRobinBalancer:
         self._lcm = 1
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
-        pool = candidates(backends, ctx)
-        signature = tuple((b.id, b.weight) for b in pool)
+        pool = self._candidates(backends, ctx)
         with self._lock:
-            if signature != self._signature:
-                self._signature, self._pool = signature, pool
-                self._lcm = math.lcm(*(b.weight for b in pool))
-                self._heap = [(self._lcm // b.weight, i, 1) for i, b in enumerate(pool)]
-                heapq.heapify(self._heap)
+            # The same filtered pool (a repeated tuple snapshot) needs no check; a new
+            # snapshot of the same backends and weights keeps the schedule going.
+            if pool is not self._pool:
+                signature = tuple((b.id, b.weight) for b in pool)
+                if signature != self._signature:
+                    self._signature = signature
+                    self._lcm = math.lcm(*(b.weight for b in pool))
+                    self._heap = [(self._lcm // b.weight, i, 1) for i, b in enumerate(pool)]
+                    heapq.heapify(self._heap)
+                self._pool = pool
             _, i, k = self._heap[0]
             weight = self._pool[i].weight
             heapq.heapreplace(self._heap, ((k + 1) * (self._lcm // weight), i, k + 1))
             return self._pool[i]
 
 
-class SmoothWeightedRoundRobinBalancer:
+class SmoothWeightedRoundRobinBalancer(Base):
     """NGINX's smooth weighted round robin: weighted shares without bursts.
 
     Each pick adds every backend's weight to its current score, picks the
@@ -67,11 +73,12 @@ class SmoothWeightedRoundRobinBalancer:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._current: dict[str, int] = {}
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
-        pool = candidates(backends, ctx)
+        pool = self._candidates(backends, ctx)
         total = 0
         best: Backend | None = None
         best_score = 0
