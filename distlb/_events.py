@@ -1,6 +1,6 @@
 """Shared-state events over pub/sub: breakers push every change to every process.
 
-Scripts ``PUBLISH`` a msgpack map on ``<prefix>:events`` whenever they change a
+Scripts ``PUBLISH`` a JSON object on ``<prefix>:events`` whenever they change a
 breaker. One subscriber per client and channel (a daemon thread for sync
 clients, a task for asyncio ones) hands each event to the breakers of this
 process, and pings every ``heartbeat_s`` so a silent, broken subscription is
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import threading
@@ -18,7 +19,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
 
 log = logging.getLogger("distlb")
 Handler = Callable[[dict[str, Any]], None]
@@ -29,9 +29,10 @@ def channel_for(prefix: str) -> str:
 
 
 def decode(data: Any) -> dict[str, Any] | None:
+    """An event: a JSON object (JSON, not msgpack, so decode_responses clients read it)."""
     try:
-        event = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception:  # not ours: someone else publishing on the channel
+        event = json.loads(data)
+    except (ValueError, TypeError):  # not ours: someone else publishing on the channel
         return None
     return event if isinstance(event, dict) else None
 

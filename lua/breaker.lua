@@ -26,7 +26,7 @@
 --   "<allowed 0|1> <state> <forced|-> <failures> <version> <permit|-> <retry_after_ms>
 --    <successes> <probes> <calls> <error_rate> <baseline|->"
 --   version is the server time (us) of the last change: it orders states and events.
--- Publishes (msgpack map) on every change: kind "cb", name, event ("transition"
+-- Publishes (a JSON object: text, so clients with decode_responses work) on every change: kind "cb", name, event ("transition"
 --   or "failures"), from, to, state, failures, version.
 -- Expires: every key ttl_ms after the last write (a missing breaker is closed).
 
@@ -57,7 +57,7 @@ local calls, rate = 0, 0
 
 local function publish(event, from)
   if channel ~= '' then
-    redis.call('PUBLISH', channel, cmsgpack.pack({kind = 'cb', name = name, event = event,
+    redis.call('PUBLISH', channel, cjson.encode({kind = 'cb', name = name, event = event,
       from = from, to = state, state = state, failures = failures, version = version,
       forced = forced}))
   end

@@ -285,3 +285,21 @@ def test_noscript_and_wrong_type(r: redis.Redis, prefix: str) -> None:
     r.set(cb.key, "x")
     with pytest.raises(StoreError):
         cb.record_failure()
+
+
+def test_events_reach_clients_that_decode_responses(server_url: str, prefix: str) -> None:
+    a = breaker(redis.Redis.from_url(server_url), prefix, open_timeout_s=30)
+    b = breaker(redis.Redis.from_url(server_url, decode_responses=True, protocol=3), prefix,
+                open_timeout_s=30, max_staleness_s=0)
+    assert b.can_attempt().allowed
+    deadline = time.monotonic() + 2
+    while b._subscribed_since() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    calls = b.store_stats.calls
+    for _ in range(3):
+        a.record_failure()
+    while b.can_attempt().allowed:
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    assert b.store_stats.calls == calls      # learned from the event, not a round trip
