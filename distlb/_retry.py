@@ -419,6 +419,11 @@ class RetryPolicyCore:
 
     def _execute(self, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Steps[Any]:
+        return self._attempts(lambda: invoke(fn, args, kwargs))
+
+    def _attempts(self, run_attempt: Callable[[], Steps[Outcome]]) -> Steps[Any]:
+        """The decision loop around ``run_attempt``, an operation run once per attempt (the
+        load balancer's picks a backend, leases it and calls the user's function)."""
         start = self.clock()
         if self.budget is not None:
             yield from steps(self.budget._deposit(1))
@@ -427,7 +432,7 @@ class RetryPolicyCore:
         attempt = 0
         while True:
             attempt += 1
-            outcome: Outcome = yield Invoke(fn, args, kwargs)
+            outcome = yield from run_attempt()
             longest = max(longest, outcome.duration_s)
             error = outcome.error
             if error is None:
@@ -454,6 +459,12 @@ class RetryPolicyCore:
                 hook(state)
             if not _testing.is_set() and delay > 0:
                 yield Sleep(delay)
+
+
+def invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Steps[Outcome]:
+    """One plain attempt: call the user's function."""
+    outcome: Outcome = yield Invoke(fn, args, kwargs)
+    return outcome
 
 
 def _give_up(outcome: Outcome) -> Any:
