@@ -6,6 +6,16 @@ run on the server's clock. ``distlb.aio`` has the same classes for asyncio.
 """
 
 from distlb._keys import DEFAULT_PREFIX
+from distlb.balancer import (
+    BackendExists,
+    BackendStats,
+    BreakerSettings,
+    ConnectionGuard,
+    LoadBalancer,
+    LoadBalancerContext,
+    Statistics,
+    UnknownBackend,
+)
 from distlb.breaker import AdaptiveCircuitBreaker, BreakerGuard, CircuitBreaker
 from distlb.errors import (
     CircuitOpen,
@@ -14,6 +24,7 @@ from distlb.errors import (
     RateLimited,
     RetryBudgetExhausted,
     StoreError,
+    StoreUnavailable,
 )
 from distlb.results import (
     Attempt,
@@ -53,12 +64,16 @@ __all__ = [
     "AdaptiveCircuitBreaker",
     "Attempt",
     "Backend",
+    "BackendExists",
+    "BackendStats",
     "BreakerGuard",
+    "BreakerSettings",
     "BreakerState",
     "BudgetDecision",
     "CircuitBreaker",
     "CircuitOpen",
     "ConfigError",
+    "ConnectionGuard",
     "ConsistentHashBalancer",
     "Context",
     "Decision",
@@ -68,6 +83,8 @@ __all__ = [
     "LeastConnectionsBalancer",
     "Limit",
     "LimitState",
+    "LoadBalancer",
+    "LoadBalancerContext",
     "MaglevBalancer",
     "NoBackendAvailable",
     "PeakEwmaBalancer",
@@ -83,11 +100,14 @@ __all__ = [
     "RoundRobinBalancer",
     "ScoringConfig",
     "SmoothWeightedRoundRobinBalancer",
+    "Statistics",
     "StoreError",
+    "StoreUnavailable",
     "Strategy",
     "TokenBucket",
     "TrafficShaper",
     "Transition",
+    "UnknownBackend",
     "WeightedLeastConnectionsBalancer",
     "WeightedRoundRobinBalancer",
 ]

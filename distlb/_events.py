@@ -19,7 +19,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-
 log = logging.getLogger("distlb")
 Handler = Callable[[dict[str, Any]], None]
 

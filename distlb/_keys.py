@@ -34,6 +34,7 @@ KINDS = {
     "pq": "priority limiter",
     "cb": "circuit breaker",
     "rb": "retry budget",
+    "pool": "load balancer pool",
 }
 
 

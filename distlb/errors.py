@@ -63,6 +63,11 @@ class RetryBudgetExhausted(DistlbError):
                          f"(balance {balance:.2f})")
 
 
+class StoreUnavailable(DistlbError):
+    """The store could not be reached for a change that has no failure policy
+    (registry changes), or a pool configured ``on_store_error="fail_closed"``."""
+
+
 class StoreError(DistlbError):
     """The store answered with an error that no failure policy should hide.
 

@@ -19,13 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 #: sync module -> generated asyncio module
 MODULES = {"distlb/shaping.py": "distlb/aio/shaping.py",
            "distlb/breaker.py": "distlb/aio/breaker.py",
-           "distlb/retry.py": "distlb/aio/retry.py"}
+           "distlb/retry.py": "distlb/aio/retry.py",
+           "distlb/balancer.py": "distlb/aio/balancer.py"}
 #: methods that stay sync in the asyncio shell (they do no I/O)
-SYNC_METHODS = {"with_global_limit", "__call__", "guard", "__init__"}
+SYNC_METHODS = {"with_global_limit", "__call__", "guard", "__init__", "connection",
+                "start_health_checks", "_renewer", "close"}
 #: plain renames, applied in order
 RENAMES = [
     ("SyncRunner", "AsyncRunner"),
     ("SyncBus", "AsyncBus"),
+    ("SyncTicker", "AsyncTicker"),
+    ("from distlb.breaker import", "from distlb.aio.breaker import"),
     ("def __enter__(self", "def __aenter__(self"),
     ("def __exit__(self", "def __aexit__(self"),
     ("``with breaker.guard():``", "``async with breaker.guard():``"),
@@ -48,7 +52,7 @@ def generate(source: str, origin: str) -> str:
         return m.group(0) if m.group(1) in SYNC_METHODS else f"    async def {m.group(1)}(self"
 
     out = re.sub(r"^    def (\w+)\(self", asyncify, out, flags=re.M)
-    out = re.sub(r"\bself\.(breaker\.)?_run\(", r"await self.\1_run(", out)
+    out = re.sub(r"\bself\.((?:breaker|balancer)\.)?_run\(", r"await self.\1_run(", out)
     out = re.sub(r"\bself\.client\.(\w+)\(", r"await self.client.\1(", out)
     return out
 

@@ -58,16 +58,16 @@ def _pairs(flat: Any) -> list[tuple[Any, Any]]:
 
 def parse(reply: Any) -> PoolState:
     records = None
-    if reply[4]:
+    if reply[3]:
         records = {}
-        for k, v in _pairs(reply[4]):
+        for k, v in _pairs(reply[3]):
             record = json.loads(text(v))
             if not isinstance(record.get("metadata"), dict):   # Lua may turn {} into []
                 record["metadata"] = {}
             records[text(k)] = record
     return PoolState(text(reply[0]), int(reply[1]), int(text(reply[2])), records,
-                     {text(k): int(v) for k, v in _pairs(reply[5])},
-                     {text(k): float(text(v)) for k, v in _pairs(reply[6])})
+                     {text(k): int(v) for k, v in _pairs(reply[4])},
+                     {text(k): float(text(v)) for k, v in _pairs(reply[5])})
 
 
 def plan(op: str, keys: tuple[str, ...], args: list[Arg], *, known_version: int, name: str,

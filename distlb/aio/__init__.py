@@ -4,6 +4,16 @@ Pass a ``redis.asyncio`` client (``Redis``, ``RedisCluster`` or a Sentinel
 master). Results, errors and ``Limit`` are shared with the sync package.
 """
 
+from distlb.aio.balancer import (
+    BackendExists,
+    BackendStats,
+    BreakerSettings,
+    ConnectionGuard,
+    LoadBalancer,
+    LoadBalancerContext,
+    Statistics,
+    UnknownBackend,
+)
 from distlb.aio.breaker import AdaptiveCircuitBreaker, BreakerGuard, CircuitBreaker
 from distlb.aio.retry import BudgetDecision, RetryBudget, RetryPolicy, RetryState
 from distlb.aio.shaping import LeakyBucket, PriorityLimiter, TokenBucket, TrafficShaper
@@ -14,6 +24,7 @@ from distlb.errors import (
     RateLimited,
     RetryBudgetExhausted,
     StoreError,
+    StoreUnavailable,
 )
 from distlb.results import (
     Attempt,
@@ -29,18 +40,24 @@ from distlb.shaping import Limit
 __all__ = [
     "AdaptiveCircuitBreaker",
     "Attempt",
+    "BackendExists",
+    "BackendStats",
     "BreakerGuard",
+    "BreakerSettings",
     "BreakerState",
     "BudgetDecision",
     "CircuitBreaker",
     "CircuitOpen",
     "ConfigError",
+    "ConnectionGuard",
     "Decision",
     "DistlbError",
     "LeakyBucket",
     "LeakyDecision",
     "Limit",
     "LimitState",
+    "LoadBalancer",
+    "LoadBalancerContext",
     "PriorityDecision",
     "PriorityLimiter",
     "RateLimited",
@@ -48,8 +65,11 @@ __all__ = [
     "RetryBudgetExhausted",
     "RetryPolicy",
     "RetryState",
+    "Statistics",
     "StoreError",
+    "StoreUnavailable",
     "TokenBucket",
     "TrafficShaper",
     "Transition",
+    "UnknownBackend",
 ]

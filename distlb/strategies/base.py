@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
 
 from distlb.errors import ConfigError, DistlbError
 
@@ -27,7 +27,8 @@ class Backend:
     ``latency_ms`` is a moving average, ``error_rate`` a fraction in [0, 1],
     ``throughput_per_s`` completed requests per second, ``active_connections``
     the fleet-wide count. ``added_at_s`` (on the strategy's clock) is when it
-    joined or last recovered, for slow start.
+    joined or last recovered, for slow start. ``metadata`` is free-form (zone,
+    version, ...), stored with the backend in the shared registry.
     """
 
     id: str
@@ -39,6 +40,7 @@ class Backend:
     error_rate: float = 0.0
     throughput_per_s: float = 0.0
     added_at_s: float = 0.0
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:

@@ -1,0 +1,488 @@
+"""The load balancer without I/O: registry view, leases, statistics, selection, execute.
+
+``distlb.balancer`` (sync) and ``distlb.aio.balancer`` (generated) drive these
+operations. The pool's shared state (registry, connection counts, leases,
+statistics) lives under one hash tag and changes only through ``pool.lua``;
+selection runs locally on a snapshot of it.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from distlb._breaker import BreakerBase, CircuitBreakerCore
+from distlb._core import pool as pl
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
+from distlb._events import AsyncBus, SyncBus, channel_for
+from distlb._retry import RetryPolicyCore
+from distlb._scripts import script
+from distlb._shaping import TrafficShaperCore
+from distlb._shared import Clock, Shared
+from distlb._validate import StorePolicy, integer, number
+from distlb.errors import (
+    CircuitOpen,
+    ConfigError,
+    DistlbError,
+    RateLimited,
+    StoreUnavailable,
+)
+from distlb.strategies import Backend, Context, NoBackendAvailable, RoundRobinBalancer, Strategy
+
+
+class BackendExists(DistlbError, LookupError):
+    """``add_backend`` with an id the pool already has."""
+
+
+class UnknownBackend(DistlbError, LookupError):
+    """An operation named a backend the pool does not have."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    """The per-backend circuit breakers a pool creates (see ``CircuitBreaker``)."""
+
+    failure_threshold: int = 5
+    open_timeout_s: float = 30.0
+    success_threshold: int = 3
+    half_open_max_requests: int = 5
+    probe_lease_s: float = 30.0
+    failure_on: Any = Exception
+    ignore: Any = ()
+    slow_call_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStats:
+    """One backend's shared statistics, as ``get_statistics()`` reports them."""
+
+    id: str
+    address: str
+    weight: int
+    healthy: bool
+    breaker: str                 #: "closed", "open", "half_open", or "-" without breakers
+    active_connections: int
+    requests: int
+    errors: int
+    error_rate: float            #: moving average over recent requests
+    latency_ms: float            #: moving average over recent requests
+    throughput_per_s: float      #: completed requests per second since the last refresh
+
+
+@dataclass(frozen=True, slots=True)
+class Statistics:
+    """The pool at a glance. ``str()`` gives the seed's one-liner."""
+
+    backends: int
+    healthy: int
+    connections: int
+    avg_response_ms: float
+    per_backend: tuple[BackendStats, ...] = ()
+
+    def __str__(self) -> str:
+        return (f"Backends: {self.healthy}/{self.backends}, Connections: {self.connections}, "
+                f"Avg Response: {self.avg_response_ms:.2f}ms")
+
+
+@dataclass(slots=True)
+class Lease:
+    """A connection slot held on a backend; returned by ``release`` (or its TTL)."""
+
+    backend: Backend
+    lease_id: str | None          #: None when the store was unreachable (nothing to return)
+    started_s: float
+    attempt: Any = None           #: the breaker's Attempt, if the pool has breakers
+    member: str = field(default="")
+
+
+class LoadBalancerCore(Shared):
+    """A pool of backends shared by every process, and one call that does it all.
+
+    * Registry: ``add_backend``, ``remove_backend``, ``update_backend_health``,
+      ``update_backend_weight`` change the shared registry (msgpack records in the
+      ``:backends`` hash); every process sees the change at its next refresh:
+      at once by pub/sub, else within ``refresh_s``.
+    * Connection leases: every call through the pool holds a lease on its backend,
+      counted fleet-wide in ``:conns``; leases renew every ``lease_ttl_s / 3``
+      while the call runs, and a process that dies (even SIGKILL) gives its
+      connections back when their TTL passes.
+    * Statistics per backend (requests, errors, moving averages of latency and
+      error rate) are updated by the same script call that returns the lease; every
+      reply carries fresh connection counts, so strategies see the whole fleet.
+    * Per-backend circuit breakers (``breaker=BreakerSettings(...)``, ``None`` for
+      none): a backend whose breaker is open is not selected.
+    * ``execute(fn)``: rate limit (``traffic_shaper``), select, lease, call
+      ``fn(backend)``, record, and on failure retry on another backend within
+      ``retry_policy`` (and its budget).
+
+    ``on_store_error``: ``"fail_open"`` (and ``"local"``) keep balancing on the last
+    known view without leases or statistics; ``"fail_closed"`` refuses calls.
+    Registry changes always need the store and raise ``StoreUnavailable`` without it.
+
+    Keys (hash tag ``{pool:<name>}``): the main hash (``version``), ``:backends``,
+    ``:conns``, ``:leases`` (zset), ``:stats``, ``:checker``.
+    """
+
+    kind = "pool"
+    _breaker_type: ClassVar[type[CircuitBreakerCore]]
+    _bus_type: ClassVar[type[SyncBus] | type[AsyncBus]]
+
+    def __init__(self, client: Any, name: str, strategy: Strategy | None = None, *,
+                 traffic_shaper: TrafficShaperCore | None = None,
+                 retry_policy: RetryPolicyCore | None = None,
+                 breaker: BreakerSettings | None = BreakerSettings(),
+                 lease_ttl_s: float = 30.0, refresh_s: float = 1.0, latency_alpha: float = 0.1,
+                 subscribe: bool = True, prefix: str = "distlb",
+                 on_store_error: StorePolicy = "fail_open", retry_store_after_s: float = 1.0,
+                 clock: Clock = time.monotonic,
+                 sleep: Callable[[float], Any] | None = None) -> None:
+        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
+                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        self.strategy: Strategy = strategy if strategy is not None else RoundRobinBalancer()
+        if not hasattr(self.strategy, "select"):
+            raise ConfigError("strategy", "must have select(backends, ctx)")
+        if traffic_shaper is not None and not isinstance(traffic_shaper, TrafficShaperCore):
+            raise ConfigError("traffic_shaper", "must be a TrafficShaper or None")
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicyCore):
+            raise ConfigError("retry_policy", "must be a RetryPolicy or None")
+        if breaker is not None and not isinstance(breaker, BreakerSettings):
+            raise ConfigError("breaker", "must be a BreakerSettings or None")
+        self.traffic_shaper = traffic_shaper
+        self.retry_policy = retry_policy
+        self.breaker_settings = breaker
+        self.lease_ttl_s = number("lease_ttl_s", lease_ttl_s, low=0.1, high=86400)
+        self.refresh_s = number("refresh_s", refresh_s, low_inclusive=True, high=3600)
+        self.latency_alpha = number("latency_alpha", latency_alpha, high=1)
+        self.subscribe = bool(subscribe)
+        self.channel = channel_for(self.prefix)
+        k = self.key
+        self.keys = (k, f"{k}:backends", f"{k}:conns", f"{k}:leases", f"{k}:stats")
+        self._lock = threading.Lock()
+        self._records: dict[str, dict[str, Any]] = {}
+        self._version = -1
+        self._conns: dict[str, int] = {}
+        self._stats: dict[str, float] = {}
+        self._refreshed_at = -math.inf
+        self._stale = True
+        self._offset_s = 0.0              # local clock - server clock, for slow start
+        self._tput: dict[str, tuple[float, float, float]] = {}   # id -> (requests, at, rate)
+        self._snapshot: tuple[Backend, ...] = ()
+        self._held: dict[str, float] = {}  # lease members this process holds -> local start
+        self._breakers: dict[str, BreakerBase] = {}
+        self._bus: SyncBus | AsyncBus | None = None
+        self._checker_id = uuid.uuid4().hex
+
+    # -- the local view ----------------------------------------------------------------------
+
+    def _plan(self, op: str, args: list[Any],
+              fallback: Callable[[], pl.PoolState] | None = None) -> Call[pl.PoolState]:
+        def parse(reply: Any) -> pl.PoolState:
+            state = pl.parse(reply)
+            self._apply(state)
+            return state
+
+        def unavailable() -> pl.PoolState:
+            if fallback is None:
+                raise StoreUnavailable(f"store unreachable: pool {self.name!r} not changed")
+            return fallback()
+
+        return Call(script("pool"), self.keys,
+                    (op, *args, self._version, self.name, self.channel), parse, unavailable)
+
+    def _local_state(self) -> pl.PoolState:
+        """The fallback while the store is unreachable: keep the last known view."""
+        if self.on_store_error == "fail_closed":
+            raise StoreUnavailable(f"store unreachable and pool {self.name!r} fails closed")
+        return pl.PoolState("unavailable", self._version, 0, None, self._conns, self._stats)
+
+    def _apply(self, state: pl.PoolState) -> None:
+        now = self.clock()
+        with self._lock:
+            if state.records is not None:
+                self._records = state.records
+                self._version = state.version
+            self._conns = state.conns
+            self._stats = state.stats
+            self._offset_s = now - state.server_us / 1e6
+            self._refreshed_at = now
+            self._stale = False
+            self._snapshot = self._build_snapshot(now)
+
+    def _build_snapshot(self, now: float) -> tuple[Backend, ...]:
+        out = []
+        for bid, r in sorted(self._records.items()):
+            requests = self._stats.get(f"{bid}:requests", 0.0)
+            prev = self._tput.get(bid)
+            rate = prev[2] if prev else 0.0
+            if prev is None or now - prev[1] >= 1.0:
+                if prev is not None:
+                    rate = max(0.0, requests - prev[0]) / (now - prev[1])
+                self._tput[bid] = (requests, now, rate)
+            out.append(Backend(
+                bid, str(r.get("address", "")), int(r.get("weight", 100)),
+                bool(r.get("healthy", True)), self._conns.get(bid, 0),
+                self._stats.get(f"{bid}:latency_ms", 0.0),
+                self._stats.get(f"{bid}:error_rate", 0.0), rate,
+                float(r.get("since_us", 0)) / 1e6 + self._offset_s,
+                dict(r.get("metadata") or {})))
+        return tuple(out)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if int(event.get("version", -1)) != self._version:
+            self._stale = True
+
+    def _subscribed(self) -> bool:
+        if not self.subscribe:
+            return False
+        if self._bus is None:
+            self._bus = self._bus_type.get(self.client, self.channel, self.clock)
+            if self._bus is not None:
+                self._bus.register(self.kind, self.name, self._on_event)
+        return self._bus is not None and self._bus.subscribed_since() is not None
+
+    def _refresh(self, force: bool = False) -> Op[Any]:
+        """A snapshot call when the view is older than ``refresh_s`` or an event said so."""
+        self._subscribed()
+        if not force and not self._stale and self.clock() - self._refreshed_at < self.refresh_s:
+            return Done(None)
+        return self._plan("snapshot", [], self._local_state)
+
+    def breaker_for(self, backend_id: str) -> BreakerBase | None:
+        """The circuit breaker of one backend (shared by every process), if the pool has them."""
+        if self.breaker_settings is None:
+            return None
+        with self._lock:
+            cb = self._breakers.get(backend_id)
+            if cb is None:
+                s = self.breaker_settings
+                cb = self._breakers[backend_id] = self._breaker_type(
+                    self.client, f"{self.name}/{backend_id}", failure_threshold=s.failure_threshold,
+                    open_timeout_s=s.open_timeout_s, success_threshold=s.success_threshold,
+                    half_open_max_requests=s.half_open_max_requests,
+                    probe_lease_s=s.probe_lease_s, failure_on=s.failure_on, ignore=s.ignore,
+                    slow_call_s=s.slow_call_s, prefix=self.prefix,
+                    on_store_error=self.on_store_error, clock=self.clock,
+                    subscribe=self.subscribe)
+            return cb
+
+    def _open_breakers(self) -> frozenset[str]:
+        """Backends whose breaker this process knows to be open (no round trip)."""
+        if self.breaker_settings is None:
+            return frozenset()
+        out = set()
+        for b in self._snapshot:
+            cb = self.breaker_for(b.id)
+            assert cb is not None
+            fast = cb._view.fast_attempt(self.clock(), cb._subscribed_since())
+            if fast is not None and not fast.allowed:
+                out.add(b.id)
+        return frozenset(out)
+
+    # -- registry ----------------------------------------------------------------------------
+
+    def _add(self, backend: Backend) -> Steps[None]:
+        if not isinstance(backend, Backend):
+            raise ConfigError("backend", "must be a distlb.Backend")
+        pl.check_address(backend.address)
+        record = {"id": backend.id, "address": backend.address, "weight": backend.weight,
+                  "healthy": backend.healthy, "metadata": dict(backend.metadata)}
+        state: pl.PoolState = yield self._plan("add", [pl.pack_record(record), backend.id])
+        if state.status == "exists":
+            raise BackendExists(f"pool {self.name!r} already has a backend {backend.id!r}")
+
+    def _patch(self, backend_id: str, changes: Mapping[str, Any]) -> Steps[None]:
+        if not isinstance(backend_id, str) or not backend_id:
+            raise ConfigError("backend_id", "must be a non-empty str")
+        state: pl.PoolState = yield self._plan("patch", [backend_id, pl.pack_record(changes)])
+        if state.status == "unknown":
+            raise UnknownBackend(f"pool {self.name!r} has no backend {backend_id!r}")
+
+    def _set_health(self, backend_id: str, healthy: bool) -> Steps[None]:
+        if not isinstance(healthy, bool):
+            raise ConfigError("healthy", "must be True or False")
+        return self._patch(backend_id, {"healthy": healthy})
+
+    def _set_weight(self, backend_id: str, weight: int) -> Steps[None]:
+        return self._patch(backend_id, {"weight": integer("weight", weight, low=0,
+                                                           high=1_000_000)})
+
+    def _remove(self, backend_id: str) -> Steps[None]:
+        state: pl.PoolState = yield self._plan("remove", [backend_id])
+        if state.status == "unknown":
+            raise UnknownBackend(f"pool {self.name!r} has no backend {backend_id!r}")
+
+    def _backends(self) -> Steps[tuple[Backend, ...]]:
+        yield from steps(self._refresh(force=True))
+        return self._snapshot
+
+    # -- selection and leases ----------------------------------------------------------------
+
+    def _select(self, ctx: Context | None) -> Steps[Backend]:
+        yield from steps(self._refresh())
+        ctx = ctx if ctx is not None else Context()
+        open_ = self._open_breakers()
+        if open_:
+            ctx = ctx.excluding(*open_)
+        return self.strategy.select(self._snapshot, ctx)
+
+    def _lease(self, ctx: Context | None, tried: set[str]) -> Steps[Lease]:
+        """Select a backend whose breaker admits the call, and take a connection slot."""
+        ctx = ctx if ctx is not None else Context()
+        while True:
+            backend = yield from self._select(ctx.excluding(*tried))
+            tried.add(backend.id)
+            cb = self.breaker_for(backend.id)
+            attempt = None
+            if cb is not None:
+                attempt = yield from steps(cb._attempt())
+                if not attempt.allowed:
+                    continue              # refused (e.g. half-open, probes taken): next one
+            lease_id = uuid.uuid4().hex
+            member = f"{backend.id}|{lease_id}"
+            state: pl.PoolState = yield self._plan(
+                "acquire", [backend.id, lease_id, math.ceil(self.lease_ttl_s * 1000)],
+                self._local_state)
+            if state.status == "unknown":          # removed meanwhile: pick again
+                continue
+            lease = Lease(backend, None if state.status == "unavailable" else lease_id,
+                          self.clock(), attempt, member)
+            if lease.lease_id is not None:
+                with self._lock:
+                    self._held[member] = lease.started_s
+            return lease
+
+    def _release(self, lease: Lease, error: BaseException | None) -> Steps[None]:
+        duration = self.clock() - lease.started_s
+        cb = self.breaker_for(lease.backend.id)
+        verdict = cb.classify(error, duration) if cb is not None else (
+            "failure" if error is not None else "success")
+        with self._lock:
+            self._held.pop(lease.member, None)
+        if lease.lease_id is not None or verdict != "ignored":
+            yield self._plan("release", [lease.backend.id, lease.lease_id or "",
+                                         f"{duration * 1000:.3f}", int(verdict == "failure"),
+                                         repr(self.latency_alpha)], self._local_state)
+        if cb is not None:
+            yield from steps(cb._outcome(lease.attempt, verdict))
+        observe = getattr(self.strategy, "observe", None)
+        if observe is not None:
+            observe(lease.backend.id, duration, verdict != "failure")
+
+    def _record_result(self, backend_id: str, duration_s: float, success: bool) -> Steps[None]:
+        """Record a call made outside ``execute``/``connection`` (stats and breaker)."""
+        number("duration_s", duration_s, low_inclusive=True, high=86400)
+        yield self._plan("release", [backend_id, "", f"{duration_s * 1000:.3f}",
+                                     int(not success), repr(self.latency_alpha)],
+                         self._local_state)
+        cb = self.breaker_for(backend_id)
+        if cb is not None:
+            yield from steps(cb._record(not success, None))
+
+    def _renew(self) -> Op[Any]:
+        with self._lock:
+            members = list(self._held)
+        if not members:
+            return Done(None)
+        return self._plan("renew", [math.ceil(self.lease_ttl_s * 1000), *members],
+                          self._local_state)
+
+    # -- execute -----------------------------------------------------------------------------
+
+    def _admit(self, ctx: Context | None) -> Op[Any]:
+        if self.traffic_shaper is None:
+            return Done(None)
+        call = self.traffic_shaper._call("take", ctx.client_id if ctx else None, 1, 0, None)
+        return _admitted(call)
+
+    def _attempt_once(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                      kwargs: dict[str, Any], ctx: Context | None,
+                      tried: set[str]) -> Steps[Outcome]:
+        try:
+            lease = yield from self._lease(ctx, tried)
+        except NoBackendAvailable as exc:
+            return Outcome(None, exc, 0.0)
+        outcome: Outcome = yield Invoke(fn, (lease.backend, *args), kwargs)
+        yield from self._release(lease, outcome.error)
+        return outcome
+
+    def _execute(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 ctx: Context | None) -> Steps[Any]:
+        yield from steps(self._admit(ctx))
+        tried: set[str] = set()
+
+        def attempt() -> Steps[Outcome]:
+            return self._attempt_once(fn, args, kwargs, ctx, tried)
+
+        if self.retry_policy is None:
+            outcome = yield from attempt()
+            if outcome.error is not None:
+                raise outcome.error
+            return outcome.value
+        return (yield from self.retry_policy._attempts(attempt))
+
+    # -- statistics --------------------------------------------------------------------------
+
+    def _statistics(self) -> Steps[Statistics]:
+        yield from steps(self._refresh(force=True))
+        per = []
+        for b in self._snapshot:
+            cb = self._breakers.get(b.id)
+            state = "-" if self.breaker_settings is None else (
+                cb._view.state or "closed" if cb is not None else "closed")
+            per.append(BackendStats(
+                b.id, b.address, b.weight, b.healthy, state, b.active_connections,
+                int(self._stats.get(f"{b.id}:requests", 0)),
+                int(self._stats.get(f"{b.id}:errors", 0)), b.error_rate, b.latency_ms,
+                b.throughput_per_s))
+        answered = [s for s in per if s.requests]
+        avg = sum(s.latency_ms for s in answered) / len(answered) if answered else 0.0
+        return Statistics(len(per), sum(s.healthy for s in per),
+                          sum(s.active_connections for s in per), avg, tuple(per))
+
+    # -- health checks -----------------------------------------------------------------------
+
+    def _health_round(self, check: Callable[[Backend], Any], lease_s: float) -> Steps[int]:
+        """If this process holds the checker role, probe every backend and publish changes.
+        Returns how many backends changed health."""
+        elected: int = yield Call(script("elect"), (f"{self.key}:checker",),
+                                  (self._checker_id, math.ceil(lease_s * 1000)), int,
+                                  lambda: 0)
+        if not elected:
+            return 0
+        yield from steps(self._refresh(force=True))
+        changed = 0
+        for b in self._snapshot:
+            outcome: Outcome = yield Invoke(check, (b,), {})
+            healthy = outcome.error is None and bool(outcome.value)
+            if healthy != b.healthy:
+                yield from self._set_health(b.id, healthy)
+                changed += 1
+        return changed
+
+
+def _admitted(call: Call[Any]) -> Steps[None]:
+    decision = yield call
+    if not decision.allowed:
+        raise RateLimited(decision.explanation, decision.retry_after_s)
+
+
+def tcp_check(timeout_s: float = 1.0) -> Callable[[Backend], bool]:
+    """A health check that opens (and closes) a TCP connection to the backend's address."""
+    def check(backend: Backend) -> bool:
+        host, _, port = backend.address.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return True
+        except OSError:
+            return False
+    return check
+
+
+__all__ = ["BackendExists", "BackendStats", "BreakerSettings", "CircuitOpen", "Lease",
+           "LoadBalancerCore", "Statistics", "UnknownBackend", "tcp_check"]

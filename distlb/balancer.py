@@ -1,0 +1,135 @@
+"""The load balancer: ``LoadBalancer``, its shared registry, leases and statistics.
+
+Each method drives an operation of ``distlb._balancer`` on a sync redis-py
+client. ``distlb.aio.balancer`` is generated from this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from distlb import _balancer
+from distlb._background import SyncTicker
+from distlb._balancer import (
+    BackendExists,
+    BackendStats,
+    BreakerSettings,
+    Statistics,
+    UnknownBackend,
+)
+from distlb._events import SyncBus
+from distlb._runtime import SyncRunner
+from distlb.breaker import CircuitBreaker
+from distlb.strategies import Backend, Context
+
+__all__ = ["BackendExists", "BackendStats", "BreakerSettings", "ConnectionGuard",
+           "LoadBalancer", "LoadBalancerContext", "Statistics", "UnknownBackend"]
+
+#: The seed's name for a request context: ``LoadBalancerContext.with_key("user123")``.
+LoadBalancerContext = Context
+
+
+class LoadBalancer(_balancer.LoadBalancerCore):
+    __doc__ = _balancer.LoadBalancerCore.__doc__
+
+    _runner = SyncRunner
+    _bus_type = SyncBus
+    _breaker_type = CircuitBreaker
+
+    def add_backend(self, backend: Backend) -> None:
+        """Add a backend to the shared registry; ``BackendExists`` if the id is taken."""
+        self._run(self._add(backend))
+
+    def remove_backend(self, backend_id: str) -> None:
+        """Remove a backend (its counts and statistics too); ``UnknownBackend`` if absent."""
+        self._run(self._remove(backend_id))
+
+    def update_backend_health(self, backend_id: str, healthy: bool) -> None:
+        """Mark a backend up or down for every process."""
+        self._run(self._set_health(backend_id, healthy))
+
+    def update_backend_weight(self, backend_id: str, weight: int) -> None:
+        """Change a backend's weight for every process."""
+        self._run(self._set_weight(backend_id, weight))
+
+    def backends(self) -> tuple[Backend, ...]:
+        """The registry with live connection counts and statistics, fresh from the store."""
+        return self._run(self._backends())
+
+    def select_backend(self, ctx: Context | None = None) -> Backend:
+        """Pick a backend (healthy, breaker not open) with the strategy; takes no lease."""
+        return self._run(self._select(ctx))
+
+    def record_result(self, backend_id: str, duration_s: float, success: bool) -> None:
+        """Record a call made outside ``execute``/``connection``: statistics and breaker."""
+        self._run(self._record_result(backend_id, duration_s, success))
+
+    def execute(self, fn: Callable[..., Any], /, *args: Any, ctx: Context | None = None,
+                **kwargs: Any) -> Any:
+        """Rate-limit, select, lease, call ``fn(backend, *args, **kwargs)``, record; on
+        failure retry on another backend as ``retry_policy`` allows."""
+        self._renewer().ensure()
+        return self._run(self._execute(fn, args, kwargs, ctx))
+
+    def connection(self, ctx: Context | None = None) -> ConnectionGuard:
+        """``with balancer.connection(ctx) as backend:`` holds a lease for the block and
+        records its duration and outcome."""
+        return ConnectionGuard(self, ctx)
+
+    def get_statistics(self) -> Statistics:
+        """Shared per-backend statistics; ``str()`` gives a one-line summary."""
+        return self._run(self._statistics())
+
+    def renew_leases(self) -> None:
+        """Extend every lease this process holds (done for you in the background)."""
+        self._run(self._renew())
+
+    def check_health(self, check: Callable[[Backend], Any],
+                     lease_s: float = 15.0) -> int:
+        """One health-check round, if this process holds the checker role (a Redis lease,
+        so only one process of the fleet probes): returns how many backends changed."""
+        return self._run(self._health_round(check, lease_s))
+
+    def start_health_checks(self, check: Callable[[Backend], Any] | None = None, *,
+                            interval_s: float = 5.0) -> None:
+        """Probe backends every ``interval_s`` (TCP connect by default) and mark them up or
+        down for the whole fleet; one process at a time does it."""
+        probe = check if check is not None else _balancer.tcp_check()
+        self._checker = SyncTicker(f"distlb-health-{self.name}", interval_s,
+                                   lambda: self.check_health(probe, interval_s * 3))
+        self._checker.ensure()
+
+    def _renewer(self) -> SyncTicker:
+        ticker: SyncTicker | None = getattr(self, "_renewer_ticker", None)
+        if ticker is None:
+            ticker = self._renewer_ticker = SyncTicker(
+                f"distlb-leases-{self.name}", self.lease_ttl_s / 3, self.renew_leases)
+        return ticker
+
+    def close(self) -> None:
+        """Stop background work (lease renewal, health checks)."""
+        for attr in ("_renewer_ticker", "_checker"):
+            ticker = getattr(self, attr, None)
+            if ticker is not None:
+                ticker.stop()
+
+
+class ConnectionGuard:
+    """Enter: select and lease a backend (returned). Exit: release it, recording the outcome."""
+
+    def __init__(self, balancer: LoadBalancer, ctx: Context | None) -> None:
+        self.balancer = balancer
+        self.ctx = ctx
+        self.lease: _balancer.Lease | None = None
+
+    def __enter__(self) -> Backend:
+        self.balancer._renewer().ensure()
+        self.lease = self.balancer._run(self.balancer._lease(self.ctx, set()))
+        return self.lease.backend
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.lease is not None:
+            self.balancer._run(self.balancer._release(self.lease, e))
