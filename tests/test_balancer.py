@@ -1,0 +1,248 @@
+"""LoadBalancer in one process: registry, leases, selection, execute, statistics, health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+import distlb.aio as aio
+from distlb import (
+    Backend,
+    BackendExists,
+    BreakerSettings,
+    ConfigError,
+    Limit,
+    LoadBalancer,
+    LoadBalancerContext,
+    NoBackendAvailable,
+    RateLimited,
+    RetryPolicy,
+    RoundRobinBalancer,
+    StoreUnavailable,
+    TrafficShaper,
+    UnknownBackend,
+)
+from distlb.embedded import EmbeddedServer
+from tests.backends import TcpBackend, call
+
+pytestmark = pytest.mark.lua
+
+
+@pytest.fixture
+def tcp() -> Iterator[list[TcpBackend]]:
+    servers = [TcpBackend(f"node{i}") for i in range(3)]
+    yield servers
+    for s in servers:
+        s.kill()
+
+
+def pool(client: Any, prefix: str, servers: list[TcpBackend], **kw: Any) -> LoadBalancer:
+    lb = LoadBalancer(client, "api", kw.pop("strategy", RoundRobinBalancer()), prefix=prefix,
+                      **kw)
+    for s in servers:
+        lb.add_backend(Backend(s.name, s.address, weight=100))
+    return lb
+
+
+def test_registry_changes_and_errors(client: redis.Redis, prefix: str) -> None:
+    lb = LoadBalancer(client, "api", prefix=prefix)
+    lb.add_backend(Backend("node1", "10.0.0.1:8080", weight=100, metadata={"zone": "a"}))
+    lb.add_backend(Backend("node2", "[2001:db8::1]:443", weight=50))
+    with pytest.raises(BackendExists, match="node1"):
+        lb.add_backend(Backend("node1", "10.0.0.9:8080"))
+    with pytest.raises(UnknownBackend, match="nope"):
+        lb.update_backend_health("nope", False)
+    with pytest.raises(UnknownBackend):
+        lb.remove_backend("nope")
+    lb.update_backend_weight("node2", 70)
+    lb.update_backend_health("node1", False)
+    by_id = {b.id: b for b in lb.backends()}
+    assert by_id["node1"].healthy is False and by_id["node1"].metadata == {"zone": "a"}
+    assert by_id["node2"].weight == 70 and by_id["node2"].address == "[2001:db8::1]:443"
+    assert lb.select_backend().id == "node2"
+    lb.remove_backend("node2")
+    with pytest.raises(NoBackendAvailable):
+        lb.select_backend()
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "10.0.0.1:0", "host:70000", ":80",
+                                     "2001:db8::1:443", "[zz::1]:80", "bad host:80", 42])
+def test_bad_addresses(r: redis.Redis, prefix: str, address: Any) -> None:
+    lb = LoadBalancer(r, "api", prefix=prefix)
+    with pytest.raises(ConfigError, match="address"):
+        lb.add_backend(Backend("x", address))
+
+
+def test_registry_change_reaches_another_process_view(server_url: str, prefix: str) -> None:
+    a = LoadBalancer(redis.Redis.from_url(server_url), "api", prefix=prefix, refresh_s=60)
+    b = LoadBalancer(redis.Redis.from_url(server_url, decode_responses=True), "api",
+                     prefix=prefix, refresh_s=60)
+    a.add_backend(Backend("node1", "10.0.0.1:80"))
+    assert b.select_backend().id == "node1"
+    deadline = time.monotonic() + 2
+    while not b._subscribed():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    a.update_backend_health("node1", False)
+    a.add_backend(Backend("node2", "10.0.0.2:80"))
+    while b.select_backend().id != "node2":     # the event marks b's view stale at once
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def test_connection_lease_counts_and_releases(r: redis.Redis, prefix: str,
+                                              tcp: list[TcpBackend]) -> None:
+    lb = pool(r, prefix, tcp)
+    conns = f"{prefix}:{{pool:api}}:conns"
+    with lb.connection() as b1, lb.connection() as b2:
+        assert b1.id != b2.id
+        assert {k.decode(): int(v) for k, v in r.hgetall(conns).items() if int(v)} == \
+            {b1.id: 1, b2.id: 1}
+        assert call(b1.address) == b1.id
+    assert all(int(v) == 0 for v in r.hgetall(conns).values())
+    with pytest.raises(ValueError), lb.connection() as b3:
+        raise ValueError("the caller's bug")
+    stats = {s.id: s for s in lb.get_statistics().per_backend}
+    assert stats[b3.id].requests == 1                 # recorded, as a non-backend error
+    assert r.zcard(f"{prefix}:{{pool:api}}:leases") == 0
+
+
+def test_a_dead_holder_gives_its_connections_back_after_the_ttl(r: redis.Redis, prefix: str,
+                                                                tcp: list[TcpBackend]) -> None:
+    lb = pool(r, prefix, tcp, lease_ttl_s=0.3)
+    lease = lb._run(lb._lease(None, set()))          # taken, never released or renewed
+    lb._held.clear()
+    assert lb.backends()[0].active_connections + lb.backends()[1].active_connections \
+        + lb.backends()[2].active_connections == 1
+    time.sleep(0.35)
+    assert sum(b.active_connections for b in lb.backends()) == 0
+    assert lease.backend.id in {s.name for s in tcp}
+
+
+def test_leases_renew_while_a_long_call_runs(r: redis.Redis, prefix: str,
+                                             tcp: list[TcpBackend]) -> None:
+    lb = pool(r, prefix, tcp, lease_ttl_s=0.3)
+    seen = []
+
+    def slow(backend: Backend) -> None:
+        time.sleep(0.7)                                # over two lease TTLs
+        seen.append(sum(b.active_connections for b in lb.backends()))
+
+    lb.execute(slow)
+    assert seen == [1]
+    lb.close()
+
+
+def test_execute_retries_on_another_backend_and_breakers_drop_the_dead(
+        r: redis.Redis, prefix: str, tcp: list[TcpBackend]) -> None:
+    lb = pool(r, prefix, tcp, retry_policy=RetryPolicy.fixed(0, max_attempts=3),
+              breaker=BreakerSettings(failure_threshold=2, open_timeout_s=30))
+    tcp[0].kill()
+    answers = Counter(lb.execute(lambda b: call(b.address, 0.5)) for _ in range(30))
+    assert set(answers) == {"node1", "node2"} and sum(answers.values()) == 30
+    assert tcp[0].served == 0
+    stats = {s.id: s for s in lb.get_statistics().per_backend}
+    assert stats["node0"].breaker == "open" and stats["node0"].errors == 2
+    assert str(lb.get_statistics()).startswith("Backends: 3/3, Connections: 0, Avg Response:")
+
+
+def test_execute_without_retries_raises_and_records(r: redis.Redis, prefix: str,
+                                                    tcp: list[TcpBackend]) -> None:
+    lb = pool(r, prefix, tcp[:1], breaker=None)
+    tcp[0].failing = True
+    with pytest.raises(ConnectionError):
+        lb.execute(lambda b: call(b.address))
+    s = lb.get_statistics().per_backend[0]
+    assert (s.requests, s.errors, s.breaker) == (1, 1, "-")
+    lb.record_result("node0", 0.25, True)
+    s = lb.get_statistics().per_backend[0]
+    assert s.requests == 2 and s.latency_ms > 20
+
+
+def test_traffic_shaper_admission(r: redis.Redis, prefix: str, tcp: list[TcpBackend]) -> None:
+    shaper = TrafficShaper(r, "edge", client_limit=Limit(0.001, 2), prefix=prefix)
+    lb = pool(r, prefix, tcp, traffic_shaper=shaper)
+    ctx = LoadBalancerContext(client_id="alice")
+    assert lb.execute(lambda b: b.id, ctx=ctx) and lb.execute(lambda b: b.id, ctx=ctx)
+    with pytest.raises(RateLimited, match="client:alice"):
+        lb.execute(lambda b: b.id, ctx=ctx)
+
+
+def test_least_connections_sees_leases(r: redis.Redis, prefix: str,
+                                       tcp: list[TcpBackend]) -> None:
+    from distlb import LeastConnectionsBalancer
+    lb = pool(r, prefix, tcp, strategy=LeastConnectionsBalancer())
+    held = [lb.connection() for _ in range(6)]
+    ids = Counter(g.__enter__().id for g in held)
+    assert sorted(ids.values()) == [2, 2, 2]
+    for g in held:
+        g.__exit__(None, None, None)
+
+
+def test_health_checks_mark_backends_for_everyone_with_one_checker(
+        server_url: str, prefix: str, tcp: list[TcpBackend]) -> None:
+    a = pool(redis.Redis.from_url(server_url), prefix, tcp)
+    b = LoadBalancer(redis.Redis.from_url(server_url), "api", prefix=prefix)
+    from distlb._balancer import tcp_check
+    tcp[1].kill()
+    assert a.check_health(tcp_check(0.5)) == 1      # a holds the checker role
+    assert b.check_health(tcp_check(0.5)) == 0      # b does not: no double probing
+    healthy = {x.id: x.healthy for x in b.backends()}
+    assert healthy == {"node0": True, "node1": False, "node2": True}
+
+
+def test_store_outage(own_server: EmbeddedServer, prefix: str, tcp: list[TcpBackend]) -> None:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    r = own_server.client(socket_timeout=0.2, socket_connect_timeout=0.2,
+                          retry=Retry(NoBackoff(), 0))
+    lb = pool(r, prefix, tcp, breaker=None)
+    closed = LoadBalancer(r, "api", prefix=prefix, on_store_error="fail_closed", breaker=None)
+    assert lb.execute(lambda b: b.id)
+    assert closed.execute(lambda b: b.id)
+    own_server.stop()
+    # fail_open keeps balancing on the last known registry, without leases
+    assert {lb.execute(lambda b: b.id) for _ in range(6)} == {"node0", "node1", "node2"}
+    with pytest.raises(StoreUnavailable):
+        closed.execute(lambda b: b.id)
+    with pytest.raises(StoreUnavailable):
+        lb.add_backend(Backend("node9", "10.0.0.9:80"))
+
+
+async def test_asyncio_balancer(server_url: str, prefix: str, tcp: list[TcpBackend]) -> None:
+    c = redis.asyncio.Redis.from_url(server_url)
+    lb = aio.LoadBalancer(c, "api", RoundRobinBalancer(), prefix=prefix,
+                          retry_policy=aio.RetryPolicy.fixed(0, max_attempts=3))
+    for s in tcp:
+        await lb.add_backend(Backend(s.name, s.address))
+    tcp[2].kill()
+
+    async def fetch(b: Backend) -> str:
+        return await asyncio.to_thread(call, b.address, 0.5)
+
+    results = await asyncio.gather(*[lb.execute(fetch) for _ in range(12)])
+    assert set(results) == {"node0", "node1"}
+    async with lb.connection() as b:
+        assert (await lb.get_statistics()).connections == 1
+        assert b.id in {"node0", "node1", "node2"}
+    assert (await lb.get_statistics()).connections == 0
+    lb.close()
+    await c.aclose()
+
+
+@pytest.mark.cluster
+def test_balancer_on_cluster(rc: redis.cluster.RedisCluster, prefix: str,
+                             tcp: list[TcpBackend]) -> None:
+    lb = pool(rc, prefix, tcp, retry_policy=RetryPolicy.fixed(0, max_attempts=2))
+    for node in rc.get_primaries():
+        rc.get_redis_connection(node).script_flush()
+    assert Counter(lb.execute(lambda b: call(b.address)) for _ in range(9)) == \
+        Counter({"node0": 3, "node1": 3, "node2": 3})
+    assert lb.get_statistics().connections == 0
