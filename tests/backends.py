@@ -38,7 +38,7 @@ class TcpBackend(socketserver.ThreadingTCPServer):
         self.failing = False
         self.lock = threading.Lock()
         self.served = self.active = self.peak = 0
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property

@@ -161,3 +161,63 @@ def retry_against_dead_backend(target: dict[str, Any], prefix: str, requests: in
             policy.execute(dead)
     budget.flush()
     out.put({"requests": requests, "attempts": attempts})
+
+
+def balance(target: dict[str, Any], prefix: str, duration_s: float, barrier: Any,
+            out: Any) -> None:
+    """Call the pool through execute() with 4 threads until the time is up."""
+    from distlb import (
+        BreakerSettings,
+        LeastConnectionsBalancer,
+        LoadBalancer,
+        RetryBudget,
+        RetryPolicy,
+    )
+    from tests.backends import call
+
+    client = make_client(target)
+    budget = RetryBudget(client, "lb", ratio=0.5, min_retries_per_s=20, prefix=prefix)
+    lb = LoadBalancer(client, "api", LeastConnectionsBalancer(), prefix=prefix,
+                      retry_policy=RetryPolicy.fixed(0, max_attempts=3).with_budget(budget),
+                      breaker=BreakerSettings(failure_threshold=3, open_timeout_s=60),
+                      refresh_s=0.2)
+    counts: dict[str, int] = {}
+    failures = 0
+    lock = threading.Lock()
+    barrier.wait()
+    deadline = time.time() + duration_s
+
+    def loop() -> None:
+        nonlocal failures
+        while time.time() < deadline:
+            try:
+                answer = lb.execute(lambda b: call(b.address, 1.0))
+            except Exception:
+                with lock:
+                    failures += 1
+                continue
+            with lock:
+                counts[answer] = counts.get(answer, 0) + 1
+
+    ts = [threading.Thread(target=loop) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.put({"counts": counts, "failures": failures})
+
+
+def hold_leases_and_die(target: dict[str, Any], prefix: str, barrier: Any, out: Any) -> None:
+    """Take three connection leases, report, and get killed while holding them."""
+    import os
+    import signal
+
+    from distlb import LoadBalancer
+
+    lb = LoadBalancer(make_client(target), "api", prefix=prefix, lease_ttl_s=1.0)
+    barrier.wait()
+    held = [lb.connection().__enter__() for _ in range(3)]
+    out.put({"held": [b.id for b in held]})
+    out.close()
+    out.join_thread()         # the queue writes from a thread: flush before dying
+    os.kill(os.getpid(), signal.SIGKILL)
