@@ -28,11 +28,14 @@ import redis.asyncio
 import distlb.aio as aio
 from benchmarks import _strategies, _workers
 from distlb import (
+    Backend,
     CircuitBreaker,
     Limit,
+    LoadBalancer,
     RetryBudget,
     RetryBudgetExhausted,
     RetryPolicy,
+    RoundRobinBalancer,
     TokenBucket,
     TrafficShaper,
 )
@@ -207,6 +210,18 @@ def main(argv: list[str] | None = None) -> int:
         cb_rate = median_rate(closed_call, rounds, seconds)
         rep.add("CircuitBreaker can_attempt+record_success, closed", f"{cb_rate:,.0f}/s",
                 f"{cb_rate / bare:.1f}x bare (no round trip while closed)")
+
+        lb = LoadBalancer(r, "bench", RoundRobinBalancer(), prefix=prefix)
+        for i in range(5):
+            lb.add_backend(Backend(f"node{i}", f"10.0.0.{i}:8080"))
+        lb.execute(lambda b: b.id)
+        before = lb.store_stats.calls
+        lb.execute(lambda b: b.id)
+        trips = lb.store_stats.calls - before
+        lb_rate = median_rate(lambda: lb.execute(lambda b: b.id), rounds, seconds)
+        rep.add(f"LoadBalancer.execute (no-op call), {trips} round trips", f"{lb_rate:,.0f}/s",
+                f"{lb_rate / bare:.2f}x bare (lease + release/record)")
+        lb.close()
 
         delays = [trip_propagation(url, watchers=3) for _ in range(1 if args.quick else 3)]
         worst = max(max(d) for d in delays) * 1000

@@ -33,6 +33,7 @@ from distlb.errors import (
     RateLimited,
     StoreUnavailable,
 )
+from distlb.results import Transition
 from distlb.strategies import Backend, Context, NoBackendAvailable, RoundRobinBalancer, Strategy
 
 
@@ -175,6 +176,7 @@ class LoadBalancerCore(Shared):
         self._snapshot: tuple[Backend, ...] = ()
         self._held: dict[str, float] = {}  # lease members this process holds -> local start
         self._breakers: dict[str, BreakerBase] = {}
+        self._open_ids: set[str] = set()
         self._bus: SyncBus | AsyncBus | None = None
         self._checker_id = uuid.uuid4().hex
 
@@ -204,15 +206,20 @@ class LoadBalancerCore(Shared):
     def _apply(self, state: pl.PoolState) -> None:
         now = self.clock()
         with self._lock:
+            unchanged = (state.records is None and state.stats is None
+                         and state.conns == self._conns and self._snapshot)
             if state.records is not None:
                 self._records = state.records
                 self._version = state.version
             self._conns = state.conns
-            self._stats = state.stats
+            if state.stats is not None:
+                self._stats = state.stats
             self._offset_s = now - state.server_us / 1e6
-            self._refreshed_at = now
-            self._stale = False
-            self._snapshot = self._build_snapshot(now)
+            if state.stats is not None:   # a full snapshot: records, counts and statistics
+                self._refreshed_at = now
+                self._stale = False
+            if not unchanged:
+                self._snapshot = self._build_snapshot(now)
 
     def _build_snapshot(self, now: float) -> tuple[Backend, ...]:
         out = []
@@ -269,19 +276,30 @@ class LoadBalancerCore(Shared):
                     slow_call_s=s.slow_call_s, prefix=self.prefix,
                     on_store_error=self.on_store_error, clock=self.clock,
                     subscribe=self.subscribe)
+                cb.add_listener(self._on_breaker)
             return cb
 
+    def _on_breaker(self, transition: Transition) -> None:
+        backend_id = transition.name.rpartition("/")[2]
+        if transition.to_state == "closed":
+            self._open_ids.discard(backend_id)
+        else:
+            self._open_ids.add(backend_id)
+
     def _open_breakers(self) -> frozenset[str]:
-        """Backends whose breaker this process knows to be open (no round trip)."""
-        if self.breaker_settings is None:
+        """Backends whose breaker this process knows to refuse calls now (no round trip).
+
+        Only breakers seen open or refusing are looked at (kept by their transition
+        events), so the common all-closed case costs nothing.
+        """
+        if not self._open_ids:
             return frozenset()
-        out = set()
-        for b in self._snapshot:
-            cb = self.breaker_for(b.id)
-            assert cb is not None
-            fast = cb._view.fast_attempt(self.clock(), cb._subscribed_since())
+        now, out = self.clock(), set()
+        for bid in list(self._open_ids):
+            cb = self._breakers.get(bid)
+            fast = cb._view.fast_attempt(now, cb._subscribed_since()) if cb else None
             if fast is not None and not fast.allowed:
-                out.add(b.id)
+                out.add(bid)
         return frozenset(out)
 
     # -- registry ----------------------------------------------------------------------------
@@ -341,8 +359,9 @@ class LoadBalancerCore(Shared):
             attempt = None
             if cb is not None:
                 attempt = yield from steps(cb._attempt())
-                if not attempt.allowed:
-                    continue              # refused (e.g. half-open, probes taken): next one
+                if not attempt.allowed:   # refused (open, or half-open with probes taken)
+                    self._open_ids.add(backend.id)
+                    continue
             lease_id = uuid.uuid4().hex
             member = f"{backend.id}|{lease_id}"
             state: pl.PoolState = yield self._plan(

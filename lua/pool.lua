@@ -22,7 +22,8 @@
 -- Every op first drops expired leases (a process that died, even by SIGKILL, stops
 -- renewing; its connections are given back here) and returns:
 --   {status, version, server_us, backends (flat id, JSON record ...; empty when the
---    caller's version is current), conns (flat id, count ...), stats (flat field, value ...)}
+--    caller's version is current), conns (flat id, count ...), stats (flat field, value ...;
+--    empty for acquire, release and renew), 1 if stats were included else 0}
 --   status: "ok", "exists", "unknown"
 -- Expires: every key 30 days after the last registry change (abandoned pools go away);
 --   leases live only as long as they are renewed.
@@ -138,5 +139,8 @@ if version ~= known then
     records[#records + 1] = cjson.encode(cmsgpack.unpack(flat[i + 1]))
   end
 end
+-- Statistics only for reads and registry changes: the hot path (acquire, release,
+-- renew) returns connection counts alone, which is what selection needs.
+local hot = op == 'acquire' or op == 'release' or op == 'renew'
 return {status, version, string.format('%d', now), records, redis.call('HGETALL', conns),
-  redis.call('HGETALL', stats)}
+  hot and {} or redis.call('HGETALL', stats), hot and 0 or 1}

@@ -48,7 +48,7 @@ class PoolState:
     server_us: int
     records: dict[str, dict[str, Any]] | None
     conns: dict[str, int]
-    stats: dict[str, float]
+    stats: dict[str, float] | None      #: None on the hot path (acquire, release, renew)
 
 
 def _pairs(flat: Any) -> list[tuple[Any, Any]]:
@@ -67,7 +67,8 @@ def parse(reply: Any) -> PoolState:
             records[text(k)] = record
     return PoolState(text(reply[0]), int(reply[1]), int(text(reply[2])), records,
                      {text(k): int(v) for k, v in _pairs(reply[4])},
-                     {text(k): float(text(v)) for k, v in _pairs(reply[5])})
+                     {text(k): float(text(v)) for k, v in _pairs(reply[5])}
+                     if int(reply[6]) else None)
 
 
 def plan(op: str, keys: tuple[str, ...], args: list[Arg], *, known_version: int, name: str,
