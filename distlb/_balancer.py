@@ -17,13 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from distlb import _keys
 from distlb._breaker import BreakerBase, CircuitBreakerCore
 from distlb._core import pool as pl
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._events import AsyncBus, SyncBus, channel_for
 from distlb._retry import RetryPolicyCore
 from distlb._scripts import script
-from distlb._shaping import TrafficShaperCore
+from distlb._shaping import Limit, TrafficShaperCore
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number
 from distlb.errors import (
@@ -118,9 +119,12 @@ class LoadBalancerCore(Shared):
       reply carries fresh connection counts, so strategies see the whole fleet.
     * Per-backend circuit breakers (``breaker=BreakerSettings(...)``, ``None`` for
       none): a backend whose breaker is open is not selected.
-    * ``execute(fn)``: rate limit (``traffic_shaper``), select, lease, call
-      ``fn(backend)``, record, and on failure retry on another backend within
-      ``retry_policy`` (and its budget).
+    * ``execute(fn)``: rate limit, select, lease, call ``fn(backend)``, record, and on
+      failure retry on another backend within ``retry_policy`` (and its budget). The
+      pool's own limits (``rate_limit`` for the pool, ``client_limit`` per
+      ``ctx.client_id``) are checked by the script that takes the lease: admission
+      and lease are one round trip. A ``traffic_shaper`` (shared beyond one pool,
+      with its own hash tag) costs one more.
 
     ``on_store_error``: ``"fail_open"`` (and ``"local"``) keep balancing on the last
     known view without leases or statistics; ``"fail_closed"`` refuses calls.
@@ -135,6 +139,7 @@ class LoadBalancerCore(Shared):
     _bus_type: ClassVar[type[SyncBus] | type[AsyncBus]]
 
     def __init__(self, client: Any, name: str, strategy: Strategy | None = None, *,
+                 rate_limit: Limit | None = None, client_limit: Limit | None = None,
                  traffic_shaper: TrafficShaperCore | None = None,
                  retry_policy: RetryPolicyCore | None = None,
                  breaker: BreakerSettings | None = BreakerSettings(),
@@ -148,6 +153,11 @@ class LoadBalancerCore(Shared):
         self.strategy: Strategy = strategy if strategy is not None else RoundRobinBalancer()
         if not hasattr(self.strategy, "select"):
             raise ConfigError("strategy", "must have select(backends, ctx)")
+        for field_name, limit in (("rate_limit", rate_limit), ("client_limit", client_limit)):
+            if limit is not None and not isinstance(limit, Limit):
+                raise ConfigError(field_name, "must be a distlb.Limit or None")
+        self.rate_limit = rate_limit
+        self.client_limit = client_limit
         if traffic_shaper is not None and not isinstance(traffic_shaper, TrafficShaperCore):
             raise ConfigError("traffic_shaper", "must be a TrafficShaper or None")
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicyCore):
@@ -183,7 +193,8 @@ class LoadBalancerCore(Shared):
     # -- the local view ----------------------------------------------------------------------
 
     def _plan(self, op: str, args: list[Any],
-              fallback: Callable[[], pl.PoolState] | None = None) -> Call[pl.PoolState]:
+              fallback: Callable[[], pl.PoolState] | None = None,
+              extra_keys: tuple[str, ...] = ()) -> Call[pl.PoolState]:
         def parse(reply: Any) -> pl.PoolState:
             state = pl.parse(reply)
             self._apply(state)
@@ -194,7 +205,7 @@ class LoadBalancerCore(Shared):
                 raise StoreUnavailable(f"store unreachable: pool {self.name!r} not changed")
             return fallback()
 
-        return Call(script("pool"), self.keys,
+        return Call(script("pool"), self.keys + extra_keys,
                     (op, *args, self._version, self.name, self.channel), parse, unavailable)
 
     def _local_state(self) -> pl.PoolState:
@@ -349,8 +360,22 @@ class LoadBalancerCore(Shared):
             ctx = ctx.excluding(*open_)
         return self.strategy.select(self._snapshot, ctx)
 
-    def _lease(self, ctx: Context | None, tried: set[str]) -> Steps[Lease]:
-        """Select a backend whose breaker admits the call, and take a connection slot."""
+    def _acquire_call(self, backend_id: str, lease_id: str, ctx: Context,
+                      admit: bool) -> Call[pl.PoolState]:
+        args: list[Any] = [backend_id, lease_id, math.ceil(self.lease_ttl_s * 1000)]
+        if not admit or (self.rate_limit is None and self.client_limit is None):
+            return self._plan("acquire", args, self._local_state)
+        client = _keys.escape(ctx.client_id, "client_id") if ctx.client_id else "-"
+        specs = [self.rate_limit.encode() if self.rate_limit else "-",
+                 self.client_limit.encode() if self.client_limit and ctx.client_id else "-"]
+        return self._plan("admit", [*args, *specs], self._local_state,
+                          (f"{self.key}:rl", f"{self.key}:rl:c:{client}"))
+
+    def _lease(self, ctx: Context | None, tried: set[str], admit: bool = True) -> Steps[Lease]:
+        """Select a backend whose breaker admits the call, and take a connection slot.
+
+        With ``admit`` the pool's own rate limits are checked in the same script call
+        that takes the lease (one round trip for both)."""
         ctx = ctx if ctx is not None else Context()
         while True:
             backend = yield from self._select(ctx.excluding(*tried))
@@ -364,9 +389,12 @@ class LoadBalancerCore(Shared):
                     continue
             lease_id = uuid.uuid4().hex
             member = f"{backend.id}|{lease_id}"
-            state: pl.PoolState = yield self._plan(
-                "acquire", [backend.id, lease_id, math.ceil(self.lease_ttl_s * 1000)],
-                self._local_state)
+            state: pl.PoolState = yield self._acquire_call(backend.id, lease_id, ctx, admit)
+            if state.status.startswith("limited:"):
+                which, _, wait = state.status[len("limited:"):].partition(" ")
+                label = f"pool {self.name!r}" if which == "pool" else f"client:{ctx.client_id}"
+                raise RateLimited(label, float(wait))
+            admit = False
             if state.status == "unknown":          # removed meanwhile: pick again
                 continue
             lease = Lease(backend, None if state.status == "unavailable" else lease_id,
@@ -423,7 +451,7 @@ class LoadBalancerCore(Shared):
                       kwargs: dict[str, Any], ctx: Context | None,
                       tried: set[str]) -> Steps[Outcome]:
         try:
-            lease = yield from self._lease(ctx, tried)
+            lease = yield from self._lease(ctx, tried, admit=not tried)
         except NoBackendAvailable as exc:
             return Outcome(None, exc, 0.0)
         outcome: Outcome = yield Invoke(fn, (lease.backend, *args), kwargs)

@@ -8,11 +8,17 @@
 -- KEYS[4]  leases zset: "<id>|<lease>" -> expiry (server us)
 -- KEYS[5]  stats hash: "<id>:requests", "<id>:errors", "<id>:latency_ms" (EWMA),
 --          "<id>:error_rate" (EWMA)
+-- KEYS[6], KEYS[7]  only for "admit": the pool's token buckets (global, then per client;
+--          hashes as in bucket.lua); "-" in ARGV skips a limit
 -- ARGV[1]  op:
 --   "add" <record msgpack> <id>         add a backend (fails if the id exists)
 --   "put" <record msgpack> <id>         add or replace (update weight, health, metadata)
 --   "remove" <id>                       remove a backend, its counts and stats
 --   "acquire" <id> <lease> <ttl_ms>     take a connection slot on a backend
+--   "admit" <id> <lease> <ttl_ms> <global "rate burst"|-> <client "rate burst"|->
+--                                       the pool's rate limits, then acquire, in one call:
+--                                       status "limited:<which> <retry_after_s>" when denied
+--                                       (nothing is charged or leased then)
 --   "release" <id> <lease> <latency_ms> <failed 0|1> <alpha>   return it, record the outcome
 --   "renew" <ttl_ms> <member>...        extend leases ("<id>|<lease>") still held
 --   "patch" <id> <changes msgpack>      change fields of a record (health, weight, ...)
@@ -98,11 +104,33 @@ elseif op == 'patch' then
     redis.call('HSET', backends, id, cmsgpack.pack(record))
     registry_changed(id, 'updated')
   end
-elseif op == 'acquire' then
+elseif op == 'acquire' or op == 'admit' then
   local id, lease, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
-  if redis.call('HEXISTS', backends, id) == 0 then
+  local buckets = {}
+  if op == 'admit' then
+    for i, spec in ipairs({ARGV[5], ARGV[6]}) do
+      local rate, burst = string.match(spec, '^(%S+) (%S+)$')
+      if rate then
+        rate, burst = tonumber(rate), tonumber(burst)
+        local tokens, _, rewrite = bucket_read(KEYS[5 + i], rate, burst, now)
+        buckets[#buckets + 1] = {KEYS[5 + i], tokens, rate, burst, rewrite,
+          i == 1 and 'pool' or 'client'}
+      end
+    end
+  end
+  for _, b in ipairs(buckets) do
+    if status == 'ok' and b[2] < 1 then
+      status = string.format('limited:%s %s', b[6], fmt(bucket_wait_s(b[2], b[3], b[4], 1)))
+    end
+  end
+  if status ~= 'ok' then
+    -- denied by a limit: nothing charged, nothing leased
+  elseif redis.call('HEXISTS', backends, id) == 0 then
     status = 'unknown'
   else
+    for _, b in ipairs(buckets) do
+      bucket_write(b[1], b[2] - 1, b[3], b[4], now, b[5])
+    end
     redis.call('ZADD', leases, now + ttl * 1000, id .. '|' .. lease)
     redis.call('HINCRBY', conns, id, 1)
     redis.call('PEXPIRE', leases, POOL_TTL_MS)
@@ -141,6 +169,6 @@ if version ~= known then
 end
 -- Statistics only for reads and registry changes: the hot path (acquire, release,
 -- renew) returns connection counts alone, which is what selection needs.
-local hot = op == 'acquire' or op == 'release' or op == 'renew'
+local hot = op == 'acquire' or op == 'admit' or op == 'release' or op == 'renew'
 return {status, version, string.format('%d', now), records, redis.call('HGETALL', conns),
   hot and {} or redis.call('HGETALL', stats), hot and 0 or 1}

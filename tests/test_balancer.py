@@ -246,3 +246,21 @@ def test_balancer_on_cluster(rc: redis.cluster.RedisCluster, prefix: str,
     assert Counter(lb.execute(lambda b: call(b.address)) for _ in range(9)) == \
         Counter({"node0": 3, "node1": 3, "node2": 3})
     assert lb.get_statistics().connections == 0
+
+
+def test_pool_limits_and_lease_in_one_round_trip(r: redis.Redis, prefix: str,
+                                                 tcp: list[TcpBackend]) -> None:
+    lb = pool(r, prefix, tcp, rate_limit=Limit(0.001, 3), client_limit=Limit(0.001, 1),
+              breaker=None)
+    alice, bob = LoadBalancerContext(client_id="alice"), LoadBalancerContext(client_id="bob")
+    before = lb.store_stats.calls
+    assert lb.execute(lambda b: b.id, ctx=alice)
+    assert lb.store_stats.calls - before == 2            # admit+lease, then release+record
+    with pytest.raises(RateLimited, match="client:alice"):
+        lb.execute(lambda b: b.id, ctx=alice)
+    assert lb.execute(lambda b: b.id, ctx=bob) and lb.execute(lambda b: b.id)
+    with pytest.raises(RateLimited, match="pool 'api'"):
+        lb.execute(lambda b: b.id, ctx=LoadBalancerContext(client_id="carol"))
+    # Denials took nothing: no lease, no connection, carol's bucket untouched.
+    assert sum(b.active_connections for b in lb.backends()) == 0
+    assert r.exists(f"{prefix}:{{pool:api}}:rl:c:carol") == 0
