@@ -187,6 +187,7 @@ class LoadBalancerCore(Shared):
         self._held: dict[str, float] = {}  # lease members this process holds -> local start
         self._breakers: dict[str, BreakerBase] = {}
         self._open_ids: set[str] = set()
+        self._next_probe: dict[str, float] = {}
         self._bus: SyncBus | AsyncBus | None = None
         self._checker_id = uuid.uuid4().hex
 
@@ -297,6 +298,33 @@ class LoadBalancerCore(Shared):
         else:
             self._open_ids.add(backend_id)
 
+    #: How often this process may send a recovering backend a probe, whatever the strategy.
+    probe_interval_s = 0.05
+
+    def _due_probe(self, tried: set[str]) -> Backend | None:
+        """A backend whose breaker may take a probe now (its open timeout has passed).
+
+        Probes go to it whatever the strategy would pick: a strategy that scores by
+        past errors (adaptive) would otherwise never send a recovering backend the
+        calls that let its breaker close. At most one try per ``probe_interval_s``
+        per backend and process; the breaker still rations probes fleet-wide.
+        """
+        if not self._open_ids:
+            return None
+        now = self.clock()
+        by_id = {b.id: b for b in self._snapshot}
+        for bid in list(self._open_ids):
+            cb, b = self._breakers.get(bid), by_id.get(bid)
+            if cb is None or b is None or not b.healthy or bid in tried:
+                continue
+            if cb._view.fast_attempt(now, cb._subscribed_since()) is not None:
+                continue                      # known closed or still open: not due
+            if now < self._next_probe.get(bid, 0.0):
+                continue
+            self._next_probe[bid] = now + self.probe_interval_s
+            return b
+        return None
+
     def _open_breakers(self) -> frozenset[str]:
         """Backends whose breaker this process knows to refuse calls now (no round trip).
 
@@ -378,15 +406,12 @@ class LoadBalancerCore(Shared):
         that takes the lease (one round trip for both)."""
         ctx = ctx if ctx is not None else Context()
         while True:
-            backend = yield from self._select(ctx.excluding(*tried))
+            probe = self._due_probe(tried)
+            if probe is not None:
+                backend = probe
+            else:
+                backend = yield from self._select(ctx.excluding(*tried))   # skips known-open
             tried.add(backend.id)
-            cb = self.breaker_for(backend.id)
-            attempt = None
-            if cb is not None:
-                attempt = yield from steps(cb._attempt())
-                if not attempt.allowed:   # refused (open, or half-open with probes taken)
-                    self._open_ids.add(backend.id)
-                    continue
             lease_id = uuid.uuid4().hex
             member = f"{backend.id}|{lease_id}"
             state: pl.PoolState = yield self._acquire_call(backend.id, lease_id, ctx, admit)
@@ -398,7 +423,17 @@ class LoadBalancerCore(Shared):
             if state.status == "unknown":          # removed meanwhile: pick again
                 continue
             lease = Lease(backend, None if state.status == "unavailable" else lease_id,
-                          self.clock(), attempt, member)
+                          self.clock(), None, member)
+            # The breaker is asked after admission and lease, so a half-open probe permit
+            # is only ever taken by a call that will run (and return it).
+            cb = self.breaker_for(backend.id)
+            if cb is not None:
+                lease.attempt = yield from steps(cb._attempt())
+                if not lease.attempt.allowed:   # open, or half-open with its probes taken
+                    self._open_ids.add(backend.id)
+                    if lease.lease_id is not None:
+                        yield self._plan("drop", [backend.id, lease_id], self._local_state)
+                    continue
             if lease.lease_id is not None:
                 with self._lock:
                     self._held[member] = lease.started_s

@@ -1,63 +1,232 @@
-"""``distlb demo``: worker processes share one rate limit through the store; watch it hold.
+"""``distlb demo``: a scripted story of worker processes sharing one load balancer.
 
-Each worker process hammers one ``TrafficShaper`` as fast as it can on behalf of
-two clients: ``alice`` (capped by a per-client limit) and ``bob`` (only the
-global limit). The parent prints per-worker and total admitted rates every
-second, then checks the totals against what the limits allow.
+The parent starts small HTTP backends (latency and error injection), registers
+them in a pool, and starts worker processes that call them through
+``LoadBalancer.execute`` with shared pool and per-client rate limits, per-backend
+circuit breakers and a retry policy under a shared retry budget. Then:
+
+1. traffic spreads over the backends by the strategy;
+2. one backend starts failing: its breaker opens in every worker at once;
+3. it recovers: half-open probes close the breaker again;
+
+while the shared rate limit holds across workers and retries stay within the
+budget. Every second the terminal shows what each worker sees; at the end each
+claim is checked against the measured numbers, and the exit code says whether all
+held.
 """
 
 from __future__ import annotations
 
+import http.client
+import http.server
+import math
 import multiprocessing as mp
 import os
+import queue
 import sys
+import threading
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 import redis
 
-from distlb.shaping import Limit, TrafficShaper
+from distlb import _balancer as lbcore
+from distlb.balancer import LoadBalancer, LoadBalancerContext
+from distlb.errors import RateLimited
+from distlb.retry import RetryBudget, RetryPolicy
+from distlb.shaping import Limit
+from distlb.strategies import (
+    AdaptiveBalancer,
+    Backend,
+    ConsistentHashBalancer,
+    LeastConnectionsBalancer,
+    PeakEwmaBalancer,
+    PowerOfTwoChoicesBalancer,
+    RoundRobinBalancer,
+    Strategy,
+)
 
+STRATEGIES = {
+    "round_robin": RoundRobinBalancer,
+    "least_connections": LeastConnectionsBalancer,
+    "power_of_two": PowerOfTwoChoicesBalancer,
+    "consistent_hash": ConsistentHashBalancer,
+    "adaptive": AdaptiveBalancer,
+    "peak_ewma": PeakEwmaBalancer,
+}
+CLIENTS = ("alice", "bob", "carol")
 REPORT_EVERY_S = 0.25
+THREADS_PER_WORKER = 4
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     url: str
-    workers: int = 4
-    duration_s: float = 8.0
-    rate_per_s: float = 500.0
-    burst: float = 50.0
-    prefix: str = "distlb-demo"
+    workers: int = 3
+    backends: int = 3
+    duration_s: float = 20.0
+    strategy: str = "round_robin"
+    rate_per_s: float = 300.0
+    burst: float = 30.0
+    prefix: str = field(default_factory=lambda: f"distlb-demo-{uuid.uuid4().hex[:6]}")
 
     @property
     def client_limit(self) -> Limit:
-        return Limit(self.rate_per_s / 5, self.burst / 5)
+        """Each client may use half the pool: three clients contend for the global limit."""
+        return Limit(self.rate_per_s / 2, self.burst / 2)
+
+    @property
+    def open_timeout_s(self) -> float:
+        """Short enough for the story to show recovery within its duration."""
+        return min(2.0, self.duration_s * 0.1)
+
+    @property
+    def budget(self) -> tuple[float, float, float]:
+        return 0.2, 5.0, 30.0      # ratio, min retries per second, window seconds
+
+
+class BackendFailed(Exception):
+    """A backend answered 5xx."""
+
+
+# -- the backends ------------------------------------------------------------------------------
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        server: DemoBackend = self.server  # type: ignore[assignment]
+        time.sleep(server.latency_s)
+        with server.lock:
+            server.served += 1
+            failing = server.failing
+            if failing:
+                server.failed += 1
+        body = b"fail" if failing else server.name.encode()
+        self.send_response(500 if failing else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class DemoBackend(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, name: str, latency_s: float) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.name = name
+        self.latency_s = latency_s
+        self.failing = False
+        self.lock = threading.Lock()
+        self.served = self.failed = 0
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+def http_get(backend: Backend) -> str:
+    host, _, port = backend.address.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=2)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        body = response.read().decode()
+    finally:
+        conn.close()
+    if response.status >= 500:
+        raise BackendFailed(f"{backend.id} answered {response.status}")
+    return body
+
+
+# -- the workers -------------------------------------------------------------------------------
+
+def make_balancer(cfg: DemoConfig, client: Any) -> LoadBalancer:
+    ratio, min_per_s, window_s = cfg.budget
+    budget = RetryBudget(client, "demo", ratio=ratio, min_retries_per_s=min_per_s,
+                         window_s=window_s, prefix=cfg.prefix)
+    strategy: Strategy = STRATEGIES[cfg.strategy]()
+    return LoadBalancer(
+        client, "demo", strategy, prefix=cfg.prefix,
+        rate_limit=Limit(cfg.rate_per_s, cfg.burst), client_limit=cfg.client_limit,
+        retry_policy=RetryPolicy.fixed(0.0, max_attempts=3).with_budget(budget),
+        breaker=lbcore.BreakerSettings(failure_threshold=5, open_timeout_s=cfg.open_timeout_s,
+                                       success_threshold=3, half_open_max_requests=3),
+        refresh_s=0.5)
 
 
 def _worker(cfg: DemoConfig, index: int, barrier: Any, out: Any) -> None:
-    shaper = TrafficShaper(redis.Redis.from_url(cfg.url), "demo",
-                           global_limit=Limit(cfg.rate_per_s, cfg.burst), prefix=cfg.prefix)
-    shaper.peek("alice")
+    client = redis.Redis.from_url(cfg.url)
+    lb = make_balancer(cfg, client)
+    lb.backends()
+    seen: dict[str, list[tuple[str, float]]] = {}   # backend -> [(state, time)]
+
+    def on_transition(t: Any) -> None:
+        seen.setdefault(t.name.rpartition("/")[2], []).append((t.to_state, time.time()))
+
+    for b in lb.backends():
+        cb = lb.breaker_for(b.id)
+        assert cb is not None
+        cb.add_listener(on_transition)
+        cb._run(cb._attempt())  # learn its state now
+    lock = threading.Lock()
+    counts: dict[str, Any] = {"served": {}, "clients": dict.fromkeys(CLIENTS, 0),
+                              "limited": 0, "failed": 0, "attempts": 0}
     barrier.wait()
-    start = time.time()
-    deadline = start + cfg.duration_s
-    counts = {"alice": 0, "bob": 0, "denied": 0}
-    next_report = start + REPORT_EVERY_S
-    while (now := time.time()) < deadline:
-        for client in ("alice", "bob"):
-            if shaper.try_acquire(client).allowed:
-                counts[client] += 1
-            else:
-                counts["denied"] += 1
-        if now >= next_report:
-            out.put((index, dict(counts), False))
-            next_report += REPORT_EVERY_S
-    out.put((index, dict(counts), True))
+    deadline = time.time() + cfg.duration_s
+
+    def tracked(backend: Backend) -> str:
+        with lock:
+            counts["attempts"] += 1
+        return http_get(backend)
+
+    def loop(n: int) -> None:
+        i = n
+        while time.time() < deadline:
+            client_id = CLIENTS[i % len(CLIENTS)]
+            i += 1
+            ctx = LoadBalancerContext(key=f"user{i}", client_id=client_id)
+            try:
+                name = lb.execute(tracked, ctx=ctx)
+            except RateLimited:
+                with lock:
+                    counts["limited"] += 1
+                time.sleep(0.002)
+                continue
+            except Exception:
+                with lock:
+                    counts["failed"] += 1
+                continue
+            with lock:
+                counts["served"][name] = counts["served"].get(name, 0) + 1
+                counts["clients"][client_id] += 1
+
+    threads = [threading.Thread(target=loop, args=(n,), daemon=True)
+               for n in range(THREADS_PER_WORKER)]
+    for t in threads:
+        t.start()
+    states: dict[str, str] = {}
+    while any(t.is_alive() for t in threads):
+        time.sleep(REPORT_EVERY_S)
+        states = {}
+        for b in lb._snapshot:
+            cb = lb.breaker_for(b.id)
+            states[b.id] = (cb._view.state or "closed") if cb is not None else "-"
+        with lock:
+            out.put((index, {**counts, "served": dict(counts["served"]),
+                             "clients": dict(counts["clients"]), "states": states,
+                             "seen": {k: list(v) for k, v in seen.items()}}, False))
+    out.put((index, {**counts, "states": states, "seen": seen}, True))
+    lb.close()
 
 
-class _Painter:
+# -- the story and the view --------------------------------------------------------------------
+
+class _Out:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.color = stream.isatty() and "NO_COLOR" not in os.environ
@@ -69,73 +238,126 @@ class _Painter:
         print(text, file=self.stream, flush=True)
 
 
+STATE_COLOR = {"closed": "32", "open": "31", "half_open": "33", "-": "2"}
+STATE_SHORT = {"closed": "C", "open": "O", "half_open": "H", "-": "-"}
+
+
 def run_demo(cfg: DemoConfig, stream: TextIO = sys.stdout) -> bool:
-    """Run the demo; returns whether every check passed."""
-    p = _Painter(stream)
-    setup = TrafficShaper(redis.Redis.from_url(cfg.url), "demo", prefix=cfg.prefix)
-    setup.reset()
-    setup.reset_client("alice")
-    setup.reset_client("bob")
-    setup.set_client_rate_limit("alice", cfg.client_limit.rate_per_s, cfg.client_limit.burst)
-    p.line(p.paint("distlb demo", "1") + f": {cfg.workers} worker processes share one global "
-           f"limit of {cfg.rate_per_s:g}/s (burst {cfg.burst:g}) through {cfg.url}")
-    p.line(f"client 'alice' also has her own limit of {cfg.client_limit.rate_per_s:g}/s "
-           f"(burst {cfg.client_limit.burst:g}), set once and seen by every worker")
+    """Run the story; returns whether every check passed."""
+    o = _Out(stream)
+    client = redis.Redis.from_url(cfg.url)
+    servers = [DemoBackend(f"b{i}", latency_s=0.005) for i in range(cfg.backends)]
+    admin = make_balancer(cfg, client)
+    for s in servers:
+        admin.add_backend(Backend(s.name, s.address, weight=100))
+    victim = servers[-1]
+    fail_at, heal_at = cfg.duration_s * 0.3, cfg.duration_s * 0.55
+
+    o.line(o.paint("distlb demo", "1") + f": {cfg.workers} worker processes x "
+           f"{THREADS_PER_WORKER} threads, {cfg.backends} HTTP backends, strategy "
+           f"{cfg.strategy}, {cfg.duration_s:g}s, server {cfg.url}, prefix {cfg.prefix}")
+    o.line(f"shared limits: pool {cfg.rate_per_s:g}/s (burst {cfg.burst:g}), each of "
+           f"{', '.join(CLIENTS)} {cfg.client_limit.rate_per_s:g}/s; breakers: 5 failures, "
+           f"open {cfg.open_timeout_s:g}s, 3 probes; retries: 3 attempts, budget 20% + 5/s")
+    o.line(f"story: {victim.name} fails at {fail_at:.0f}s and recovers at {heal_at:.0f}s")
 
     ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(cfg.workers + 1)
-    out = ctx.Queue()
+    barrier, out = ctx.Barrier(cfg.workers + 1), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(cfg, i, barrier, out), daemon=True)
              for i in range(cfg.workers)]
-    for proc in procs:
-        proc.start()
-    barrier.wait(timeout=60)
+    for p in procs:
+        p.start()
+    barrier.wait(timeout=120)
     start = time.time()
-    latest: dict[int, dict[str, int]] = {i: {"alice": 0, "bob": 0, "denied": 0}
-                                         for i in range(cfg.workers)}
-    shown: dict[int, int] = {i: 0 for i in range(cfg.workers)}
+    latest: dict[int, dict[str, Any]] = {}
     done: set[int] = set()
+    shown_total = 0
+    shown_served = {s.name: 0 for s in servers}
     next_paint = start + 1.0
-    header = "  t   " + "".join(f"w{i:<7}" for i in range(cfg.workers)) + "total/s   limit/s"
-    p.line(p.paint(header, "2"))
+    header = ("  t  " + "".join(f"{s.name + '/s':>8}" for s in servers)
+              + f"{'admitted/s':>12}{'limited':>9}{'failed':>8}   "
+              + f"{victim.name} breaker per worker")
+    o.line(o.paint(header, "2"))
+    failed_at = healed_at = None
     while len(done) < cfg.workers:
+        now = time.time()
+        if failed_at is None and now - start >= fail_at:
+            victim.failing, failed_at = True, now
+            o.line(o.paint(f"  -> {victim.name} starts failing", "31"))
+        if healed_at is None and now - start >= heal_at:
+            victim.failing, healed_at = False, now
+            o.line(o.paint(f"  -> {victim.name} recovers", "32"))
         try:
-            index, counts, final = out.get(timeout=0.2)
+            index, counts, final = out.get(timeout=0.1)
             latest[index] = counts
             if final:
                 done.add(index)
-        except Exception:  # queue.Empty; workers may still be starting up
-            if not any(proc.is_alive() for proc in procs) and len(done) < cfg.workers:
-                p.line(p.paint("a worker died", "31"))
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs) and len(done) < cfg.workers:
+                o.line(o.paint("a worker died", "31"))
                 return False
-        if time.time() >= next_paint and len(done) < cfg.workers:
-            per = {i: latest[i]["alice"] + latest[i]["bob"] - shown[i] for i in latest}
-            shown = {i: latest[i]["alice"] + latest[i]["bob"] for i in latest}
-            total = sum(per.values())
-            cells = "".join(f"{per[i]:<8}" for i in range(cfg.workers))
-            ok = total <= cfg.rate_per_s * 1.02 + cfg.burst
-            rate = p.paint(f"{total:<10}", "32" if ok else "31")
-            p.line(f"{next_paint - start:3.0f}s  {cells}{rate}{cfg.rate_per_s:g}")
+        if time.time() >= next_paint and len(latest) == cfg.workers and len(done) < cfg.workers:
+            served = {s.name: sum(c["served"].get(s.name, 0) for c in latest.values())
+                      for s in servers}
+            total = sum(served.values())
+            cells = "".join(f"{served[n] - shown_served[n]:>8}" for n in served)
+            states = " ".join(o.paint(STATE_SHORT[c["states"].get(victim.name, "-")],
+                                      STATE_COLOR[c["states"].get(victim.name, "-")])
+                              for _, c in sorted(latest.items()))
+            limited = sum(c["limited"] for c in latest.values())
+            failed = sum(c["failed"] for c in latest.values())
+            o.line(f"{next_paint - start:3.0f}s{cells}{total - shown_total:>12}"
+                   f"{limited:>9}{failed:>8}   {states}")
+            shown_total, shown_served = total, served
             next_paint += 1.0
-    for proc in procs:
-        proc.join(5)
+    for p in procs:
+        p.join(10)
+    return _summary(o, cfg, latest, servers, victim, start, failed_at, healed_at, admin)
 
-    alice = sum(c["alice"] for c in latest.values())
-    total = alice + sum(c["bob"] for c in latest.values())
-    denied = sum(c["denied"] for c in latest.values())
-    allowed_total = cfg.rate_per_s * cfg.duration_s + cfg.burst
-    allowed_alice = cfg.client_limit.rate_per_s * cfg.duration_s + cfg.client_limit.burst
+
+def _summary(o: _Out, cfg: DemoConfig, latest: dict[int, dict[str, Any]],
+             servers: list[DemoBackend], victim: DemoBackend, start: float,
+             failed_at: float | None, healed_at: float | None, admin: LoadBalancer) -> bool:
+    served = {s.name: sum(c["served"].get(s.name, 0) for c in latest.values()) for s in servers}
+    admitted = sum(served.values()) + sum(c["failed"] for c in latest.values())
+    requests = admitted + sum(c["limited"] for c in latest.values())
+    attempts = sum(c["attempts"] for c in latest.values())
+    retries = attempts - admitted
+    failed = sum(c["failed"] for c in latest.values())
+    clients = {c: sum(w["clients"][c] for w in latest.values()) for c in CLIENTS}
+    allow_total = cfg.rate_per_s * cfg.duration_s + cfg.burst
+    allow_client = cfg.client_limit.rate_per_s * cfg.duration_s + cfg.client_limit.burst
+    ratio, min_per_s, window_s = cfg.budget
+    allow_retries = ratio * admitted + min_per_s * window_s
+    opened: list[float] = [next((t for s, t in c["seen"].get(victim.name, []) if s == "open"),
+                                math.inf) for c in latest.values()]
+    reclosed = [any(s == "closed" for s, _ in c["seen"].get(victim.name, []))
+                for c in latest.values()]
+    all_opened = all(math.isfinite(t) for t in opened)
+    spread_ms = (max(opened) - min(opened)) * 1000 if all_opened else math.inf
+    final_state = admin.breaker_for(victim.name).state().state  # type: ignore[union-attr]
+    healthy_share = min(served[s.name] for s in servers[:-1]) / max(1, admitted)
+    stats = admin.get_statistics()
     checks = [
-        (f"global limit held: admitted {total} of {total + denied} requests; the limit allows "
-         f"{allowed_total:.0f} in {cfg.duration_s:g}s (within 1%)",
-         0.99 * allowed_total <= total <= 1.01 * allowed_total),
-        (f"alice's own limit held: {alice} admitted; her limit allows {allowed_alice:.0f} "
-         f"(at most 1% over)", alice <= 1.01 * allowed_alice),
-        ("every worker was admitted some requests (the limit is shared, not per process)",
-         all(c["alice"] + c["bob"] > 0 for c in latest.values())),
+        (f"the shared pool limit held: {admitted} admitted of {requests} requests; "
+         f"{cfg.rate_per_s:g}/s x {cfg.duration_s:g}s + burst allows {allow_total:.0f}",
+         admitted <= 1.01 * allow_total and admitted >= 0.9 * allow_total),
+        (f"each client stayed within its own limit ({allow_client:.0f}): "
+         + ", ".join(f"{c} {n}" for c, n in clients.items()),
+         all(n <= 1.01 * allow_client for n in clients.values())),
+        (f"traffic spread by {cfg.strategy}: every healthy backend served >= 10% "
+         f"({', '.join(f'{k} {v}' for k, v in served.items())})", healthy_share >= 0.10),
+        (f"{victim.name}'s breaker opened in every worker within {spread_ms:.0f} ms of each "
+         f"other", all_opened and spread_ms <= 250),
+        (f"it recovered through half-open probes: closed again in every worker "
+         f"(shared state: {final_state})", all(reclosed) and final_state == "closed"),
+        (f"retries stayed within the budget: {retries} retries, the budget allows "
+         f"{allow_retries:.0f} (20% of {admitted} + 5/s x 30s)", retries <= allow_retries),
+        (f"callers barely noticed: {failed} of {admitted} admitted calls failed after retries",
+         failed <= 0.01 * max(1, admitted)),
     ]
-    p.line()
+    o.line()
+    o.line(f"  {stats}")
     for text, passed in checks:
-        mark = p.paint("PASS", "32") if passed else p.paint("FAIL", "31")
-        p.line(f"  {mark}  {text}")
+        o.line(f"  {o.paint('PASS', '32') if passed else o.paint('FAIL', '31')}  {text}")
     return all(ok for _, ok in checks)

@@ -45,7 +45,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         with _server(_url(args)) as url:
-            cfg = DemoConfig(url=url, workers=args.workers, duration_s=args.duration,
+            cfg = DemoConfig(url=url, workers=args.workers, backends=args.backends,
+                             duration_s=args.duration, strategy=args.strategy,
                              rate_per_s=args.rate, burst=args.burst)
             return 0 if run_demo(cfg) else 1
     except EmbeddedServerError as exc:
@@ -87,17 +88,33 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+STRATEGY_NAMES = ("round_robin", "least_connections", "power_of_two", "consistent_hash",
+                  "adaptive", "peak_ewma")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distlb", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="worker processes sharing one rate limit, live")
+    demo = sub.add_parser("demo", help="worker processes sharing one load balancer: a story")
     demo.add_argument("--redis-url", help="server to use (default: $DISTLB_REDIS_URL, "
                       "else an embedded Valkey)")
-    demo.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
-    demo.add_argument("--duration", type=float, default=8.0, help="seconds (default 8)")
-    demo.add_argument("--rate", type=float, default=500.0, help="global limit per second")
-    demo.add_argument("--burst", type=float, default=50.0, help="global burst")
+    demo.add_argument("--workers", type=_positive_int, default=3,
+                      help="worker processes (default 3)")
+    demo.add_argument("--backends", type=_positive_int, default=3,
+                      help="HTTP backends, at least 2 (default 3)")
+    demo.add_argument("--duration", type=float, default=20.0, help="seconds (default 20)")
+    demo.add_argument("--strategy", choices=sorted(STRATEGY_NAMES), default="round_robin")
+    demo.add_argument("--rate", type=float, default=300.0,
+                      help="the pool's shared limit, requests/s (default 300)")
+    demo.add_argument("--burst", type=float, default=30.0, help="its burst (default 30)")
     demo.set_defaults(func=cmd_demo)
 
     ins = sub.add_parser("inspect", help="show every bucket, shaper and queue under a prefix")

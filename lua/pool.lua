@@ -21,6 +21,7 @@
 --                                       (nothing is charged or leased then)
 --   "release" <id> <lease> <latency_ms> <failed 0|1> <alpha>   return it, record the outcome
 --   "renew" <ttl_ms> <member>...        extend leases ("<id>|<lease>") still held
+--   "drop" <id> <lease>                 return a lease without recording an outcome
 --   "patch" <id> <changes msgpack>      change fields of a record (health, weight, ...)
 --   "snapshot"                          read only
 -- ARGV[last] events channel ("" = none), ARGV[last-1] pool name (for events),
@@ -149,6 +150,8 @@ elseif op == 'release' then
     err = err * (1 - alpha) + (failed and 1 or 0) * alpha
     redis.call('HSET', stats, id .. ':latency_ms', fmt(lat), id .. ':error_rate', fmt(err))
   end
+elseif op == 'drop' then
+  give_back(ARGV[2] .. '|' .. ARGV[3])
 elseif op == 'renew' then
   local ttl = tonumber(ARGV[2])
   for i = 3, #ARGV - 3 do
@@ -170,5 +173,6 @@ end
 -- Statistics only for reads and registry changes: the hot path (acquire, release,
 -- renew) returns connection counts alone, which is what selection needs.
 local hot = op == 'acquire' or op == 'admit' or op == 'release' or op == 'renew'
+  or op == 'drop'
 return {status, version, string.format('%d', now), records, redis.call('HGETALL', conns),
   hot and {} or redis.call('HGETALL', stats), hot and 0 or 1}

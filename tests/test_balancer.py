@@ -264,3 +264,23 @@ def test_pool_limits_and_lease_in_one_round_trip(r: redis.Redis, prefix: str,
     # Denials took nothing: no lease, no connection, carol's bucket untouched.
     assert sum(b.active_connections for b in lb.backends()) == 0
     assert r.exists(f"{prefix}:{{pool:api}}:rl:c:carol") == 0
+
+
+def test_a_recovering_backend_gets_probes_whatever_the_strategy(
+        r: redis.Redis, prefix: str, tcp: list[TcpBackend]) -> None:
+    from distlb import AdaptiveBalancer
+    lb = pool(r, prefix, tcp, strategy=AdaptiveBalancer(),
+              retry_policy=RetryPolicy.fixed(0, max_attempts=3),
+              breaker=BreakerSettings(failure_threshold=2, open_timeout_s=0.3,
+                                      success_threshold=2, half_open_max_requests=2))
+    tcp[0].failing = True
+    for _ in range(12):
+        lb.execute(lambda b: call(b.address))
+    assert lb.breaker_for("node0").state().state == "open"
+    tcp[0].failing = False        # node0 recovers; its error-rate score stays bad
+    time.sleep(0.35)
+    deadline = time.monotonic() + 3
+    while lb.breaker_for("node0").state().state != "closed":
+        assert time.monotonic() < deadline
+        lb.execute(lambda b: call(b.address))
+        time.sleep(0.01)

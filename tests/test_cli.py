@@ -79,6 +79,8 @@ def test_helpful_errors() -> None:
 
 
 def test_demo_passes_its_own_checks(server_url: str) -> None:
-    done = distlb("demo", "--redis-url", server_url, "--workers", "3", "--duration", "3")
+    done = distlb("demo", "--redis-url", server_url, "--workers", "2", "--duration", "6",
+                  "--strategy", "least_connections")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("PASS") == 3 and "FAIL" not in done.stdout
+    assert done.stdout.count("PASS") == 7 and "FAIL" not in done.stdout
+    assert "b2 starts failing" in done.stdout and "b2 recovers" in done.stdout
