@@ -5,11 +5,13 @@ Used by ``distlb inspect``. Read-only: it never changes a key.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import msgpack
 import redis
 import redis.cluster
 
@@ -41,10 +43,11 @@ class Entity:
 
 def connect(url: str, **kwargs: Any) -> Any:
     """A client for ``url``: a ``RedisCluster`` when the server is a cluster node."""
-    r = redis.Redis.from_url(url, decode_responses=True, **kwargs)
+    # Bytes, not decoded strings: registry records are msgpack.
+    r = redis.Redis.from_url(url, **kwargs)
     if r.info("cluster").get("cluster_enabled"):
         r.close()
-        return redis.cluster.RedisCluster.from_url(url, decode_responses=True, **kwargs)
+        return redis.cluster.RedisCluster.from_url(url, **kwargs)
     return r
 
 
@@ -57,7 +60,7 @@ def _node_clients(client: Any) -> Iterator[Any]:
 
 
 def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def scan(client: Any, prefix: str = _keys.DEFAULT_PREFIX, count: int = 500) -> list[Entity]:
@@ -89,7 +92,12 @@ def _read_key(node: Any, key: str, part: str) -> KeyState:
     ttl_ms = node.pttl(key)
     ks = KeyState(key, part, kind, ttl_ms / 1000 if ttl_ms >= 0 else None)
     if kind == "hash":
-        ks.fields = {_s(k): _s(v) for k, v in node.hgetall(key).items()}
+        raw = node.hgetall(key)
+        if part == "backends":       # msgpack registry records, shown as JSON-ready dicts
+            ks.fields = {_s(k): json.dumps(msgpack.unpackb(v, raw=False), sort_keys=True)
+                         for k, v in raw.items()}
+        else:
+            ks.fields = {_s(k): _s(v) for k, v in raw.items()}
         ks.size = len(ks.fields)
     elif kind == "zset":
         ks.size = node.zcard(key)
@@ -148,6 +156,21 @@ def summarize(e: Entity, now_us: int) -> str:
                 for n, v in f.items()))
         elif k.part == "queue":
             parts.append(f"{k.size} waiting")
+        elif e.kind == "rb" and not k.part:
+            deposits = sum(int(v) for n, v in f.items() if n.endswith(":d"))
+            withdrawals = sum(int(v) for n, v in f.items() if n.endswith(":w"))
+            parts.append(f"{deposits} requests, {withdrawals} retries in the window")
+        elif k.part == "backends":
+            records = [json.loads(v) for v in f.values()]
+            up = sum(1 for r in records if r.get("healthy", True))
+            parts.append(f"{up}/{len(records)} backends healthy")
+        elif k.part == "conns":
+            parts.append("connections " + " ".join(f"{n}={v}" for n, v in sorted(f.items())))
+        elif k.part == "leases":
+            parts.append(f"{k.size} leases")
+        elif k.part == "stats":
+            total = sum(int(float(v)) for n, v in f.items() if n.endswith(":requests"))
+            parts.append(f"{total} requests served")
     return "; ".join(parts)
 
 

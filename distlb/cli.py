@@ -11,7 +11,9 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import redis
 
@@ -99,6 +101,117 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _connect(args: argparse.Namespace) -> tuple[Any, str] | int:
+    from distlb import _inspect
+
+    url = _url(args)
+    if not url:
+        return _fail("no server given: pass --redis-url or set DISTLB_REDIS_URL")
+    try:
+        return _inspect.connect(url, socket_connect_timeout=3, socket_timeout=5), url
+    except redis.AuthenticationError:
+        return _fail("the server refused the password (check the URL's credentials)")
+    except redis.ConnectionError as exc:
+        return _fail(f"cannot reach the server at {url}: {exc}")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print every breaker transition, health change and registry change as it happens."""
+    from distlb._events import channel_for, decode
+
+    connected = _connect(args)
+    if isinstance(connected, int):
+        return connected
+    client, url = connected
+    channel = channel_for(args.prefix)
+    pubsub = client.pubsub()
+    pubsub.subscribe(channel)
+    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    print(f"watching {channel} on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    seen = 0
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    try:
+        while args.count is None or seen < args.count:
+            if deadline is not None and time.monotonic() > deadline:
+                return 1 if args.count else 0
+            msg = pubsub.get_message(timeout=0.5)
+            if not msg or msg.get("type") != "message":
+                continue
+            event = decode(msg["data"])
+            if event is None:
+                continue
+            seen += 1
+            if args.json:
+                print(json.dumps(event, sort_keys=True), flush=True)
+            else:
+                print(_describe(event, color), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pubsub.close()
+    return 0
+
+
+def _describe(event: dict[str, Any], color: bool) -> str:
+    stamp = time.strftime("%H:%M:%S")
+    kind, name = event.get("kind"), event.get("name")
+    if kind == "cb":
+        if event.get("event") == "transition":
+            to = str(event.get("to"))
+            code = {"open": "31", "half_open": "33", "closed": "32"}.get(to, "0")
+            to_text = f"\033[{code}m{to}\033[0m" if color else to
+            forced = f" (forced {event['forced']})" if event.get("forced") else ""
+            return f"{stamp}  breaker {name}: {event.get('from')} -> {to_text}{forced}"
+        return f"{stamp}  breaker {name}: {event.get('failures')} consecutive failures"
+    if kind == "pool":
+        return (f"{stamp}  pool {name}: backend {event.get('backend')} {event.get('event')} "
+                f"(registry version {event.get('version')})")
+    return f"{stamp}  {json.dumps(event, sort_keys=True)}"
+
+
+RESETTABLE = {"bucket": "tb", "leaky": "lb", "shaper": "ts", "priority": "pq",
+              "breaker": "cb", "budget": "rb", "pool": "pool"}
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Reset one entity to its initial state for every process (with confirmation)."""
+    from distlb import _keys, _scripts
+
+    connected = _connect(args)
+    if isinstance(connected, int):
+        return connected
+    client, url = connected
+    kind = RESETTABLE[args.kind]
+    entity = _keys.entity(args.prefix, kind, _keys.escape(args.name))
+    # All of an entity's keys share its hash tag: one slot, so one node holds them all.
+    keys = sorted({k.decode() for k in client.scan_iter(match=f"{_glob(entity)}*")})
+    if not keys:
+        print(f"nothing to reset: no keys for {args.kind} {args.name!r} under prefix "
+              f"{args.prefix!r}")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            return _fail("refusing to reset without confirmation: pass --yes")
+        answer = input(f"reset {args.kind} {args.name!r} ({len(keys)} keys) on {url} "
+                       f"for every process? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not reset")
+            return 1
+    if kind == "cb":
+        from distlb.breaker import CircuitBreaker
+        CircuitBreaker(client, args.name, prefix=args.prefix, subscribe=False).reset()
+    else:
+        s = _scripts.script("delete")
+        _scripts.run_sync(client, s, keys, [])
+    print(f"reset {args.kind} {args.name!r}: {len(keys)} keys")
+    return 0
+
+
+def _glob(text: str) -> str:
+    """Escape glob characters so SCAN MATCH takes ``text`` literally."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distlb", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="key prefix (default distlb)")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=cmd_inspect)
+
+    watch = sub.add_parser("watch", help="live stream of breaker, health and registry changes")
+    watch.add_argument("--redis-url", help="server (default: $DISTLB_REDIS_URL)")
+    watch.add_argument("--prefix", "--namespace", default=_keys.DEFAULT_PREFIX)
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    watch.add_argument("--count", type=_positive_int, help="stop after this many events")
+    watch.add_argument("--timeout", type=float, help="stop after this many seconds")
+    watch.set_defaults(func=cmd_watch)
+
+    reset = sub.add_parser("reset", help="reset one bucket, breaker, budget, pool ...")
+    reset.add_argument("kind", choices=sorted(RESETTABLE))
+    reset.add_argument("name")
+    reset.add_argument("--redis-url", help="server (default: $DISTLB_REDIS_URL)")
+    reset.add_argument("--prefix", "--namespace", default=_keys.DEFAULT_PREFIX)
+    reset.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    reset.set_defaults(func=cmd_reset)
     return parser
 
 

@@ -84,3 +84,65 @@ def test_demo_passes_its_own_checks(server_url: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("PASS") == 7 and "FAIL" not in done.stdout
     assert "b2 starts failing" in done.stdout and "b2 recovers" in done.stdout
+
+
+def test_watch_streams_breaker_and_registry_events(server_url: str, prefix: str) -> None:
+    from distlb import Backend, LoadBalancer
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "distlb.cli", "watch", "--redis-url", server_url, "--prefix",
+         prefix, "--json", "--count", "3", "--timeout", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert watcher.stderr is not None
+    assert "watching" in watcher.stderr.readline()     # subscribed
+    r = redis.Redis.from_url(server_url)
+    import time
+    time.sleep(0.2)
+    cb = CircuitBreaker(r, "node1", failure_threshold=1, prefix=prefix)
+    cb.record_failure()                                 # closed -> open
+    cb.reset()                                          # open -> closed
+    LoadBalancer(r, "api", prefix=prefix).add_backend(Backend("n1", "10.0.0.1:80"))
+    out, _ = watcher.communicate(timeout=60)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [(e["kind"], e.get("to") or e.get("event")) for e in events] == [
+        ("cb", "open"), ("cb", "closed"), ("pool", "added")]
+    assert watcher.returncode == 0
+
+
+def test_reset_needs_confirmation_and_resets(server_url: str, prefix: str) -> None:
+    r = redis.Redis.from_url(server_url)
+    populate(r, prefix)
+    done = subprocess.run([sys.executable, "-m", "distlb.cli", "reset", "breaker", "node1",
+                           "--redis-url", server_url, "--prefix", prefix],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "--yes" in done.stderr
+    assert CircuitBreaker(r, "node1", prefix=prefix).state().forced == "open"
+    done = distlb("reset", "breaker", "node1", "--redis-url", server_url, "--prefix", prefix,
+                  "--yes")
+    assert done.returncode == 0, done.stderr
+    st = CircuitBreaker(r, "node1", prefix=prefix).state()
+    assert (st.state, st.forced) == ("closed", None)
+    done = distlb("reset", "shaper", "edge", "--redis-url", server_url, "--prefix", prefix,
+                  "--yes")
+    assert "reset shaper 'edge': 3 keys" in done.stdout
+    assert r.keys(f"{prefix}:{{ts:edge}}*") == []
+    assert "nothing to reset" in distlb("reset", "budget", "none", "--redis-url", server_url,
+                                        "--prefix", prefix, "--yes").stdout
+
+
+def test_inspect_shows_pools_and_budgets(server_url: str, prefix: str) -> None:
+    from distlb import Backend, LoadBalancer, RetryBudget
+    r = redis.Redis.from_url(server_url)
+    lb = LoadBalancer(r, "api", prefix=prefix)
+    lb.add_backend(Backend("n1", "10.0.0.1:80"))
+    lb.add_backend(Backend("n2", "10.0.0.2:80", healthy=False))
+    lb.record_result("n1", 0.01, True)
+    budget = RetryBudget(r, "api", prefix=prefix, deposit_batch=1)
+    budget.deposit(5)
+    budget.try_withdraw()
+    doc = inspect_json(server_url, prefix)
+    by = {(e["kind"], e["name"]): e for e in doc["entities"]}
+    assert "1/2 backends healthy" in by[("pool", "api")]["summary"]
+    assert "1 requests served" in by[("pool", "api")]["summary"]
+    assert "5 requests, 1 retries" in by[("rb", "api")]["summary"]
+    backends = next(k for k in by[("pool", "api")]["keys"] if k["part"] == "backends")
+    assert json.loads(backends["fields"]["n2"])["healthy"] is False
