@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from distlb import _keys
+from distlb import _keys, _observe
 from distlb._breaker import BreakerBase, CircuitBreakerCore
 from distlb._core import pool as pl
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
@@ -437,6 +437,7 @@ class LoadBalancerCore(Shared):
             if lease.lease_id is not None:
                 with self._lock:
                     self._held[member] = lease.started_s
+            _observe.selection(self.name, backend.id)
             return lease
 
     def _release(self, lease: Lease, error: BaseException | None) -> Steps[None]:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from distlb import _observe
 from distlb._core import breaker as bk
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._events import AsyncBus, SyncBus, channel_for
@@ -112,6 +113,7 @@ class BreakerBase(Shared):
             return
         log.info("distlb: circuit %r %s -> %s", self.name, transition.from_state,
                  transition.to_state)
+        _observe.breaker(self.name, transition.from_state, transition.to_state)
         for listener in self._listeners:
             try:
                 listener(transition)

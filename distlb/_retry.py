@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from distlb import _observe
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep, Steps, steps, text
 from distlb._runtime import AsyncRunner, StoreGuard, SyncRunner
 from distlb._scripts import script
@@ -441,19 +442,23 @@ class RetryPolicyCore:
             elif not _retryable(self.retry_on, error):
                 raise error
             if attempt >= self.max_attempts:
+                _observe.retry("gave_up")
                 return _give_up(outcome)
             delay = self.backoff.delay(attempt, previous_delay, self.rng)
             previous_delay = delay
             elapsed = self.clock() - start
             if self.max_total_s is not None and elapsed + delay + longest > self.max_total_s:
+                _observe.retry("gave_up")
                 return _give_up(outcome)
             if self.budget is not None:
                 decision = yield self.budget._withdraw()
                 if not decision.allowed:
+                    _observe.retry("budget_denied")
                     exhausted = RetryBudgetExhausted(self.budget.name, attempt, decision.balance)
                     if error is not None:
                         raise exhausted from error
                     return outcome.value
+            _observe.retry("retried")
             state = RetryState(attempt, delay, elapsed, error, outcome.value)
             for hook in self.before_sleep:
                 hook(state)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import redis.asyncio
 from redis import exceptions as rx
 
+from distlb import _observe
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep
 from distlb._scripts import is_noscript, run_async, run_sync
 from distlb.errors import StoreError
@@ -76,6 +77,8 @@ class StoreGuard:
         return self._down and self.clock() < self._down_until
 
     def fallback(self, call: Call[T], exc: BaseException | None = None) -> T:
+        if exc is not None:
+            _observe.store_error(self.what)
         with self._lock:
             self.stats.fallbacks += 1
             if exc is not None:
@@ -88,7 +91,9 @@ class StoreGuard:
                                 "policy, retrying the store every %.1fs", self.what,
                                 type(exc).__name__, exc, self.retry_store_after_s)
         log.debug("distlb: fallback for %s", self.what)
-        return call.fallback()
+        result = call.fallback()
+        _observe.fallback(self.what, getattr(result, "source", "policy"))
+        return result
 
     def succeeded(self) -> None:
         self.stats.calls += 1

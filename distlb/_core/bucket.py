@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from distlb import _observe
 from distlb._core.local import LocalState
 from distlb._core.ops import Call, text
 from distlb._scripts import Arg, script
@@ -57,7 +58,9 @@ def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
                        float(f[i + 4]), float(f[i + 5]), float(f[i + 6]))
             for i in range(2, len(f), 7)
         )
-        return Decision.from_limits(states)
+        decision = Decision.from_limits(states)
+        _observe.decision("bucket", decision.allowed, decision.limit)
+        return decision
 
     return Call(script("bucket"), tuple(keys), tuple(args), parse, fallback)
 

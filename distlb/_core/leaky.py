@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+from distlb import _observe
 from distlb._core.local import LocalState
 from distlb._core.ops import Call, text
 from distlb._scripts import script
@@ -18,7 +19,9 @@ def plan(mode: Literal["take", "peek"], key: str, rate_per_s: float, capacity: f
         f = text(reply).split()
         if f[4] == "1":
             on_conflict()
-        return LeakyDecision(f[0] == "1", float(f[1]), float(f[2]), float(f[3]))
+        decision = LeakyDecision(f[0] == "1", float(f[1]), float(f[2]), float(f[3]))
+        _observe.decision("leaky", decision.allowed, "queue_full")
+        return decision
 
     args = (mode, repr(rate_per_s), repr(capacity), repr(cost))
     return Call(script("leaky"), (key,), args, parse, fallback)

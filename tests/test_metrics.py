@@ -1,0 +1,83 @@
+"""Prometheus metrics: scrape the exposition format and find the documented series."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import distlb.metrics
+from distlb import (
+    Backend,
+    CircuitBreaker,
+    LoadBalancer,
+    RetryBudget,
+    RetryBudgetExhausted,
+    RetryPolicy,
+    TokenBucket,
+)
+
+pytestmark = pytest.mark.lua
+
+
+@pytest.fixture
+def registry() -> Iterator[CollectorRegistry]:
+    reg = CollectorRegistry()
+    distlb.metrics.enable(reg)
+    yield reg
+    distlb.metrics.disable()
+
+
+def samples(reg: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(generate_latest(reg).decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_documented_series_appear_with_values(registry: CollectorRegistry, r: redis.Redis,
+                                              prefix: str) -> None:
+    tb = TokenBucket(r, "api", rate_per_s=0.001, burst=2, prefix=prefix)
+    for _ in range(3):
+        tb.try_acquire()
+    cb = CircuitBreaker(r, "node1", failure_threshold=1, prefix=prefix)
+    cb.can_attempt()
+    cb.record_failure()
+    budget = RetryBudget(r, "api", ratio=0, min_retries_per_s=0.1, window_s=10, prefix=prefix)
+    policy = RetryPolicy.fixed(0, max_attempts=3).with_budget(budget)
+
+    def dead() -> None:
+        raise ConnectionError("down")
+
+    for _ in range(2):
+        with pytest.raises((ConnectionError, RetryBudgetExhausted)):
+            policy.execute(dead)
+    lb = LoadBalancer(r, "api", prefix=prefix, breaker=None)
+    lb.add_backend(Backend("n1", "10.0.0.1:80"))
+    lb.execute(lambda b: b.id)
+    down = TokenBucket(redis.Redis(port=1, socket_connect_timeout=0.1), "api", rate_per_s=1,
+                       burst=1, prefix=prefix, on_store_error="fail_closed")
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    down.client.connection_pool.connection_kwargs["retry"] = Retry(NoBackoff(), 0)
+    down.try_acquire()
+
+    got = samples(registry)
+    assert got[("distlb_decisions_total", (("limiter", "bucket"), ("outcome", "allowed"),
+                                           ("reason", "")))] == 2
+    assert got[("distlb_decisions_total", (("limiter", "bucket"), ("outcome", "denied"),
+                                           ("reason", "api")))] == 1
+    assert got[("distlb_breaker_transitions_total", (("breaker", "node1"),
+                                                     ("from_state", "closed"),
+                                                     ("to_state", "open")))] == 1
+    assert got[("distlb_breaker_state", (("breaker", "node1"),))] == 2
+    assert got[("distlb_retries_total", (("outcome", "retried"),))] == 1
+    assert got[("distlb_retries_total", (("outcome", "budget_denied"),))] >= 1
+    assert got[("distlb_selections_total", (("backend", "n1"), ("pool", "api")))] == 1
+    assert got[("distlb_store_errors_total", (("primitive", "token bucket 'api'"),))] == 1
+    assert got[("distlb_fallbacks_total", (("policy", "fail_closed"),
+                                           ("primitive", "token bucket 'api'")))] == 1
