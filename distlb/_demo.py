@@ -30,9 +30,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import redis
-
 from distlb import _balancer as lbcore
+from distlb._inspect import _node_clients as node_clients
+from distlb._inspect import connect
 from distlb.balancer import LoadBalancer, LoadBalancerContext
 from distlb.errors import RateLimited
 from distlb.retry import RetryBudget, RetryPolicy
@@ -160,7 +160,7 @@ def make_balancer(cfg: DemoConfig, client: Any) -> LoadBalancer:
 
 
 def _worker(cfg: DemoConfig, index: int, barrier: Any, out: Any) -> None:
-    client = redis.Redis.from_url(cfg.url)
+    client = connect(cfg.url)
     lb = make_balancer(cfg, client)
     lb.backends()
     seen: dict[str, list[tuple[str, float]]] = {}   # backend -> [(state, time)]
@@ -245,7 +245,11 @@ STATE_SHORT = {"closed": "C", "open": "O", "half_open": "H", "-": "-"}
 def run_demo(cfg: DemoConfig, stream: TextIO = sys.stdout) -> bool:
     """Run the story; returns whether every check passed."""
     o = _Out(stream)
-    client = redis.Redis.from_url(cfg.url)
+    client = connect(cfg.url)
+    # A fixed prefix may hold an earlier run's state: start from nothing.
+    stale = [k for node in node_clients(client) for k in node.scan_iter(match=f"{cfg.prefix}:*")]
+    for key in stale:
+        client.delete(key)
     servers = [DemoBackend(f"b{i}", latency_s=0.005) for i in range(cfg.backends)]
     admin = make_balancer(cfg, client)
     for s in servers:

@@ -47,9 +47,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         with _server(_url(args)) as url:
+            extra = {"prefix": args.prefix} if args.prefix else {}
             cfg = DemoConfig(url=url, workers=args.workers, backends=args.backends,
                              duration_s=args.duration, strategy=args.strategy,
-                             rate_per_s=args.rate, burst=args.burst)
+                             rate_per_s=args.rate, burst=args.burst, **extra)
             return 0 if run_demo(cfg) else 1
     except EmbeddedServerError as exc:
         return _fail(str(exc))
@@ -228,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=300.0,
                       help="the pool's shared limit, requests/s (default 300)")
     demo.add_argument("--burst", type=float, default=30.0, help="its burst (default 30)")
+    demo.add_argument("--prefix", help="key prefix (default: a fresh one per run); an "
+                      "existing prefix is cleared first")
     demo.set_defaults(func=cmd_demo)
 
     ins = sub.add_parser("inspect", help="show every bucket, shaper and queue under a prefix")
