@@ -351,7 +351,7 @@ def _summary(o: _Out, cfg: DemoConfig, latest: dict[int, dict[str, Any]],
          all(n <= 1.01 * allow_client for n in clients.values())),
         (f"traffic spread by {cfg.strategy}: every healthy backend served >= 10% "
          f"({', '.join(f'{k} {v}' for k, v in served.items())})", healthy_share >= 0.10),
-        (f"{victim.name}'s breaker opened in every worker within {spread_ms:.0f} ms of each "
+        (f"{victim.name}'s breaker opened in every worker within {spread_ms:.1f} ms of each "
          f"other", all_opened and spread_ms <= 250),
         (f"it recovered through half-open probes: closed again in every worker "
          f"(shared state: {final_state})", all(reclosed) and final_state == "closed"),
