@@ -268,9 +268,9 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
 
     where ``baseline`` is a slow exponentially weighted average of the error rate
     of each completed bucket while closed (weight ``baseline_alpha`` per bucket),
-    learning only from buckets that were themselves not above
-    ``baseline_factor x baseline`` (an incident must not teach the breaker that
-    it is normal). A backend that normally fails 8% of calls trips at 16% with
+    learning only from buckets that would not have tripped it (rate at most
+    ``max(error_rate_threshold, baseline_factor x baseline)``): an incident must
+    not teach the breaker that it is normal. A backend that normally fails 8% of calls trips at 16% with
     the defaults; one that normally never fails trips at 10%. Open and half-open work as in
     ``CircuitBreaker``. Each recorded result is one script call.
 

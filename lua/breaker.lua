@@ -6,7 +6,8 @@
 --   "rate":  open when, over a sliding window of buckets, calls >= min_calls and
 --            error rate > max(error_rate_threshold, k x baseline), where baseline is
 --            a slow EWMA of the error rate of past buckets while closed (alpha per
---            bucket), learning only from buckets not above k x baseline.
+--            bucket), learning only from buckets that would not have tripped it
+--            (rate <= max(error_rate_threshold, k x baseline)).
 -- Open -> half-open after open_timeout. Half-open hands out at most
 -- half_open_max probe permits in total (leased: a permit whose process died
 -- expires after probe_lease and its slot is free again); success_threshold
@@ -107,13 +108,11 @@ local function window_record(failed)
   end
   rate = calls > 0 and errors / calls or 0
   if state == 'closed' and prev_c > 0 and folded < cur - 1 then
-    -- Learn only from normal buckets: one already above k x baseline is an
+    -- Learn only from normal buckets: one above the trip threshold is an
     -- incident, and letting it raise the baseline would hide the incident.
     local r = prev_e / prev_c
-    if baseline == nil then
-      baseline = r
-    elseif r <= k * baseline then
-      baseline = baseline * (1 - alpha) + r * alpha
+    if r <= math.max(threshold, k * (baseline or 0)) then
+      baseline = baseline and (baseline * (1 - alpha) + r * alpha) or r
     end
     folded = cur - 1
     dirty = true

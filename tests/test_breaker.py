@@ -303,3 +303,16 @@ def test_events_reach_clients_that_decode_responses(server_url: str, prefix: str
         assert time.monotonic() < deadline
         time.sleep(0.002)
     assert b.store_stats.calls == calls      # learned from the event, not a round trip
+
+
+def test_adaptive_incident_bucket_does_not_become_the_baseline(r: redis.Redis,
+                                                                prefix: str) -> None:
+    cb = AdaptiveCircuitBreaker(r, "api", error_rate_threshold=0.2, window_s=1.0, buckets=4,
+                                min_calls=10, prefix=prefix, **FAST)
+    for _ in range(5):
+        cb.record_result(False)       # all failing, in one bucket
+    time.sleep(0.26)                  # that bucket completes: it is an incident, not normal
+    for _ in range(5):
+        cb.record_result(True)
+    assert cb.state().state == "open"
+    assert r.hget(cb.key, "baseline") is None
