@@ -270,9 +270,10 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
     of each completed bucket while closed (weight ``baseline_alpha`` per bucket),
     learning only from buckets that would not have tripped it (rate at most
     ``max(error_rate_threshold, baseline_factor x baseline)``): an incident must
-    not teach the breaker that it is normal. A backend that normally fails 8% of calls trips at 16% with
-    the defaults; one that normally never fails trips at 10%. Open and half-open work as in
-    ``CircuitBreaker``. Each recorded result is one script call.
+    not teach the breaker that it is normal. A backend that normally fails 8% of
+    calls trips at 16% with the defaults; one that normally never fails trips at
+    10%. Open and half-open work as in ``CircuitBreaker``. Each recorded result
+    is one script call.
 
     Keys: as ``CircuitBreaker``, plus ``:window`` (hash ``<bucket>:c`` calls,
     ``<bucket>:e`` errors).

@@ -115,8 +115,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class DemoBackend(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, name: str, latency_s: float) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, name: str, latency_s: float, host: str = "127.0.0.1",
+                 advertise: str | None = None) -> None:
+        super().__init__((host, 0), _Handler)
+        self.advertise = advertise or host
         self.name = name
         self.latency_s = latency_s
         self.failing = False
@@ -126,7 +128,7 @@ class DemoBackend(http.server.ThreadingHTTPServer):
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.server_address[1]}"
+        return f"{self.advertise}:{self.server_address[1]}"
 
 
 def http_get(backend: Backend) -> str:
@@ -242,20 +244,87 @@ STATE_COLOR = {"closed": "32", "open": "31", "half_open": "33", "-": "2"}
 STATE_SHORT = {"closed": "C", "open": "O", "half_open": "H", "-": "-"}
 
 
-def run_demo(cfg: DemoConfig, stream: TextIO = sys.stdout) -> bool:
-    """Run the story; returns whether every check passed."""
-    o = _Out(stream)
-    client = connect(cfg.url)
+def setup_pool(cfg: DemoConfig, client: Any, host: str = "127.0.0.1",
+               advertise: str | None = None) -> tuple[list[DemoBackend], LoadBalancer]:
+    """Clear the prefix, start the backends and register them in the shared pool."""
     # A fixed prefix may hold an earlier run's state: start from nothing.
     stale = [k for node in node_clients(client) for k in node.scan_iter(match=f"{cfg.prefix}:*")]
     for key in stale:
         client.delete(key)
-    servers = [DemoBackend(f"b{i}", latency_s=0.005) for i in range(cfg.backends)]
+    servers = [DemoBackend(f"b{i}", 0.005, host, advertise) for i in range(cfg.backends)]
     admin = make_balancer(cfg, client)
     for s in servers:
         admin.add_backend(Backend(s.name, s.address, weight=100))
+    return servers, admin
+
+
+def story_times(cfg: DemoConfig) -> tuple[float, float]:
+    """When the last backend starts failing and when it recovers, in seconds from the start."""
+    return cfg.duration_s * 0.3, cfg.duration_s * 0.55
+
+
+def run_backends(cfg: DemoConfig, host: str, advertise: str | None,
+                 stream: TextIO = sys.stdout) -> bool:
+    """Role "backends" (one container): serve the backends and play the failure story."""
+    o = _Out(stream)
+    servers, _ = setup_pool(cfg, connect(cfg.url), host, advertise)
+    fail_at, heal_at = story_times(cfg)
+    o.line(f"serving {', '.join(f'{s.name} at {s.address}' for s in servers)} in pool 'demo' "
+           f"(prefix {cfg.prefix}); {servers[-1].name} fails at {fail_at:.0f}s, recovers at "
+           f"{heal_at:.0f}s")
+    start = time.time()
+    for at, failing, text in ((fail_at, True, "starts failing"), (heal_at, False, "recovers")):
+        time.sleep(max(0.0, start + at - time.time()))
+        servers[-1].failing = failing
+        o.line(f"{time.time() - start:4.0f}s  {servers[-1].name} {text}")
+    time.sleep(max(0.0, start + cfg.duration_s + 5 - time.time()))   # let workers finish
+    o.line("served: " + ", ".join(f"{s.name} {s.served} ({s.failed} failed)" for s in servers))
+    return True
+
+
+def run_worker(cfg: DemoConfig, stream: TextIO = sys.stdout) -> bool:
+    """Role "worker" (one container per worker): call the shared pool, show this worker's view."""
+    o = _Out(stream)
+    client = connect(cfg.url)
+    lb = make_balancer(cfg, client)
+    deadline = time.time() + 60
+    while not lb.backends():
+        if time.time() > deadline:
+            o.line(o.paint(f"no backends in pool 'demo' under prefix {cfg.prefix}", "31"))
+            return False
+        time.sleep(0.5)
+
+    class NoBarrier:
+        def wait(self, timeout: float | None = None) -> None:
+            return None
+
+    out: queue.Queue[Any] = queue.Queue()
+    thread = threading.Thread(target=_worker, args=(cfg, 0, NoBarrier(), out), daemon=True)
+    thread.start()
+    start, shown, counts = time.time(), 0, {}
+    next_paint = start + 1.0
+    while True:
+        _, counts, final = out.get()
+        if final:
+            break
+        if time.time() >= next_paint:
+            served = sum(counts["served"].values())
+            states = " ".join(f"{b}={STATE_SHORT[s]}" for b, s in sorted(counts["states"].items()))
+            o.line(f"{next_paint - start:3.0f}s  {served - shown:>5} calls/s  breakers {states}")
+            shown, next_paint = served, next_paint + 1.0
+    saw = {b: [s for s, _ in v] for b, v in counts["seen"].items()}
+    o.line(f"this worker: {sum(counts['served'].values())} calls served, {counts['failed']} "
+           f"failed, {counts['limited']} rate limited; breaker transitions seen: {saw}")
+    return bool(counts["failed"] <= 0.01 * max(1, sum(counts["served"].values())))
+
+
+def run_demo(cfg: DemoConfig, stream: TextIO = sys.stdout) -> bool:
+    """Run the story; returns whether every check passed."""
+    o = _Out(stream)
+    client = connect(cfg.url)
+    servers, admin = setup_pool(cfg, client)
     victim = servers[-1]
-    fail_at, heal_at = cfg.duration_s * 0.3, cfg.duration_s * 0.55
+    fail_at, heal_at = story_times(cfg)
 
     o.line(o.paint("distlb demo", "1") + f": {cfg.workers} worker processes x "
            f"{THREADS_PER_WORKER} threads, {cfg.backends} HTTP backends, strategy "

@@ -42,7 +42,11 @@ def _fail(message: str) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from distlb._demo import DemoConfig, run_demo
+    from distlb._demo import DemoConfig, run_backends, run_demo, run_worker
+
+    if args.role != "all" and not (args.prefix and _url(args)):
+        return _fail("--role backends/worker need a shared server and prefix: "
+                     "pass --redis-url and --prefix")
     from distlb.embedded import EmbeddedServerError
 
     try:
@@ -51,6 +55,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             cfg = DemoConfig(url=url, workers=args.workers, backends=args.backends,
                              duration_s=args.duration, strategy=args.strategy,
                              rate_per_s=args.rate, burst=args.burst, **extra)
+            if args.role == "backends":
+                return 0 if run_backends(cfg, args.host, args.advertise) else 1
+            if args.role == "worker":
+                return 0 if run_worker(cfg) else 1
             return 0 if run_demo(cfg) else 1
     except EmbeddedServerError as exc:
         return _fail(str(exc))
@@ -231,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--burst", type=float, default=30.0, help="its burst (default 30)")
     demo.add_argument("--prefix", help="key prefix (default: a fresh one per run); an "
                       "existing prefix is cleared first")
+    demo.add_argument("--role", choices=("all", "backends", "worker"), default="all",
+                      help="all (default): the whole story here; backends / worker: one part "
+                      "of it, for a demo spread over containers or hosts")
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="role backends: the address to listen on")
+    demo.add_argument("--advertise", help="role backends: the host name workers use")
     demo.set_defaults(func=cmd_demo)
 
     ins = sub.add_parser("inspect", help="show every bucket, shaper and queue under a prefix")

@@ -146,3 +146,23 @@ def test_inspect_shows_pools_and_budgets(server_url: str, prefix: str) -> None:
     assert "5 requests, 1 retries" in by[("rb", "api")]["summary"]
     backends = next(k for k in by[("pool", "api")]["keys"] if k["part"] == "backends")
     assert json.loads(backends["fields"]["n2"])["healthy"] is False
+
+
+def test_demo_spread_over_processes_as_over_hosts(server_url: str, prefix: str) -> None:
+    """Roles backends and worker: separate programs (as on separate containers) that share
+    only the server and the prefix, and see the same story."""
+    import time
+    common = ["--redis-url", server_url, "--prefix", prefix, "--duration", "6"]
+    backends = subprocess.Popen([sys.executable, "-m", "distlb.cli", "demo", "--role",
+                                 "backends", *common], stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    workers = [subprocess.Popen([sys.executable, "-m", "distlb.cli", "demo", "--role",
+                                 "worker", *common], stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    for w in workers:
+        out, _ = w.communicate(timeout=90)
+        assert w.returncode == 0, out
+        seen = out.strip().splitlines()[-1]
+        assert "'open'" in seen and seen.rstrip("]}").endswith("'closed'"), seen
+    out, _ = backends.communicate(timeout=90)
+    assert backends.returncode == 0 and "b2 starts failing" in out and "b2 recovers" in out

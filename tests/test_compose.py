@@ -21,11 +21,15 @@ def test_compose_file_matches_the_compose_spec() -> None:
 def test_compose_services() -> None:
     doc = yaml.safe_load(COMPOSE.read_text())
     services = doc["services"]
-    assert {"valkey", "cluster-1", "cluster-2", "cluster-3", "cluster-init", "demo", "watch",
-            "demo-cluster"} <= set(services)
+    assert {"valkey", "cluster-1", "cluster-2", "cluster-3", "cluster-init", "backends",
+            "worker-1", "worker-2", "watch", "demo", "demo-cluster"} <= set(services)
     init = " ".join(services["cluster-init"]["command"])
     assert "--cluster create cluster-1:7001 cluster-2:7002 cluster-3:7003" in init
-    # The demo and the watcher share one server and one prefix: the watcher, on another
-    # container, sees the demo's breaker transitions.
-    assert services["demo"]["command"][-4:-2] == services["watch"]["command"][-2:] == \
-        ["--prefix", "distlb-demo"]
+    # The fleet shares one server and one prefix across containers: backends, workers
+    # and the watcher.
+    for name in ("backends", "worker-1", "worker-2", "watch"):
+        cmd = services[name]["command"]
+        assert cmd[cmd.index("--prefix") + 1] == "distlb-fleet"
+        assert cmd[cmd.index("--redis-url") + 1] == "redis://valkey:6379/0"
+    assert services["worker-2"]["command"] == services["worker-1"]["command"]
+    assert "--advertise" in services["backends"]["command"]
