@@ -71,16 +71,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from distlb import _inspect
 
-    url = _url(args)
-    if not url:
-        return _fail("no server given: pass --redis-url or set DISTLB_REDIS_URL")
+    connected = _connect(args)
+    if isinstance(connected, int):
+        return connected
+    client, url = connected
     try:
-        client = _inspect.connect(url, socket_connect_timeout=3, socket_timeout=5)
         entities = _inspect.scan(client, args.prefix)
-    except redis.AuthenticationError:
-        return _fail("the server refused the password (check the URL's credentials)")
     except redis.ConnectionError as exc:
-        return _fail(f"cannot reach the server at {url}: {exc}")
+        return _fail(f"lost the server at {url}: {exc}")
     if args.json:
         print(json.dumps({"prefix": args.prefix, "entities": [e.as_dict() for e in entities]},
                          indent=2))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -81,3 +82,12 @@ def own_server() -> Iterator[EmbeddedServer]:
     """A private server a test may stop and restart."""
     with EmbeddedServer() as s:
         yield s
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def target(request: pytest.FixtureRequest, server_url: str) -> dict[str, Any]:
+    """Where multi-process tests point their workers: plain strings that cross processes."""
+    if request.param == "standalone":
+        return {"url": server_url}
+    cluster: EmbeddedCluster = request.getfixturevalue("cluster")
+    return {"cluster": cluster.startup_nodes}

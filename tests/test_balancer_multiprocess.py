@@ -12,13 +12,13 @@ import pytest
 from distlb import Backend, LoadBalancer
 from tests import workers
 from tests.backends import TcpBackend
-from tests.test_multiprocess import ctx, run_workers, target  # noqa: F401  (fixture)
+from tests.test_multiprocess import ctx, run_workers
 
 pytestmark = pytest.mark.multiprocess
 
 
 def test_four_processes_balance_survive_a_dead_backend_and_see_new_ones(
-        target: dict[str, Any]) -> None:  # noqa: F811
+        target: dict[str, Any]) -> None:
     prefix = f"mp{uuid.uuid4().hex[:8]}"
     servers = [TcpBackend(f"node{i}", delay_s=0.01) for i in range(3)]
     late = TcpBackend("node3", delay_s=0.01)
@@ -58,7 +58,7 @@ def test_four_processes_balance_survive_a_dead_backend_and_see_new_ones(
             s.kill()
 
 
-def test_sigkilled_worker_leases_heal_within_the_ttl(target: dict[str, Any]) -> None:  # noqa: F811
+def test_sigkilled_worker_leases_heal_within_the_ttl(target: dict[str, Any]) -> None:
     prefix = f"mp{uuid.uuid4().hex[:8]}"
     admin = LoadBalancer(workers.make_client(target), "api", prefix=prefix)
     for i in range(2):

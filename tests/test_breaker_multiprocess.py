@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from distlb import CircuitBreaker
-from distlb.embedded import EmbeddedCluster
 from tests import workers
 from tests.test_multiprocess import ctx, run_workers
 
@@ -52,14 +51,6 @@ def backend() -> Iterator[Backend]:
     yield server
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture(params=["standalone", "cluster"])
-def target(request: pytest.FixtureRequest, server_url: str) -> dict[str, Any]:
-    if request.param == "standalone":
-        return {"url": server_url}
-    cluster: EmbeddedCluster = request.getfixturevalue("cluster")
-    return {"cluster": cluster.startup_nodes}
 
 
 def test_after_the_trip_at_most_one_call_per_process_reaches_the_backend(

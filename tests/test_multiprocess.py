@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from distlb.embedded import EmbeddedCluster
 from tests import workers
 
 pytestmark = pytest.mark.multiprocess
@@ -27,14 +26,6 @@ def run_workers(fn: Callable[..., None], arg_sets: list[tuple[Any, ...]]) -> lis
         p.join(10)
         assert p.exitcode == 0
     return results
-
-
-@pytest.fixture(params=["standalone", "cluster"])
-def target(request: pytest.FixtureRequest, server_url: str) -> dict[str, Any]:
-    if request.param == "standalone":
-        return {"url": server_url}
-    cluster: EmbeddedCluster = request.getfixturevalue("cluster")
-    return {"cluster": cluster.startup_nodes}
 
 
 def test_four_processes_hold_one_limit_within_one_percent(target: dict[str, Any]) -> None:

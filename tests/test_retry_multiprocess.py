@@ -9,12 +9,12 @@ import pytest
 
 from distlb import RetryBudget
 from tests import workers
-from tests.test_multiprocess import run_workers, target  # noqa: F401  (fixture)
+from tests.test_multiprocess import run_workers
 
 pytestmark = pytest.mark.multiprocess
 
 
-def test_fleet_retries_stay_within_the_budget(target: dict[str, Any]) -> None:  # noqa: F811
+def test_fleet_retries_stay_within_the_budget(target: dict[str, Any]) -> None:
     prefix = f"mp{uuid.uuid4().hex[:8]}"
     results = run_workers(workers.retry_against_dead_backend, [(target, prefix, 500)] * 4)
     requests = sum(r["requests"] for r in results)
