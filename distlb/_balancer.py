@@ -9,6 +9,7 @@ selection runs locally on a snapshot of it.
 from __future__ import annotations
 
 import math
+import os
 import socket
 import threading
 import time
@@ -185,6 +186,7 @@ class LoadBalancerCore(Shared):
         self._tput: dict[str, tuple[float, float, float]] = {}   # id -> (requests, at, rate)
         self._snapshot: tuple[Backend, ...] = ()
         self._held: dict[str, float] = {}  # lease members this process holds -> local start
+        self._pid = os.getpid()
         self._breakers: dict[str, BreakerBase] = {}
         self._open_ids: set[str] = set()
         self._next_probe: dict[str, float] = {}
@@ -469,6 +471,9 @@ class LoadBalancerCore(Shared):
 
     def _renew(self) -> Op[Any]:
         with self._lock:
+            if self._pid != os.getpid():   # a forked child must not keep its parent's leases alive
+                self._held.clear()
+                self._pid = os.getpid()
             members = list(self._held)
         if not members:
             return Done(None)

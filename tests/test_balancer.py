@@ -284,3 +284,20 @@ def test_a_recovering_backend_gets_probes_whatever_the_strategy(
         assert time.monotonic() < deadline
         lb.execute(lambda b: call(b.address))
         time.sleep(0.01)
+
+
+def test_a_forked_child_does_not_renew_its_parents_leases(r: redis.Redis, prefix: str,
+                                                          tcp: list[TcpBackend]) -> None:
+    import os
+    lb = pool(r, prefix, tcp)
+    guard = lb.connection()
+    guard.__enter__()
+    assert len(lb._held) == 1
+    pid = os.fork()
+    if pid == 0:
+        lb._run(lb._renew())          # nothing to renew in the child
+        os._exit(0 if not lb._held else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert len(lb._held) == 1        # the parent still holds its lease
+    guard.__exit__(None, None, None)
