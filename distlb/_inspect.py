@@ -113,11 +113,14 @@ def _bucket_now(f: dict[str, str], now_us: int) -> float:
     return min(burst, tokens + max(0, now_us - ts) * rate / 1e6)
 
 
-_PART_LABELS = {"c": "client", "cb": "client bandwidth", "bb": "backend bandwidth"}
+_PART_LABELS = {"c": "client", "cb": "client bandwidth", "bb": "backend bandwidth",
+                "rl": "pool limit", "rl:c": "client limit"}
 
 
 def part_label(part: str) -> str:
     """``c:ali%3Ace`` -> ``client ali:ce``: the key part as a person reads it."""
+    if part.startswith("rl:c:"):
+        return f"client {_keys.unescape(part[5:])} limit"
     kind, sep, ident = part.partition(":")
     if not sep:
         return part or "bucket"

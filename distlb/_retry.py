@@ -426,14 +426,16 @@ class RetryPolicyCore:
         """The decision loop around ``run_attempt``, an operation run once per attempt (the
         load balancer's picks a backend, leases it and calls the user's function)."""
         start = self.clock()
-        if self.budget is not None:
-            yield from steps(self.budget._deposit(1))
         previous_delay = 0.0
         longest = 0.0
         attempt = 0
         while True:
             attempt += 1
             outcome = yield from run_attempt()
+            if attempt == 1 and self.budget is not None:
+                # A request deposits once it was made: one refused before reaching a
+                # backend (rate limited: the attempt raised) must not earn retries.
+                yield from steps(self.budget._deposit(1))
             longest = max(longest, outcome.duration_s)
             error = outcome.error
             if error is None:

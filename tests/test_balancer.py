@@ -301,3 +301,18 @@ def test_a_forked_child_does_not_renew_its_parents_leases(r: redis.Redis, prefix
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(lb._held) == 1        # the parent still holds its lease
     guard.__exit__(None, None, None)
+
+
+def test_rate_limited_calls_do_not_earn_retries(r: redis.Redis, prefix: str,
+                                                tcp: list[TcpBackend]) -> None:
+    from distlb import RetryBudget
+    budget = RetryBudget(r, "api", ratio=0.5, min_retries_per_s=0, prefix=prefix,
+                         deposit_batch=1)
+    lb = pool(r, prefix, tcp, rate_limit=Limit(0.001, 2),
+              retry_policy=RetryPolicy.fixed(0, max_attempts=2).with_budget(budget))
+    for _ in range(5):
+        try:
+            lb.execute(lambda b: b.id)
+        except RateLimited:
+            pass
+    assert budget.peek().deposits == 2      # the two admitted calls, not the three refused
