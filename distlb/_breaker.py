@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -124,8 +126,14 @@ class BreakerBase(Shared):
 
     def _plan(self, op: bk.BreakerOp, arg: str,
               fallback: Callable[[], BreakerState]) -> Call[BreakerState]:
+        shed = self._take_shed() if op in ("success", "failure") else 0
         return bk.plan(op, self.keys, name=self.name, arg=arg, channel=self.channel,
-                       config=self._config, parse_hook=self._observe, fallback=fallback)
+                       config=self._config, parse_hook=self._observe, fallback=fallback,
+                       shed=shed)
+
+    def _take_shed(self) -> int:
+        """Requests shed locally since the last result sent (client-side throttling)."""
+        return 0
 
     def _policy_state(self, allowed: bool) -> BreakerState:
         return BreakerState(self.name, "closed" if allowed else "open", None, 0, 0, 0,
@@ -275,13 +283,22 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
     10%. Open and half-open work as in ``CircuitBreaker``. Each recorded result
     is one script call.
 
+    ``throttle_k`` switches to client-side adaptive throttling (Google SRE book,
+    "Handling Overload"): instead of opening, the breaker sheds each request with
+    probability ``max(0, (requests - throttle_k x accepts) / (requests + 1))`` over
+    the shared window, where accepts are calls that succeeded and requests also
+    count those shed (sent along with the next recorded result). Healthy: nothing
+    is shed; at 100% errors nearly everything is, yet a trickle still probes the
+    backend; in between, shedding follows the error rate.
+
     Keys: as ``CircuitBreaker``, plus ``:window`` (hash ``<bucket>:c`` calls,
-    ``<bucket>:e`` errors).
+    ``<bucket>:e`` errors, ``<bucket>:t`` shed requests).
     """
 
     def __init__(self, client: Any, name: str, *, error_rate_threshold: float = 0.1,
                  window_s: float = 60.0, buckets: int = 10, min_calls: int = 20,
                  baseline_factor: float = 2.0, baseline_alpha: float = 0.05,
+                 throttle_k: float | None = None, rng: random.Random | None = None,
                  open_timeout_s: float = 30.0, success_threshold: int = 3,
                  half_open_max_requests: int = 5, probe_lease_s: float = 30.0,
                  failure_on: Any = Exception, ignore: Any = (), slow_call_s: float | None = None,
@@ -296,7 +313,15 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
         self.baseline_factor = number("baseline_factor", baseline_factor, low=1,
                                       low_inclusive=True, high=1000)
         self.baseline_alpha = number("baseline_alpha", baseline_alpha, high=1)
-        rule = (f"rate {self.error_rate_threshold!r} {math.ceil(self.window_s * 1000)} "
+        self.throttle_k = None if throttle_k is None else number(
+            "throttle_k", throttle_k, low=1, low_inclusive=True, high=100)
+        self._rng = rng if rng is not None else random.Random()
+        self._shed = 0
+        self._shed_lock = threading.Lock()
+        self._window = (0, 0.0, 0)          # calls, error rate, shed: from the last reply
+        # Throttling sheds instead of opening: a threshold of 1 can never be exceeded.
+        threshold = 1.0 if self.throttle_k is not None else self.error_rate_threshold
+        rule = (f"rate {threshold!r} {math.ceil(self.window_s * 1000)} "
                 f"{self.buckets} {self.min_calls} {self.baseline_factor!r} "
                 f"{self.baseline_alpha!r}")
         super().__init__(client, name, rule=rule, local_threshold=self.min_calls,
@@ -310,3 +335,29 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
 
     def _result_is_news(self, failed: bool, attempt: Attempt | None) -> bool:
         return True  # every result feeds the shared window
+
+    def _observe(self, st: BreakerState) -> None:
+        if st.calls or st.throttled:
+            self._window = (st.calls, st.error_rate, st.throttled)
+        super()._observe(st)
+
+    def shed_probability(self) -> float:
+        """The fraction of requests client-side throttling sheds now (0 without it)."""
+        if self.throttle_k is None:
+            return 0.0
+        calls, error_rate, shed = self._window
+        requests = calls + shed
+        accepts = calls * (1 - error_rate)
+        return max(0.0, (requests - self.throttle_k * accepts) / (requests + 1))
+
+    def _attempt(self) -> Op[Attempt]:
+        if self.throttle_k is not None and self._rng.random() < self.shed_probability():
+            with self._shed_lock:
+                self._shed += 1
+            return Done(Attempt(False, "throttled", None, 0.0, "throttle"))
+        return super()._attempt()
+
+    def _take_shed(self) -> int:
+        with self._shed_lock:
+            shed, self._shed = self._shed, 0
+        return shed

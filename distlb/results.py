@@ -175,6 +175,7 @@ class BreakerState:
     allowed: bool = False       #: for attempts: whether the call may go ahead
     permit: str | None = None   #: for attempts: the probe permit, if any
     source: str = "store"
+    throttled: int = 0          #: requests shed by client-side throttling in the window
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,11 @@
 -- ARGV[5]   rule config: "count <failure_threshold>" or
 --           "rate <error_rate_threshold> <window_ms> <buckets> <min_calls> <k> <alpha>"
 -- ARGV[6]   "<open_timeout_ms> <success_threshold> <half_open_max> <probe_lease_ms> <ttl_ms>"
+-- ARGV[7]   ("rate" rule) requests this process shed by client-side throttling since its
+--           last call: counted in the window as "<bucket>:t"
 -- Returns one space-separated string:
 --   "<allowed 0|1> <state> <forced|-> <failures> <version> <permit|-> <retry_after_ms>
---    <successes> <probes> <calls> <error_rate> <baseline|->"
+--    <successes> <probes> <calls> <error_rate> <baseline|-> <throttled>"
 --   version is the server time (us) of the last change: it orders states and events.
 -- Publishes (a JSON object: text, so clients with decode_responses work) on every change: kind "cb", name, event ("transition"
 --   or "failures"), from, to, state, failures, version.
@@ -83,6 +85,9 @@ end
 
 -- The "rate" rule: record one result, drop expired buckets, sum the window,
 -- and fold the last complete bucket into the baseline while closed.
+local shed = tonumber(ARGV[7] or '0') or 0
+local throttled = 0
+
 local function window_record(failed)
   local threshold, window_ms, buckets, min_calls, k, alpha = tonumber(rule[2]),
     tonumber(rule[3]), tonumber(rule[4]), tonumber(rule[5]), tonumber(rule[6]), tonumber(rule[7])
@@ -90,6 +95,7 @@ local function window_record(failed)
   local cur = math.floor(now / 1000 / bucket_ms)
   redis.call('HINCRBY', window, cur .. ':c', 1)
   if failed then redis.call('HINCRBY', window, cur .. ':e', 1) end
+  if shed > 0 then redis.call('HINCRBY', window, cur .. ':t', shed) end
   redis.call('PEXPIRE', window, math.ceil(window_ms * 2))
   local flat = redis.call('HGETALL', window)
   local errors, prev_c, prev_e = 0, 0, 0
@@ -100,9 +106,11 @@ local function window_record(failed)
     if b == nil or b <= cur - buckets then
       redis.call('HDEL', window, flat[i])
     else
-      if kind == 'c' then calls = calls + v else errors = errors + v end
+      if kind == 'c' then calls = calls + v
+      elseif kind == 'e' then errors = errors + v
+      else throttled = throttled + v end
       if b == cur - 1 then
-        if kind == 'c' then prev_c = v else prev_e = v end
+        if kind == 'c' then prev_c = v elseif kind == 'e' then prev_e = v end
       end
     end
   end
@@ -202,6 +210,6 @@ end
 if op == 'state' then
   redis.call('ZREMRANGEBYSCORE', probes, '-inf', now)
 end
-return string.format('%d %s %s %d %d %s %d %d %d %d %s %s', allowed, state,
+return string.format('%d %s %s %d %d %s %d %d %d %d %s %s %d', allowed, state,
   forced == '' and '-' or forced, failures, version, permit, retry_ms, successes,
-  redis.call('ZCARD', probes), calls, fmt(rate), baseline and fmt(baseline) or '-')
+  redis.call('ZCARD', probes), calls, fmt(rate), baseline and fmt(baseline) or '-', throttled)

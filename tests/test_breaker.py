@@ -316,3 +316,31 @@ def test_adaptive_incident_bucket_does_not_become_the_baseline(r: redis.Redis,
         cb.record_result(True)
     assert cb.state().state == "open"
     assert r.hget(cb.key, "baseline") is None
+
+
+def test_adaptive_throttling_sheds_a_fraction_instead_of_opening(r: redis.Redis,
+                                                                 prefix: str) -> None:
+    import random
+    cb = AdaptiveCircuitBreaker(r, "api", window_s=60, min_calls=5, throttle_k=2.0,
+                                rng=random.Random(3), prefix=prefix, **FAST)
+    for i in range(40):                          # 75% errors: accepts 10 of 40 requests
+        cb.record_result(i % 4 == 0)
+    assert cb.state().state == "closed"          # throttling never opens
+    assert cb.shed_probability() == pytest.approx((40 - 2 * 10) / 41)
+    attempts = [cb.can_attempt() for _ in range(400)]
+    shed = sum(a.state == "throttled" for a in attempts)
+    assert 0.40 < shed / 400 < 0.58 and all(a.source == "throttle" for a in attempts
+                                            if not a.allowed)
+    cb.record_result(True)                       # carries the shed count to the window
+    st = cb.state()
+    assert r.hget(cb.key + ":window", next(
+        k for k in r.hkeys(cb.key + ":window") if k.endswith(b":t"))) == str(shed).encode()
+    assert st.state == "closed"
+
+
+def test_healthy_backend_is_never_throttled(r: redis.Redis, prefix: str) -> None:
+    cb = AdaptiveCircuitBreaker(r, "api", throttle_k=2.0, prefix=prefix, **FAST)
+    for _ in range(30):
+        cb.record_result(True)
+    assert cb.shed_probability() == 0
+    assert all(cb.can_attempt().allowed for _ in range(100))

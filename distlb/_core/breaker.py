@@ -26,7 +26,7 @@ class Config:
 
 def plan(op: BreakerOp, keys: tuple[str, str, str], *, name: str, arg: str, channel: str,
          config: Config, parse_hook: Callable[[BreakerState], None],
-         fallback: Callable[[], BreakerState]) -> Call[BreakerState]:
+         fallback: Callable[[], BreakerState], shed: int = 0) -> Call[BreakerState]:
     def parse(reply: Any) -> BreakerState:
         f = text(reply).split()
         st = BreakerState(
@@ -34,11 +34,11 @@ def plan(op: BreakerOp, keys: tuple[str, str, str], *, name: str, arg: str, chan
             successes=int(f[7]), probes_in_flight=int(f[8]), retry_after_s=int(f[6]) / 1000,
             version=int(f[4]), calls=int(f[9]), error_rate=float(f[10]),
             baseline=None if f[11] == "-" else float(f[11]), allowed=f[0] == "1",
-            permit=None if f[5] == "-" else f[5])
+            permit=None if f[5] == "-" else f[5], throttled=int(f[12]))
         parse_hook(st)
         return st
 
-    args = (op, arg, channel, name, config.rule, config.timing)
+    args = (op, arg, channel, name, config.rule, config.timing, shed)
     return Call(script("breaker"), keys, args, parse, fallback)
 
 
