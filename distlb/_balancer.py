@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from distlb import _keys, _observe
@@ -220,8 +220,7 @@ class LoadBalancerCore(Shared):
     def _apply(self, state: pl.PoolState) -> None:
         now = self.clock()
         with self._lock:
-            unchanged = (state.records is None and state.stats is None
-                         and state.conns == self._conns and self._snapshot)
+            counts_only = state.records is None and state.stats is None and bool(self._snapshot)
             if state.records is not None:
                 self._records = state.records
                 self._version = state.version
@@ -232,7 +231,15 @@ class LoadBalancerCore(Shared):
             if state.stats is not None:   # a full snapshot: records, counts and statistics
                 self._refreshed_at = now
                 self._stale = False
-            if not unchanged:
+            if counts_only:
+                # The hot path (lease, release): only connection counts moved, so only the
+                # backends whose count changed get a new snapshot entry.
+                conns = self._conns
+                self._snapshot = tuple(
+                    b if conns.get(b.id, 0) == b.active_connections
+                    else replace(b, active_connections=conns.get(b.id, 0))
+                    for b in self._snapshot)
+            else:
                 self._snapshot = self._build_snapshot(now)
 
     def _build_snapshot(self, now: float) -> tuple[Backend, ...]:
