@@ -177,14 +177,18 @@ class AsyncBus(_Bus):
                 else:
                     self.on_message(msg)
             except asyncio.CancelledError:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+                await _close(pubsub)
                 raise
             except Exception as exc:
                 self.lost(exc)
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+                await _close(pubsub)
                 pubsub = None
                 await asyncio.sleep(self.heartbeat_s)
+
+
+async def _close(pubsub: Any) -> None:
+    """Close a subscription without ever hanging a loop's shutdown on a dead connection."""
+    if pubsub is None:
+        return
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
