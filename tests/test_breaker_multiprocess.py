@@ -27,6 +27,7 @@ class Backend(socketserver.ThreadingTCPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.mode = "ok"
+        self.fail_after_s: float | None = None   # switch to "fail" this long after the 1st call
         self.delay_s = 0.0
         self.arrivals: list[tuple[float, str]] = []
         self.lock = threading.Lock()
@@ -37,7 +38,11 @@ class _Handler(socketserver.StreamRequestHandler):
         server: Backend = self.server  # type: ignore[assignment]
         self.rfile.readline()
         with server.lock:
-            server.arrivals.append((time.monotonic(), server.mode))
+            now = time.monotonic()
+            if server.fail_after_s is not None and server.arrivals and \
+                    now > server.arrivals[0][0] + server.fail_after_s:
+                server.mode = "fail"
+            server.arrivals.append((now, server.mode))
         if server.delay_s:
             time.sleep(server.delay_s)
         self.wfile.write(f"{server.mode}\n".encode())
@@ -58,7 +63,7 @@ def test_after_the_trip_at_most_one_call_per_process_reaches_the_backend(
     prefix = f"mp{uuid.uuid4().hex[:8]}"
     threshold, procs = 5, 4
     cfg = dict(failure_threshold=threshold, open_timeout_s=60)
-    threading.Timer(0.5, lambda: setattr(backend, "mode", "fail")).start()
+    backend.fail_after_s = 0.5      # timed from the first call, not from spawning workers
     results = run_workers(workers.call_through_breaker,
                           [(target, prefix, backend.server_address[1], cfg, 1, 1.5)] * procs)
     failed_arrivals = sum(1 for _, mode in backend.arrivals if mode == "fail")

@@ -62,7 +62,8 @@ def test_priority_order_holds_across_processes(target: dict[str, Any]) -> None:
     high = sum(r["admitted"] for r in results if r["level"] == 8)
     low = sum(r["admitted"] for r in results if r["level"] == 1)
     print(f"high {high}, low {low}")
-    # 40/s for 2 s plus the first token. Six high-priority waiters are always
-    # queued, so low-priority work only slips in at the very start.
-    assert 75 <= high + low <= 85
+    # 40/s for 2 s plus the first token, never more (fewer if a loaded machine is slow to
+    # poll). Six high-priority waiters are always queued, so low-priority work only slips
+    # in at the very start.
+    assert 50 <= high + low <= 85
     assert low <= 4

@@ -59,9 +59,9 @@ def test_set_client_rate_limit_reaches_other_processes(server_url: str, prefix: 
                       prefix=prefix)
     b = TrafficShaper(redis.Redis.from_url(server_url, decode_responses=True), "api",
                       client_limit=Limit(1, 1), prefix=prefix)
-    assert a.set_client_rate_limit("client1", 100.0, 50)
-    assert not a.set_client_rate_limit("client1", 100.0, 50)  # unchanged
-    assert b.limits() == {"c:client1": Limit(100.0, 50.0)}
+    assert a.set_client_rate_limit("client1", 0.5, 50)
+    assert not a.set_client_rate_limit("client1", 0.5, 50)  # unchanged
+    assert b.limits() == {"c:client1": Limit(0.5, 50.0)}
     assert sum(b.try_acquire("client1").allowed for _ in range(60)) == 50
     assert a.remove_client_rate_limit("client1")
     b.reset_client("client1")
