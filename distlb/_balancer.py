@@ -37,6 +37,7 @@ from distlb.errors import (
 )
 from distlb.results import Transition
 from distlb.strategies import Backend, Context, NoBackendAvailable, RoundRobinBalancer, Strategy
+from distlb.strategies.base import check_id
 
 
 class BackendExists(DistlbError, LookupError):
@@ -356,15 +357,20 @@ class LoadBalancerCore(Shared):
         if not isinstance(backend, Backend):
             raise ConfigError("backend", "must be a distlb.Backend")
         pl.check_address(backend.address)
+        if not isinstance(backend.healthy, bool):
+            raise ConfigError("healthy", "must be True or False")
         record = {"id": backend.id, "address": backend.address, "weight": backend.weight,
                   "healthy": backend.healthy, "metadata": dict(backend.metadata)}
-        state: pl.PoolState = yield self._plan("add", [pl.pack_record(record), backend.id])
+        try:
+            packed = pl.pack_record(record)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("metadata", f"must hold str keys and plain values: {exc}") from exc
+        state: pl.PoolState = yield self._plan("add", [packed, backend.id])
         if state.status == "exists":
             raise BackendExists(f"pool {self.name!r} already has a backend {backend.id!r}")
 
     def _patch(self, backend_id: str, changes: Mapping[str, Any]) -> Steps[None]:
-        if not isinstance(backend_id, str) or not backend_id:
-            raise ConfigError("backend_id", "must be a non-empty str")
+        check_id(backend_id, "backend_id")
         state: pl.PoolState = yield self._plan("patch", [backend_id, pl.pack_record(changes)])
         if state.status == "unknown":
             raise UnknownBackend(f"pool {self.name!r} has no backend {backend_id!r}")
@@ -379,6 +385,7 @@ class LoadBalancerCore(Shared):
                                                            high=1_000_000)})
 
     def _remove(self, backend_id: str) -> Steps[None]:
+        check_id(backend_id, "backend_id")
         state: pl.PoolState = yield self._plan("remove", [backend_id])
         if state.status == "unknown":
             raise UnknownBackend(f"pool {self.name!r} has no backend {backend_id!r}")
@@ -468,6 +475,9 @@ class LoadBalancerCore(Shared):
 
     def _record_result(self, backend_id: str, duration_s: float, success: bool) -> Steps[None]:
         """Record a call made outside ``execute``/``connection`` (stats and breaker)."""
+        check_id(backend_id, "backend_id")
+        if not isinstance(success, bool):
+            raise ConfigError("success", "must be True or False")
         number("duration_s", duration_s, low_inclusive=True, high=86400)
         yield self._plan("release", [backend_id, "", f"{duration_s * 1000:.3f}",
                                      int(not success), repr(self.latency_alpha)],

@@ -314,3 +314,18 @@ def test_rate_limited_calls_do_not_earn_retries(r: redis.Redis, prefix: str,
         with contextlib.suppress(RateLimited):
             lb.execute(lambda b: b.id)
     assert budget.peek().deposits == 2      # the two admitted calls, not the three refused
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: Backend("x" * 129, "10.0.0.1:80"), "id"),
+    (lambda: Backend("", "10.0.0.1:80"), "id"),
+    (lambda: Backend("n", "10.0.0.1:80", metadata={"x": object()}), "metadata"),
+    (lambda: Backend("n", "10.0.0.1:80", healthy="yes"), "healthy"),  # type: ignore[arg-type]
+])
+def test_bad_backends(r: redis.Redis, prefix: str, make: Any, field: str) -> None:
+    lb = LoadBalancer(r, "api", prefix=prefix)
+    with pytest.raises(ConfigError, match=field):
+        lb.add_backend(make())
+    with pytest.raises(ConfigError, match="backend_id"):
+        lb.remove_backend(None)  # type: ignore[arg-type]
+    assert r.keys(f"{prefix}:*") == []

@@ -83,3 +83,44 @@ def test_leaky_and_priority_fuzz(r: redis.Redis, prefix: str, victim: dict[bytes
         with contextlib.suppress(ConfigError):
             action()
     own_keys_intact(r, prefix, victim)
+
+
+@SETTINGS
+@given(name=names, threshold=anything, timeout=anything, probes=anything, k=anything)
+def test_breaker_and_budget_fuzz(r: redis.Redis, prefix: str, victim: dict[bytes, Any],
+                                 name: Any, threshold: Any, timeout: Any, probes: Any,
+                                 k: Any) -> None:
+    from distlb import AdaptiveCircuitBreaker, CircuitBreaker, RetryBudget
+    for action in (
+        lambda: CircuitBreaker(r, name, failure_threshold=threshold, open_timeout_s=timeout,
+                               half_open_max_requests=probes, prefix=prefix,
+                               subscribe=False).record_failure(),
+        lambda: AdaptiveCircuitBreaker(r, "a", error_rate_threshold=timeout, throttle_k=k,
+                                       min_calls=threshold, prefix=prefix,
+                                       subscribe=False).record_result(False),
+        lambda: RetryBudget(r, name, ratio=timeout, window_s=k, deposit_batch=probes,
+                            prefix=prefix).try_withdraw(),
+    ):
+        with contextlib.suppress(ConfigError):
+            action()
+    own_keys_intact(r, prefix, victim)
+
+
+@SETTINGS
+@given(backend_id=names, address=names, weight=anything, healthy=anything)
+def test_balancer_registry_fuzz(r: redis.Redis, prefix: str, victim: dict[bytes, Any],
+                                backend_id: Any, address: Any, weight: Any,
+                                healthy: Any) -> None:
+    from distlb import Backend, LoadBalancer, UnknownBackend
+    lb = LoadBalancer(r, "api", prefix=prefix, subscribe=False)
+    for action in (
+        lambda: lb.add_backend(Backend(backend_id, address, weight=weight)),
+        lambda: lb.update_backend_health(backend_id, healthy),
+        lambda: lb.update_backend_weight(backend_id, weight),
+        lambda: lb.remove_backend(backend_id),
+    ):
+        # Documented outcomes only: bad input, or an id the pool does not have.
+        with contextlib.suppress(ConfigError, UnknownBackend):
+            action()
+    own_keys_intact(r, prefix, victim)
+    lb.backends()                      # whatever was stored still reads back

@@ -20,6 +20,19 @@ class NoBackendAvailable(DistlbError):
     """Every backend is unhealthy (or excluded), or there are none."""
 
 
+MAX_ID_CHARS = 128
+
+
+def check_id(backend_id: object, field: str = "id") -> str:
+    """A backend id: a non-empty str of at most 128 characters (it also names the
+    backend's circuit breaker, ``<pool>/<id>``)."""
+    if not isinstance(backend_id, str) or not backend_id:
+        raise ConfigError(field, f"must be a non-empty str, got {backend_id!r:.40}")
+    if len(backend_id) > MAX_ID_CHARS:
+        raise ConfigError(field, f"must be at most {MAX_ID_CHARS} characters")
+    return backend_id
+
+
 @dataclass(frozen=True, slots=True)
 class Backend:
     """One backend as strategies see it: identity, weight, health and live statistics.
@@ -43,8 +56,7 @@ class Backend:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id:
-            raise ConfigError("id", "must be a non-empty str")
+        check_id(self.id)
         if isinstance(self.weight, bool) or not isinstance(self.weight, int) \
                 or not 0 <= self.weight <= 1_000_000:
             raise ConfigError("weight", f"must be an int in [0, 1000000], got {self.weight!r}")
