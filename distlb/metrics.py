@@ -1,8 +1,11 @@
-"""Prometheus metrics for distlb (``pip install 'distlb[metrics]'``).
+"""Metrics for distlb: Prometheus (``pip install 'distlb[metrics]'``) or OpenTelemetry.
 
 Call ``enable()`` once per process; the series then appear on the registry you
 expose (``prometheus_client.start_http_server(9100)``, or your framework's
-``/metrics``). Series (all counters carry ``_total``):
+``/metrics``). ``enable_opentelemetry()`` records the same measurements as
+OpenTelemetry instruments (``distlb.decisions``, ``distlb.breaker.transitions``,
+``distlb.breaker.state``, ...) on the meter provider you give it; both may be on
+at once. Prometheus series (all counters carry ``_total``):
 
 | series | labels | what |
 |---|---|---|
@@ -75,12 +78,87 @@ def enable(registry: Any = None) -> dict[str, Any]:
     def fallback(primitive: str, policy: str) -> None:
         m["fallbacks"].labels(primitive, policy).inc()
 
-    _observe.decision, _observe.breaker, _observe.retry = decision, breaker, retry
-    _observe.selection, _observe.store_error, _observe.fallback = selection, store_error, fallback
+    _install(decision=decision, breaker=breaker, retry=retry, selection=selection,
+             store_error=store_error, fallback=fallback)
     return m
 
 
+def enable_opentelemetry(meter_provider: Any = None) -> dict[str, Any]:
+    """Record the same measurements as OpenTelemetry instruments (``opentelemetry-api``).
+
+    ``meter_provider`` defaults to the global one. Returns the instruments by name.
+    """
+    from opentelemetry import metrics as otel
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+    provider = meter_provider if meter_provider is not None else otel.get_meter_provider()
+    meter = provider.get_meter("distlb")
+    states: dict[str, int] = {}
+
+    def observe_states(options: CallbackOptions) -> list[Observation]:
+        return [Observation(v, {"breaker": k}) for k, v in list(states.items())]
+
+    inst: dict[str, Any] = {
+        "decisions": meter.create_counter("distlb.decisions", description="Limiter decisions"),
+        "transitions": meter.create_counter("distlb.breaker.transitions",
+                                            description="Breaker transitions seen here"),
+        "state": meter.create_observable_gauge(
+            "distlb.breaker.state", [observe_states],
+            description="Breaker state: 0 closed, 1 half-open, 2 open"),
+        "retries": meter.create_counter("distlb.retries", description="Retry decisions"),
+        "selections": meter.create_counter("distlb.selections",
+                                           description="Calls sent to each backend"),
+        "store_errors": meter.create_counter("distlb.store_errors",
+                                             description="Calls that found the store down"),
+        "fallbacks": meter.create_counter("distlb.fallbacks",
+                                          description="Answers given by a failure policy"),
+    }
+
+    def decision(limiter: str, allowed: bool, reason: str) -> None:
+        inst["decisions"].add(1, {"limiter": limiter,
+                                  "outcome": "allowed" if allowed else "denied",
+                                  "reason": "" if allowed else reason})
+
+    def breaker(name: str, from_state: str, to_state: str) -> None:
+        inst["transitions"].add(1, {"breaker": name, "from_state": from_state,
+                                    "to_state": to_state})
+        states[name] = STATE_VALUE.get(to_state, -1)
+
+    def retry(outcome: str) -> None:
+        inst["retries"].add(1, {"outcome": outcome})
+
+    def selection(pool: str, backend: str) -> None:
+        inst["selections"].add(1, {"pool": pool, "backend": backend})
+
+    def store_error(primitive: str) -> None:
+        inst["store_errors"].add(1, {"primitive": primitive})
+
+    def fallback(primitive: str, policy: str) -> None:
+        inst["fallbacks"].add(1, {"primitive": primitive, "policy": policy})
+
+    _install(decision=decision, breaker=breaker, retry=retry, selection=selection,
+             store_error=store_error, fallback=fallback)
+    return inst
+
+
+HOOKS = ("decision", "store_error", "fallback", "breaker", "retry", "selection")
+
+
+def _install(**sinks: Any) -> None:
+    """Add sinks to the observation hooks, keeping those already installed (so Prometheus
+    and OpenTelemetry can both be on)."""
+    for name, sink in sinks.items():
+        before = getattr(_observe, name)
+        if before is _observe._nothing:
+            setattr(_observe, name, sink)
+        else:
+            def chained(*args: Any, _a: Any = before, _b: Any = sink) -> None:
+                _a(*args)
+                _b(*args)
+            setattr(_observe, name, chained)
+
+
 def disable() -> None:
-    """Stop counting (the series stay registered with their last values)."""
-    for name in ("decision", "store_error", "fallback", "breaker", "retry", "selection"):
+    """Stop recording, for every sink (the series keep their last values)."""
+    for name in HOOKS:
         setattr(_observe, name, _observe._nothing)

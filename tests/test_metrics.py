@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -81,3 +82,31 @@ def test_documented_series_appear_with_values(registry: CollectorRegistry, r: re
     assert got[("distlb_store_errors_total", (("primitive", "token bucket 'api'"),))] == 1
     assert got[("distlb_fallbacks_total", (("policy", "fail_closed"),
                                            ("primitive", "token bucket 'api'")))] == 1
+
+
+def test_opentelemetry_instruments_alongside_prometheus(registry: CollectorRegistry,
+                                                        r: redis.Redis, prefix: str) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    reader = InMemoryMetricReader()
+    distlb.metrics.enable_opentelemetry(MeterProvider(metric_readers=[reader]))
+    tb = TokenBucket(r, "api", rate_per_s=0.001, burst=1, prefix=prefix)
+    tb.try_acquire()
+    tb.try_acquire()
+    cb = CircuitBreaker(r, "node9", failure_threshold=1, prefix=prefix)
+    cb.can_attempt()
+    cb.record_failure()
+    points: dict[str, list[Any]] = {}
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                points[metric.name] = list(metric.data.data_points)
+    decisions = {(p.attributes["outcome"], p.attributes["reason"]): p.value
+                 for p in points["distlb.decisions"]}
+    assert decisions == {("allowed", ""): 1, ("denied", "api"): 1}
+    assert [p.value for p in points["distlb.breaker.state"]
+            if p.attributes["breaker"] == "node9"] == [2]
+    # Prometheus, enabled first, still counts too.
+    assert samples(registry)[("distlb_decisions_total", (("limiter", "bucket"),
+                                                         ("outcome", "allowed"),
+                                                         ("reason", "")))] == 1
