@@ -19,6 +19,8 @@ import redis
 
 from distlb import _keys
 
+WRONG_PASSWORD = "the server refused the password (check the URL's credentials)"
+
 
 def _url(args: argparse.Namespace) -> str | None:
     return args.redis_url or os.environ.get("DISTLB_REDIS_URL")
@@ -63,7 +65,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except EmbeddedServerError as exc:
         return _fail(str(exc))
     except redis.AuthenticationError:
-        return _fail("the server refused the password (check the URL's credentials)")
+        return _fail(WRONG_PASSWORD)
     except redis.ConnectionError as exc:
         return _fail(f"cannot reach the server: {exc}")
 
@@ -117,7 +119,7 @@ def _connect(args: argparse.Namespace) -> tuple[Any, str] | int:
     try:
         return _inspect.connect(url, socket_connect_timeout=3, socket_timeout=5), url
     except redis.AuthenticationError:
-        return _fail("the server refused the password (check the URL's credentials)")
+        return _fail(WRONG_PASSWORD)
     except redis.ConnectionError as exc:
         return _fail(f"cannot reach the server at {url}: {exc}")
 
