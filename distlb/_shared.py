@@ -50,6 +50,9 @@ class Shared:
         # Sync shells get results, asyncio shells awaitables: typed per shell (see pyproject).
         self._run: Callable[[Op[Any]], Any] = runner.drive
 
+    def __repr__(self) -> str:
+        return f"{type(self).__module__}.{type(self).__name__}({self.name!r}, key={self.key!r})"
+
     @property
     def store_stats(self) -> GuardStats:
         """Calls, store errors, fallbacks and outages seen by this object."""

@@ -222,7 +222,10 @@ def _glob(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from distlb import __version__
+
     parser = argparse.ArgumentParser(prog="distlb", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"distlb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="worker processes sharing one load balancer: a story")
