@@ -32,8 +32,8 @@
 --    caller's version is current), conns (flat id, count ...), stats (flat field, value ...;
 --    empty for acquire, release and renew), 1 if stats were included else 0}
 --   status: "ok", "exists", "unknown"
--- Expires: every key 30 days after the last registry change (abandoned pools go away);
---   leases live only as long as they are renewed.
+-- Expires: every key 30 days after the last registry change or snapshot read (a pool in
+--   use never expires; an abandoned one goes away); leases live only while renewed.
 
 local main, backends, conns, leases, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local op = ARGV[1]
@@ -50,11 +50,15 @@ local function publish(event, id)
   end
 end
 
-local function registry_changed(id, event)
-  redis.call('HINCRBY', main, 'version', 1)
+local function keep_alive()
   for _, k in ipairs({main, backends, conns, stats}) do
     redis.call('PEXPIRE', k, POOL_TTL_MS)
   end
+end
+
+local function registry_changed(id, event)
+  redis.call('HINCRBY', main, 'version', 1)
+  keep_alive()
   publish(event, id)
 end
 
@@ -150,6 +154,10 @@ elseif op == 'release' then
     err = err * (1 - alpha) + (failed and 1 or 0) * alpha
     redis.call('HSET', stats, id .. ':latency_ms', fmt(lat), id .. ':error_rate', fmt(err))
   end
+elseif op == 'snapshot' then
+  -- Every process reads a snapshot about once per refresh interval: a pool in use
+  -- never expires, an abandoned one goes POOL_TTL_MS after its last reader.
+  keep_alive()
 elseif op == 'drop' then
   give_back(ARGV[2] .. '|' .. ARGV[3])
 elseif op == 'renew' then

@@ -329,3 +329,12 @@ def test_bad_backends(r: redis.Redis, prefix: str, make: Any, field: str) -> Non
     with pytest.raises(ConfigError, match="backend_id"):
         lb.remove_backend(None)  # type: ignore[arg-type]
     assert r.keys(f"{prefix}:*") == []
+
+
+def test_a_pool_in_use_never_expires(r: redis.Redis, prefix: str) -> None:
+    lb = LoadBalancer(r, "api", prefix=prefix)
+    lb.add_backend(Backend("n1", "10.0.0.1:80"))
+    for k in lb.keys[:2]:
+        r.pexpire(k, 5000)                     # as if the last registry change were long ago
+    lb.backends()                              # any process's periodic snapshot read
+    assert all(r.pttl(k) > 29 * 86400 * 1000 for k in lb.keys[:2])
