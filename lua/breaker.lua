@@ -31,7 +31,8 @@
 --   version is the server time (us) of the last change: it orders states and events.
 -- Publishes (a JSON object: text, so clients with decode_responses work) on every change: kind "cb", name, event ("transition"
 --   or "failures"), from, to, state, failures, version.
--- Expires: every key ttl_ms after the last write (a missing breaker is closed).
+-- Expires: every key ttl_ms after the last write (a missing breaker is closed), except
+--   that a forced state never expires: it holds until reset().
 
 local op, arg = ARGV[1], ARGV[2]
 local channel, name = ARGV[3], ARGV[4]
@@ -201,7 +202,12 @@ if dirty then
     'successes', successes, 'opened_us', string.format('%d', opened),
     'version', string.format('%d', version), 'folded', folded)
   if baseline then redis.call('HSET', main, 'baseline', fmt(baseline)) end
-  redis.call('PEXPIRE', main, ttl_ms)
+  if forced ~= '' then
+    -- An operator's forced state holds until reset(), however long: no expiry.
+    redis.call('PERSIST', main)
+  else
+    redis.call('PEXPIRE', main, ttl_ms)
+  end
 end
 
 if state == 'open' and forced ~= 'open' and retry_ms == 0 then

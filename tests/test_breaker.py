@@ -344,3 +344,12 @@ def test_healthy_backend_is_never_throttled(r: redis.Redis, prefix: str) -> None
         cb.record_result(True)
     assert cb.shed_probability() == 0
     assert all(cb.can_attempt().allowed for _ in range(100))
+
+
+def test_forced_state_never_expires_and_reset_restores_ttl(r: redis.Redis, prefix: str) -> None:
+    cb = breaker(r, prefix, ttl_s=60)
+    cb.force_open()
+    assert r.pttl(cb.key) == -1                  # held until reset(), however long
+    cb.reset()
+    cb.record_failure()
+    assert 0 < r.pttl(cb.key) <= 60_000
