@@ -22,14 +22,13 @@ from distlb import _keys, _observe
 from distlb._breaker import BreakerBase, CircuitBreakerCore
 from distlb._core import pool as pl
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
-from distlb._events import AsyncBus, SyncBus, channel_for
+from distlb._events import Subscriber, channel_for
 from distlb._retry import RetryPolicyCore
 from distlb._scripts import script
 from distlb._shaping import Limit, TrafficShaperCore
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number
 from distlb.errors import (
-    CircuitOpen,
     ConfigError,
     DistlbError,
     RateLimited,
@@ -105,7 +104,7 @@ class Lease:
     member: str = field(default="")
 
 
-class LoadBalancerCore(Shared):
+class LoadBalancerCore(Subscriber, Shared):
     """A pool of backends shared by every process, and one call that does it all.
 
     * Registry: ``add_backend``, ``remove_backend``, ``update_backend_health``,
@@ -138,7 +137,6 @@ class LoadBalancerCore(Shared):
 
     kind = "pool"
     _breaker_type: ClassVar[type[CircuitBreakerCore]]
-    _bus_type: ClassVar[type[SyncBus] | type[AsyncBus]]
 
     def __init__(self, client: Any, name: str, strategy: Strategy | None = None, *,
                  rate_limit: Limit | None = None, client_limit: Limit | None = None,
@@ -191,7 +189,6 @@ class LoadBalancerCore(Shared):
         self._breakers: dict[str, BreakerBase] = {}
         self._open_ids: set[str] = set()
         self._next_probe: dict[str, float] = {}
-        self._bus: SyncBus | AsyncBus | None = None
         self._checker_id = uuid.uuid4().hex
 
     # -- the local view ----------------------------------------------------------------------
@@ -266,18 +263,9 @@ class LoadBalancerCore(Shared):
         if int(event.get("version", -1)) != self._version:
             self._stale = True
 
-    def _subscribed(self) -> bool:
-        if not self.subscribe:
-            return False
-        if self._bus is None:
-            self._bus = self._bus_type.get(self.client, self.channel, self.clock)
-            if self._bus is not None:
-                self._bus.register(self.kind, self.name, self._on_event)
-        return self._bus is not None and self._bus.subscribed_since() is not None
-
     def _refresh(self, force: bool = False) -> Op[Any]:
         """A snapshot call when the view is older than ``refresh_s`` or an event said so."""
-        self._subscribed()
+        self._subscribed_since()          # join the bus: events mark the view stale
         if not force and not self._stale and self.clock() - self._refreshed_at < self.refresh_s:
             return Done(None)
         return self._plan("snapshot", [], self._local_state)
@@ -589,5 +577,5 @@ def tcp_check(timeout_s: float = 1.0) -> Callable[[Backend], bool]:
     return check
 
 
-__all__ = ["BackendExists", "BackendStats", "BreakerSettings", "CircuitOpen", "Lease",
+__all__ = ["BackendExists", "BackendStats", "BreakerSettings", "Lease",
            "LoadBalancerCore", "Statistics", "UnknownBackend", "tcp_check"]

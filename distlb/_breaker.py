@@ -14,12 +14,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 from distlb import _observe
 from distlb._core import breaker as bk
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
-from distlb._events import AsyncBus, SyncBus, channel_for
+from distlb._events import Subscriber, channel_for
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number
 from distlb.errors import CircuitOpen, ConfigError
@@ -36,7 +36,7 @@ def _exception_types(field: str, value: object) -> tuple[type[BaseException], ..
     return types
 
 
-class BreakerBase(Shared):
+class BreakerBase(Subscriber, Shared):
     """The state machine both breakers share; subclasses pick the trip rule.
 
     ``on_store_error``: ``"fail_open"`` lets calls through, ``"fail_closed"``
@@ -45,8 +45,6 @@ class BreakerBase(Shared):
     """
 
     kind = "cb"
-    #: Set by the shells: SyncBus (sync classes) or AsyncBus (distlb.aio).
-    _bus_type: ClassVar[type[SyncBus] | type[AsyncBus]]
 
     def __init__(self, client: Any, name: str, *, rule: str, local_threshold: int,
                  open_timeout_s: float, success_threshold: int, half_open_max_requests: int,
@@ -82,7 +80,6 @@ class BreakerBase(Shared):
         self._view = bk.View(name, self.open_timeout_s, self.max_staleness_s, clock)
         self._twin = bk.LocalBreaker(local_threshold, self.open_timeout_s,
                                      self.success_threshold, clock)
-        self._bus: SyncBus | AsyncBus | None = None
         self._listeners: list[Listener] = []
 
     # -- events and the local view ---------------------------------------------------------
@@ -91,15 +88,6 @@ class BreakerBase(Shared):
         """Call ``listener(Transition)`` on every state change this process sees: its own
         calls' and, through pub/sub, every other process's (on the subscriber thread)."""
         self._listeners.append(listener)
-
-    def _subscribed_since(self) -> float | None:
-        if not self.subscribe:
-            return None
-        if self._bus is None:
-            self._bus = self._bus_type.get(self.client, self.channel, self.clock)
-            if self._bus is not None:
-                self._bus.register(self.kind, self.name, self._on_event)
-        return self._bus.subscribed_since() if self._bus is not None else None
 
     def _on_event(self, event: dict[str, Any]) -> None:
         self._notify(self._view.apply(str(event["state"]), event.get("forced") or None,

@@ -17,7 +17,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 log = logging.getLogger("distlb")
 Handler = Callable[[dict[str, Any]], None]
@@ -192,3 +192,33 @@ async def _close(pubsub: Any) -> None:
         return
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
+
+
+class Subscriber:
+    """Mixin for shared objects that follow their own events (breakers, pools).
+
+    The subclass provides ``subscribe``, ``channel``, ``client``, ``clock``,
+    ``kind``, ``name``, ``_bus_type`` (SyncBus or AsyncBus) and ``_on_event``.
+    """
+
+    subscribe: bool
+    channel: str
+    client: Any
+    clock: Callable[[], float]
+    kind: ClassVar[str]
+    name: str
+    _bus_type: ClassVar[type[SyncBus] | type[AsyncBus]]
+    _bus: SyncBus | AsyncBus | None = None
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _subscribed_since(self) -> float | None:
+        """Join the client's bus on first use; when its healthy subscription started."""
+        if not self.subscribe:
+            return None
+        if self._bus is None:
+            self._bus = self._bus_type.get(self.client, self.channel, self.clock)
+            if self._bus is not None:
+                self._bus.register(self.kind, self.name, self._on_event)
+        return self._bus.subscribed_since() if self._bus is not None else None

@@ -208,9 +208,9 @@ class RetryBudgetCore(Shared):
         self._flushed_at = clock()
         self._twin = _LocalBudget(self)
 
-    def _take_pending(self, add: int) -> int:
+    def _take_pending(self) -> int:
         with self._lock:
-            n, self._pending = self._pending + add, 0
+            n, self._pending = self._pending, 0
             self._flushed_at = self.clock()
             return n
 
@@ -235,13 +235,13 @@ class RetryBudgetCore(Shared):
                    or self.clock() - self._flushed_at >= self.deposit_flush_s)
         if not due:
             return Done(None)
-        return self._plan("deposit", self._take_pending(0), False)
+        return self._plan("deposit", self._take_pending(), False)
 
     def _flush(self) -> Call[BudgetDecision]:
-        return self._plan("deposit", self._take_pending(0), False)
+        return self._plan("deposit", self._take_pending(), False)
 
     def _withdraw(self) -> Call[BudgetDecision]:
-        return self._plan("withdraw", self._take_pending(0), True)
+        return self._plan("withdraw", self._take_pending(), True)
 
     def _peek(self) -> Call[BudgetDecision]:
         return self._plan("peek", 0, False)

@@ -111,10 +111,6 @@ class View:
             return Transition(self.name, before, state, version, origin)
         return None
 
-    def forget(self) -> None:
-        with self.lock:
-            self.state = None
-
 
 class LocalBreaker:
     """The in-process twin for ``on_store_error="local"``: consecutive failures,
