@@ -26,7 +26,7 @@ import redis
 import redis.asyncio
 
 import distlb.aio as aio
-from benchmarks import _strategies, _workers
+from benchmarks import _peers, _strategies, _workers
 from distlb import (
     Backend,
     CircuitBreaker,
@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         rep.add("TokenBucket.try_acquire, sync", f"{tb_rate:,.0f}/s",
                 f"{tb_ratio:.2f}x bare, {tb_ratio / raw_ratio:.2f}x raw (target >= 0.9)")
 
+        peer_limiters(rep, url, prefix, bare_call, rounds, seconds, tb_ratio)
+        deny_path(rep, r, url, prefix, bare_call, rounds, seconds)
+
         shaper = TrafficShaper(r, "ts", global_limit=Limit(1e9, 1e9),
                                client_limit=Limit(1e9, 1e9), prefix=prefix)
         sh_rate, sh_ratio = paired(lambda: shaper.try_acquire("alice"), bare_call, rounds,
@@ -230,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         cb_rate = median_rate(closed_call, rounds, seconds)
         rep.add("CircuitBreaker can_attempt+record_success, closed", f"{cb_rate:,.0f}/s",
                 f"{cb_rate / bare:.1f}x bare (no round trip while closed)")
+        pb = _peers.pybreaker_closed(url, prefix)
+        if pb is None:
+            rep.add("  peer: pybreaker (Redis storage), closed", "not installed",
+                    "pip install '.[bench]'")
+        else:
+            pb_rate = median_rate(pb, rounds, seconds)
+            rep.add("  peer: pybreaker (Redis storage), closed", f"{pb_rate:,.0f}/s",
+                    f"{pb_rate / bare:.2f}x bare; distlb {cb_rate / pb_rate:.1f}x pybreaker")
 
         lb = LoadBalancer(r, "bench", RoundRobinBalancer(), prefix=prefix)
         for i in range(5):
@@ -267,6 +278,34 @@ def main(argv: list[str] | None = None) -> int:
 
     strategy_benchmarks(rep, quick=args.quick)
     return 0
+
+
+def peer_limiters(rep: Report, url: str, prefix: str, bare_call: Callable[[], Any],
+                  rounds: int, seconds: float, distlb_ratio: float) -> None:
+    """The peer limiters on the same server, each paired with the bare call like distlb."""
+    for label, (make, semantics) in _peers.LIMITERS.items():
+        decide = _peers.available(make, url, prefix)
+        if decide is None:
+            rep.add(f"  peer: {label}", "not installed", "pip install '.[bench]'")
+            continue
+        rate, ratio = paired(decide, bare_call, rounds, seconds)
+        rep.add(f"  peer: {label}", f"{rate:,.0f}/s",
+                f"{ratio:.2f}x bare; distlb bucket {distlb_ratio / ratio:.2f}x it ({semantics})")
+
+
+def deny_path(rep: Report, r: redis.Redis, url: str, prefix: str,
+              bare_call: Callable[[], Any], rounds: int, seconds: float) -> None:
+    """Decisions per second under a flood: a 100/s limit offered far more than 10x that."""
+    tb = TokenBucket(r, "deny", rate_per_s=100, burst=10, prefix=prefix)
+    rate, ratio = paired(tb.try_acquire, bare_call, rounds, seconds)
+    rep.add("deny path: TokenBucket at 100/s, flooded", f"{rate:,.0f}/s", f"{ratio:.2f}x bare")
+    for label, (make, _) in _peers.LIMITERS.items():
+        try:
+            decide = make(url, f"{prefix}deny", 100, 10)
+        except ImportError:
+            continue
+        rate, ratio = paired(decide, bare_call, rounds, seconds)
+        rep.add(f"  peer deny path: {label}", f"{rate:,.0f}/s", f"{ratio:.2f}x bare")
 
 
 def strategy_benchmarks(rep: Report, *, quick: bool) -> None:
