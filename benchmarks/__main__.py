@@ -318,10 +318,13 @@ def strategy_benchmarks(rep: Report, *, quick: bool) -> None:
         figures = [_strategies.selections_per_s(make, n, seconds) for n in sizes]
         print(f"  {name:<40}" + "".join(f"{f:>21,.0f}" for f in figures), flush=True)
     print()
-    mine, theirs = _strategies.ring_vs_uhashring(10, 150, 1 if quick else 3)
-    rep.add("ring lookups, 10 nodes x 150 vnodes (lookup)", f"{mine:,.0f}/s",
-            f"{mine / theirs:.2f}x uhashring ({theirs:,.0f}/s)" if theirs
-            else "uhashring not installed (pip install '.[bench]')")
+    for n in (100, 1000):
+        figures = _strategies.rings_vs_uhashring(n, 1 if quick else 5)
+        theirs = figures.pop("uhashring get_node()", None)
+        for name, rate in figures.items():
+            rep.add(f"{name}, {n} backends", f"{rate:,.0f}/s",
+                    f"{rate / theirs:.2f}x uhashring md5 ({theirs:,.0f}/s)" if theirs
+                    else "uhashring not installed (pip install '.[bench]')")
     for label, make in (("ring", _strategies.ConsistentHashBalancer),
                         ("maglev", _strategies.MaglevBalancer),
                         ("rendezvous", _strategies.RendezvousHashBalancer)):

@@ -67,33 +67,41 @@ def selections_per_s(make: Callable[[], Strategy], n: int, seconds: float) -> fl
             return count / elapsed
 
 
-def ring_vs_uhashring(nodes: int, vnodes: int, rounds: int) -> tuple[float, float | None]:
-    keys = [f"user{i}" for i in range(100_000)]
-    ring = ConsistentHashBalancer(vnodes=vnodes)
-    ring.build([Backend(f"node{i}") for i in range(nodes)])
-    lookup = ring.lookup
+def _rate(fn: Callable[[str], Any], keys: list[str]) -> float:
+    t = time.perf_counter()
+    for k in keys:
+        fn(k)
+    return len(keys) / (time.perf_counter() - t)
 
-    def ours() -> float:
-        t = time.perf_counter()
-        for k in keys:
-            lookup(k)
-        return len(keys) / (time.perf_counter() - t)
 
-    mine = statistics.median(ours() for _ in range(rounds))
+def rings_vs_uhashring(n: int, rounds: int) -> dict[str, float]:
+    """Keys per second at ``n`` backends: uhashring's ``get_node`` (md5, its default,
+    160 vnodes) beside our ring and Maglev through each public path, measured in
+    alternation so machine noise hits all alike. Missing uhashring: key absent."""
+    keys = [f"user{i}" for i in range(20_000)]
+    ctxs = {k: Context.with_key(k) for k in keys}
+    snapshot = tuple(Backend(f"node{i}") for i in range(n))
+    ring, maglev = ConsistentHashBalancer(), MaglevBalancer()
+    ring.build(snapshot)
+    paths: dict[str, Callable[[str], Any]] = {
+        "ring lookup()": ring.lookup,
+        "ring select_key()": lambda k: ring.select_key(snapshot, k),
+        "ring select(ctx)": lambda k: ring.select(snapshot, ctxs[k]),
+        "maglev select_key()": lambda k: maglev.select_key(snapshot, k),
+        "maglev select(ctx)": lambda k: maglev.select(snapshot, ctxs[k]),
+    }
     try:
         from uhashring import HashRing
+        paths["uhashring get_node()"] = HashRing(nodes=[b.id for b in snapshot]).get_node
     except ImportError:
-        return mine, None
-    theirs_ring = HashRing(nodes=[f"node{i}" for i in range(nodes)], vnodes=vnodes)
-    get = theirs_ring.get_node
-
-    def theirs() -> float:
-        t = time.perf_counter()
-        for k in keys:
-            get(k)
-        return len(keys) / (time.perf_counter() - t)
-
-    return mine, statistics.median(theirs() for _ in range(rounds))
+        pass
+    for fn in paths.values():
+        fn(keys[0])                       # build rings and tables outside the clock
+    figures: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, fn in paths.items():
+            figures[name].append(_rate(fn, keys))
+    return {name: statistics.median(f) for name, f in figures.items()}
 
 
 def key_movement(make: Callable[[], Strategy], n: int) -> float:

@@ -134,6 +134,11 @@ class Base:
             self._seen = (backends, pool)
         return pool
 
+    def select_key(self, backends: Sequence[Backend], key: str) -> Backend:
+        """``select(backends, Context(key=key))`` for the plain key case; the hashing
+        strategies answer it without building a Context."""
+        return self.select(backends, Context(key=key))  # type: ignore[attr-defined,no-any-return]
+
     def _by_id(self, pool: list[Backend]) -> dict[str, Backend]:
         """``{id: backend}`` for a filtered pool, kept while the pool is the same object."""
         seen, index = self._indexed

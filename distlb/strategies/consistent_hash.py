@@ -6,6 +6,7 @@ import bisect
 import math
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from distlb._validate import integer, number
 from distlb.errors import ConfigError
@@ -13,10 +14,14 @@ from distlb.strategies.base import Backend, Base, Context, NoBackendAvailable
 from distlb.strategies.hashing import MASK64, HashFn, hash_function
 
 
-def _key_of(ctx: Context | None) -> bytes:
+def _key_str(ctx: Context | None) -> str:
     if ctx is None or (ctx.key is None and ctx.client_id is None):
         raise ConfigError("ctx", "hashing strategies need a context with a key or client_id")
-    return (ctx.key if ctx.key is not None else ctx.client_id or "").encode()
+    return ctx.key if ctx.key is not None else ctx.client_id or ""
+
+
+def _key_of(ctx: Context | None) -> bytes:
+    return _key_str(ctx).encode()
 
 
 class ConsistentHashBalancer(Base):
@@ -49,6 +54,16 @@ class ConsistentHashBalancer(Base):
         self._owners: list[str] = []
         self._lookup: Callable[[str], str] | None = None
         self._ring_source: Sequence[Backend] | None = None
+        self._tables: tuple[list[int], list[int], int] = _tables([])
+        #: (tables, healthy ids, resolved owner per ring index, resolved owner per bucket)
+        self._resolved: tuple[Any, frozenset[str], list[str], list[str | None]] = (
+            None, frozenset(), [], [])
+        self._fast: tuple[Sequence[Backend] | None, Callable[[str], Backend]] = (
+            None, self._no_pick)
+
+    @staticmethod
+    def _no_pick(key: str) -> Backend:
+        raise NoBackendAvailable("the ring is empty")
 
     def lookup(self, key: str) -> str:
         """The id of the backend owning ``key`` on the ring built by the last ``select``
@@ -79,10 +94,17 @@ class ConsistentHashBalancer(Base):
                 self._points = [p for p, _ in ring]
                 self._owners = [o for _, o in ring]
                 self._signature = signature
+                self._tables = _tables(self._points)
                 self._lookup = _make_lookup(self._points, self._owners, self._hash)
             return self._points, self._owners
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
+        if self.bounded_load is None and ctx is not None and not ctx.exclude \
+                and ctx.key is not None:
+            fast = self._fast
+            return (fast[1] if fast[0] is backends else self._picker(backends))(ctx.key)
+        if self.bounded_load is None and (ctx is None or not ctx.exclude):
+            return self._picker(backends)(_key_str(ctx))
         pool = self._by_id(self._candidates(backends, ctx))
         points, owners = self._ring(backends)
         start = bisect.bisect(points, self._hash(_key_of(ctx)))
@@ -104,19 +126,105 @@ class ConsistentHashBalancer(Base):
                 break
         raise NoBackendAvailable("every healthy backend is at its bounded load")
 
+    def select_key(self, backends: Sequence[Backend], key: str) -> Backend:
+        """``select(backends, Context(key=key))`` without a Context: the plain key case."""
+        if self.bounded_load is not None:
+            return self.select(backends, Context(key=key))
+        fast = self._fast
+        return (fast[1] if fast[0] is backends else self._picker(backends))(key)
+
+    def _picker(self, backends: Sequence[Backend]) -> Callable[[str], Backend]:
+        """key -> the first healthy backend clockwise from the key's hash, for this snapshot.
+
+        Built once per snapshot: every ring position is resolved to the first healthy
+        owner at or after it (unhealthy backends are skipped, their keys go on to the
+        next point, exactly as the walk in ``select`` does), so a pick is one hash and
+        one index lookup. Resolutions are kept while the set of healthy ids is the
+        same, so a snapshot that only changed connection counts costs O(n), not a
+        pass over the ring.
+        """
+        if self._fast[0] is backends:
+            return self._fast[1]
+        by_id = self._by_id(self._candidates(backends, None))
+        self._ring(backends)
+        tables, points, hash_fn = self._tables, self._points, self._hash
+        starts, direct, shift = tables
+        ids = frozenset(by_id)
+        cached = self._resolved
+        if cached[0] is tables and cached[1] == ids:
+            resolved, direct_id = cached[2], cached[3]
+        else:
+            resolved = _resolve(self._owners, ids)
+            # the resolved owner by bucket where the bucket holds no point, as in _make_lookup
+            direct_id = [resolved[i] if i >= 0 else None for i in direct]
+            self._resolved = (tables, ids, resolved, direct_id)
+
+        def pick(key: str, _bisect: Callable[..., int] = bisect.bisect) -> Backend:
+            h = hash_fn(key.encode())
+            b = h >> shift
+            owner = direct_id[b]
+            if owner is None:
+                owner = resolved[_bisect(points, h, starts[b], starts[b + 1])]
+            return by_id[owner]
+
+        if isinstance(backends, tuple):
+            self._fast = (backends, pick)
+        return pick
+
+
+def _resolve(owners: list[str], healthy: frozenset[str]) -> list[str]:
+    """For each ring index 0..n (n wraps to 0), the first owner at or after it in
+    ``healthy``."""
+    n = len(owners)
+    out = [""] * (n + 1)
+    nxt = ""
+    for i in range(2 * n - 1, -1, -1):
+        owner = owners[i % n]
+        if owner in healthy:
+            nxt = owner
+        if i < n:
+            out[i] = nxt
+    out[n] = out[0]
+    return out
+
+
+def _tables(points: list[int]) -> tuple[list[int], list[int], int]:
+    """A table over the top bits of the hash (about two buckets per point): ``direct[b]``
+    is the answer for every hash in bucket ``b`` when no point falls inside it (most
+    buckets), else -1 and the search runs over ``starts[b]:starts[b + 1]`` only. The
+    same answer as a plain bisect, several times faster on rings of 100k+ points,
+    where a full bisect misses the CPU caches."""
+    n = len(points)
+    bits = max(4, min(18, (2 * n).bit_length()))
+    shift = 64 - bits
+    starts = [bisect.bisect_left(points, b << shift) for b in range(1 << bits)]
+    starts.append(n)
+    direct = [starts[b] if starts[b] == starts[b + 1] else -1 for b in range(1 << bits)]
+    return starts, direct, shift
+
 
 def _make_lookup(points: list[int], owners: list[str],
                  hash_fn: HashFn) -> Callable[[str], str] | None:
-    """A lookup with everything bound locally: encode, hash, bisect, index (the
-    wrap-around is a copy of the first owner at the end, so no modulo)."""
+    """key -> owner id on the whole ring (health ignored): ``_make_index`` with the
+    owner read in the same frame (the hot path of affinity maps). The wrap-around is a
+    copy of the first owner at the end, so no modulo."""
     if not points:
         return None
+    starts, direct, shift = _tables(points)
     wrapped = [*owners, owners[0]]
+    # owner by bucket where the bucket holds no point: one index, no search
+    direct_owner = [wrapped[i] if i >= 0 else None for i in direct]
 
-    def lookup(key: str, _bisect: Callable[[list[int], int], int] = bisect.bisect,
-               _points: list[int] = points, _owners: list[str] = wrapped,
-               _hash: HashFn = hash_fn, _encode: Callable[[str], bytes] = str.encode) -> str:
-        return _owners[_bisect(_points, _hash(_encode(key)))]
+    def lookup(key: str, _bisect: Callable[..., int] = bisect.bisect,
+               _points: list[int] = points, _hash: HashFn = hash_fn,
+               _starts: list[int] = starts, _direct: list[str | None] = direct_owner,
+               _owners: list[str] = wrapped, _shift: int = shift) -> str:
+        h = _hash(key.encode())
+        b = h >> _shift
+        owner = _direct[b]
+        if owner is not None:
+            return owner
+        return _owners[_bisect(_points, h, _starts[b], _starts[b + 1])]
 
     return lookup
 
@@ -212,3 +320,9 @@ class MaglevBalancer(Base):
         pool = self._candidates(backends, ctx)
         table = self._table(pool)
         return self._by_id(pool)[table[self._hash(_key_of(ctx)) % self.table_size]]
+
+    def select_key(self, backends: Sequence[Backend], key: str) -> Backend:
+        """``select(backends, Context(key=key))`` without a Context: the plain key case."""
+        pool = self._candidates(backends, None)
+        table = self._table(pool)
+        return self._by_id(pool)[table[self._hash(key.encode()) % self.table_size]]
