@@ -34,9 +34,9 @@ local conflict = (s[2] and differs) and 1 or 0
 local wait_us = next_us - now
 local queued = wait_us * rate / 1000000
 
--- A relative tolerance: queued comes back from microseconds and may exceed
--- capacity by a rounding error when the queue is exactly full.
-if queued + cost > capacity * (1 + 1e-9) then
+-- Tolerance: the clock counts whole microseconds, so the queue is known only to
+-- within what leaks in 1 us (rate x 1e-6), plus double rounding (capacity x 1e-12).
+if queued + cost > capacity * (1 + 1e-12) + rate * 1e-6 then
   local retry = (queued + cost - capacity) / rate
   return string.format('0 %s %s %s %d', fmt(wait_us / 1000000), fmt(queued), fmt(retry), conflict)
 end
