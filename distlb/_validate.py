@@ -46,7 +46,7 @@ def show(value: object) -> str:
     printed (``ValueError``), and a message need not echo megabytes of input."""
     try:
         text = repr(value)
-    except Exception:  # noqa: BLE001 - any repr failure: describe the type instead
+    except Exception:  # any repr failure: describe the type instead
         return f"<{type(value).__name__}>"
     return text if len(text) <= 80 else f"{text[:60]}...<{len(text)} chars>"
 
@@ -127,7 +127,7 @@ def window(window_field: str, window_s: float, buckets: int) -> None:
 def store_policy(value: object) -> StorePolicy:
     try:
         ok = value in STORE_POLICIES
-    except Exception:  # noqa: BLE001 - an object whose __eq__ raises is simply not a policy
+    except Exception:  # an object whose __eq__ raises is simply not a policy
         ok = False
     if not ok:
         raise ConfigError("on_store_error",

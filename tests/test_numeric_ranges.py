@@ -372,15 +372,14 @@ def test_calls_with_wrong_types_raise_config_error(r: redis.Redis, prefix: str) 
     pq = PriorityLimiter(r, "x", rate_per_s=1, burst=1, prefix=prefix)
     shaper = TrafficShaper(r, "x", global_limit=Limit(1, 1), prefix=prefix)
     rb = RetryBudget(r, "x", prefix=prefix)
+    calls: list[Callable[[Any], Any]] = [
+        tb.try_acquire, tb.peek, lambda v: tb.acquire(v, timeout_s=0),
+        lambda v: tb.acquire(1, timeout_s=v), lb.try_acquire, lb.peek, pq.try_acquire,
+        lambda v: pq.try_acquire(0, cost=v), lambda v: shaper.try_acquire(cost=v),
+        lambda v: shaper.peek(bytes=v), lambda v: shaper.set_global_limit(v, 1), rb.deposit,
+    ]
     for bad in ([1], {1: 2}, {1}, 10**400, 10**5000, math.nan, "1", None, b"1"):
-        for call in (lambda: tb.try_acquire(bad), lambda: tb.peek(bad),
-                     lambda: tb.acquire(bad, timeout_s=0),
-                     lambda: tb.acquire(1, timeout_s=bad),
-                     lambda: lb.try_acquire(bad), lambda: lb.peek(bad),
-                     lambda: pq.try_acquire(bad), lambda: pq.try_acquire(0, cost=bad),
-                     lambda: shaper.try_acquire(cost=bad), lambda: shaper.peek(bytes=bad),
-                     lambda: shaper.set_global_limit(bad, 1),
-                     lambda: rb.deposit(bad)):
+        for call in calls:
             with pytest.raises(ConfigError):
-                call()
+                call(bad)
     assert own_keys(r, prefix) == []
