@@ -21,7 +21,7 @@ from distlb._core import breaker as bk
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._events import Subscriber, channel_for
 from distlb._shared import Clock, Shared
-from distlb._validate import StorePolicy, integer, number
+from distlb._validate import StorePolicy, integer, number, window
 from distlb.errors import CircuitOpen, ConfigError
 from distlb.results import Attempt, BreakerState, Transition
 
@@ -297,6 +297,7 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
         self.error_rate_threshold = number("error_rate_threshold", error_rate_threshold, high=1)
         self.window_s = number("window_s", window_s, low=0.01, high=86400)
         self.buckets = integer("buckets", buckets, low=1, high=1000)
+        window("window_s", self.window_s, self.buckets)
         self.min_calls = integer("min_calls", min_calls, low=1, high=10**9)
         self.baseline_factor = number("baseline_factor", baseline_factor, low=1,
                                       low_inclusive=True, high=1000)

@@ -23,7 +23,7 @@ from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep, Steps, step
 from distlb._runtime import AsyncRunner, StoreGuard, SyncRunner
 from distlb._scripts import script
 from distlb._shared import Clock, Shared
-from distlb._validate import StorePolicy, integer, number
+from distlb._validate import StorePolicy, integer, number, window
 from distlb.errors import CircuitOpen, ConfigError, RetryBudgetExhausted
 
 # -- backoff strategies ------------------------------------------------------------------------
@@ -196,13 +196,15 @@ class RetryBudgetCore(Shared):
                                         low_inclusive=True, high=1e6)
         self.window_s = number("window_s", window_s, low=0.01, high=86400)
         self.buckets = integer("buckets", buckets, low=1, high=1000)
+        window("window_s", self.window_s, self.buckets)
         self.deposit_batch = integer("deposit_batch", deposit_batch, low=1, high=100_000)
         self.deposit_flush_s = number("deposit_flush_s", deposit_flush_s, low=0,
                                       low_inclusive=True, high=3600)
         self.expected_processes = integer("expected_processes", expected_processes,
                                           low=1, high=100_000)
+        # The window in ms, exact (not rounded up: 0.0101 s is 10.1 ms, not 11).
         self._config = (f"{self.ratio!r} {self.min_retries_per_s!r} "
-                        f"{math.ceil(self.window_s * 1000)} {self.buckets}")
+                        f"{self.window_s * 1000!r} {self.buckets}")
         self._lock = threading.Lock()
         self._pending = 0
         self._flushed_at = clock()

@@ -7,6 +7,7 @@ server's clock.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import uuid
@@ -21,11 +22,14 @@ from distlb._core.ops import Call, Op, Sleep, Steps
 from distlb._scripts import script
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number
+from distlb._validate import check_cost as check_amount
 from distlb._validate import cost as check_cost
+from distlb._validate import limit as check_limit
 from distlb.errors import ConfigError, RateLimited
 from distlb.results import Decision, LeakyDecision, PriorityDecision
 
 D = TypeVar("D", Decision, LeakyDecision)
+log = logging.getLogger("distlb")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +37,17 @@ class Limit:
     """A token-bucket limit: refill ``rate_per_s`` tokens per second, hold at most ``burst``.
 
     For bandwidth limits the unit is bytes: ``Limit(1_000_000, 64_000)`` is 1 MB/s
-    with 64 kB bursts.
+    with 64 kB bursts. Both lie in [1e-9, 1e12] and the refill time ``burst /
+    rate_per_s`` is at most 10 years (what the scripts represent exactly).
     """
 
     rate_per_s: float
     burst: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rate_per_s", number("rate_per_s", self.rate_per_s))
-        object.__setattr__(self, "burst", number("burst", self.burst))
+        rate, burst = check_limit("rate_per_s", self.rate_per_s, "burst", self.burst)
+        object.__setattr__(self, "rate_per_s", rate)
+        object.__setattr__(self, "burst", burst)
 
     def encode(self) -> str:
         return f"{self.rate_per_s!r} {self.burst!r}"
@@ -117,7 +123,10 @@ class TokenBucketCore(_Limiter):
     def _call(self, mode: bucket.Mode, cost: float) -> Call[Decision]:
         # Calls are immutable: reuse them per (mode, cost), so the hot path builds nothing.
         memo = (mode, type(cost), cost)  # the type keeps True off the entry for 1
-        call = self._calls.get(memo)
+        try:
+            call = self._calls.get(memo)
+        except TypeError:  # unhashable: not a number; check_cost below says so
+            call = None
         if call is not None:
             return call
         c = check_cost(cost, self.limit.burst)
@@ -159,8 +168,8 @@ class LeakyBucketCore(_Limiter):
                  expected_processes: int = 1, retry_store_after_s: float = 1.0,
                  clock: Clock = time.monotonic,
                  sleep: Callable[[float], Any] | None = None) -> None:
-        self.rate_per_s = number("rate_per_s", rate_per_s)
-        self.capacity = number("capacity", capacity)
+        self.rate_per_s, self.capacity = check_limit("rate_per_s", rate_per_s,
+                                                     "capacity", capacity)
         super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
                          expected_processes=expected_processes,
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
@@ -228,7 +237,9 @@ class TrafficShaperCore(_Limiter):
         self.client_limit = client_limit
         self.client_bandwidth = client_bandwidth
         self.backend_bandwidth = backend_bandwidth
-        self.config_ttl_ms = int(number("config_ttl_s", config_ttl_s, high=365 * 86400) * 1000)
+        # At least 1 s: a TTL that rounds to 0 ms would delete the overrides as they are set.
+        self.config_ttl_ms = math.ceil(number("config_ttl_s", config_ttl_s, low=1,
+                                              low_inclusive=True, high=365 * 86400) * 1000)
         super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
                          expected_processes=expected_processes,
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
@@ -245,9 +256,9 @@ class TrafficShaperCore(_Limiter):
 
         def add(part: str, label: str, limit: Limit | None, amount: float, field: str) -> None:
             rate, burst = (limit.rate_per_s, limit.burst) if limit else (0.0, 1.0)
-            if limit and amount > burst:
-                raise ConfigError("bytes" if "bandwidth" in label else "cost",
-                                  f"must be at most the {label} burst ({burst:g}), got {amount:g}")
+            if limit:
+                check_amount(amount, burst, "bytes" if "bandwidth" in label else "cost",
+                             f"the {label} burst")
             specs.append(bucket.BucketSpec(f"{self.key}:{part}", label, rate, burst, amount, field))
 
         add("global", "global", self.global_limit, c, "global")
@@ -322,9 +333,14 @@ def parse_limits(raw: Mapping[Any, Any]) -> dict[str, Limit]:
     out = {}
     for k, v in raw.items():
         field = k.decode() if isinstance(k, bytes) else str(k)
-        rate, burst = (v.decode() if isinstance(v, bytes) else str(v)).split()
         kind, _, ident = field.partition(":")
-        out[f"{kind}:{_keys.unescape(ident)}" if ident else kind] = Limit(float(rate), float(burst))
+        try:
+            rate, burst = (v.decode() if isinstance(v, bytes) else str(v)).split()
+            limit = Limit(float(rate), float(burst))
+        except ValueError:  # written by another version, or by hand: show the rest
+            log.warning("distlb: ignoring unreadable shared limit %r = %r", field, v)
+            continue
+        out[f"{kind}:{_keys.unescape(ident)}" if ident else kind] = limit
     return out
 
 

@@ -13,11 +13,43 @@ local function now_us()
 end
 
 -- Fractions leave Lua as strings: a Lua number in a reply is truncated to an
--- integer. 14 significant digits (Lua's own tostring precision) keeps tiny
--- rates exact enough and shows round values plainly ("10", "0.5") in redis-cli.
+-- integer, and one passed to redis.call is written with 14 digits ("%.14g"),
+-- which loses precision and turns integers >= 1e14 into "1e+14". fmt is
+-- round-trip exact: the shortest of 15 and 17 significant digits that reads
+-- back as the same double, so round values stay plain in redis-cli ("10",
+-- "0.5") and a stored rate such as 100/3 compares equal to the caller's.
 local function fmt(x)
   if x == math.huge then return 'inf' end
-  return string.format('%.14g', x)
+  if x == -math.huge then return '-inf' end
+  if x ~= x then return 'nan' end
+  local s = string.format('%.15g', x)
+  if tonumber(s) ~= x then s = string.format('%.17g', x) end
+  return s
+end
+
+-- A number as the integer argument of a command (HINCRBY, ZADD scores in us):
+-- "%d", never the "%.14g" redis.call would use.
+local function int(x)
+  return string.format('%d', x)
+end
+
+-- A TTL for PEXPIRE, in ms, as a string: at least 1 ms and at most ~31 years,
+-- whatever the arithmetic gave (NaN, inf, a huge refill time). The clients
+-- validate ranges so that this never bites; it is here so that no script can
+-- fail in PEXPIRE after it wrote, leaving a key without a TTL.
+local MAX_TTL_MS = 1e12
+local function ttl(ms)
+  if ms ~= ms or ms > MAX_TTL_MS then ms = MAX_TTL_MS end
+  if ms < 1 then ms = 1 end
+  return string.format('%d', math.ceil(ms))
+end
+
+-- A stored number, or nil when missing or not a finite number (such a value can
+-- only come from outside distlb; reading it as missing keeps the key usable).
+local function finite(v)
+  local x = tonumber(v)
+  if x == nil or x ~= x or x == math.huge or x == -math.huge then return nil end
+  return x
 end
 
 -- Token bucket state at `now`: refilled since its last write, capped at burst.
@@ -26,8 +58,8 @@ end
 -- whether rate/burst must be (re)written on the next write.
 local function bucket_read(key, rate, burst, now)
   local s = redis.call('HMGET', key, 'tokens', 'ts_us', 'rate', 'burst')
-  local tokens = tonumber(s[1])
-  local ts = tonumber(s[2])
+  local tokens = finite(s[1])
+  local ts = finite(s[2])
   if tokens == nil or ts == nil then
     return burst, false, true
   end
@@ -45,13 +77,12 @@ end
 -- conflict detection; they are rewritten only when they change.
 local function bucket_write(key, tokens, rate, burst, now, with_config)
   if with_config then
-    redis.call('HSET', key, 'tokens', fmt(tokens), 'ts_us', string.format('%d', now),
+    redis.call('HSET', key, 'tokens', fmt(tokens), 'ts_us', int(now),
       'rate', fmt(rate), 'burst', fmt(burst))
   else
-    redis.call('HSET', key, 'tokens', fmt(tokens), 'ts_us', string.format('%d', now))
+    redis.call('HSET', key, 'tokens', fmt(tokens), 'ts_us', int(now))
   end
-  local refill_ms = math.ceil((burst - tokens) / rate * 1000)
-  redis.call('PEXPIRE', key, refill_ms + 1000)
+  redis.call('PEXPIRE', key, ttl((burst - tokens) / rate * 1000 + 1000))
 end
 
 -- Seconds until `cost` tokens are available (inf when cost exceeds burst).

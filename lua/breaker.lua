@@ -93,11 +93,13 @@ local function window_record(failed)
   local threshold, window_ms, buckets, min_calls, k, alpha = tonumber(rule[2]),
     tonumber(rule[3]), tonumber(rule[4]), tonumber(rule[5]), tonumber(rule[6]), tonumber(rule[7])
   local bucket_ms = window_ms / buckets
+  -- "%d": concatenating a bucket number >= 1e14 would write "1.7e+14" (never counted).
   local cur = math.floor(now / 1000 / bucket_ms)
-  redis.call('HINCRBY', window, cur .. ':c', 1)
-  if failed then redis.call('HINCRBY', window, cur .. ':e', 1) end
-  if shed > 0 then redis.call('HINCRBY', window, cur .. ':t', shed) end
-  redis.call('PEXPIRE', window, math.ceil(window_ms * 2))
+  local field = string.format('%d', cur)
+  redis.call('HINCRBY', window, field .. ':c', 1)
+  if failed then redis.call('HINCRBY', window, field .. ':e', 1) end
+  if shed > 0 then redis.call('HINCRBY', window, field .. ':t', string.format('%d', shed)) end
+  redis.call('PEXPIRE', window, ttl(window_ms * 2))
   local flat = redis.call('HGETALL', window)
   local errors, prev_c, prev_e = 0, 0, 0
   for i = 1, #flat, 2 do

@@ -24,6 +24,13 @@
 --   where i is the bucket's 1-based position in KEYS; "inf" for retry_after_s
 --   when cost exceeds burst (never admissible). Unlimited buckets are left out.
 -- Expires: each bucket once it would be full again (+1 s); see bucket_write.
+-- Ranges: the clients send rates, bursts and costs in [1e-9, 1e12] with burst / rate
+--   at most 10 years and cost >= burst x 1e-12 (distlb/_validate.py); a shared override
+--   may pair a cost with a larger burst, so the cost is raised to burst x 1e-12 here
+--   (below that, tokens - cost would round to tokens and never charge). An override
+--   that is not two positive finite numbers is ignored.
+-- Writes: all reads and checks come first, then each bucket's HSET with its PEXPIRE
+--   (clamped), so nothing can fail after the first write.
 
 local mode, limits_ttl = string.match(ARGV[1], '^(%a+) (%d+)$')
 limits_ttl = tonumber(limits_ttl)
@@ -44,10 +51,14 @@ for i = 1, n do
     local o = redis.call('HGET', limits_key, field)
     if o then
       local orate, oburst = string.match(o, '^(%S+) (%S+)$')
-      if orate then rate, burst, overridden = tonumber(orate), tonumber(oburst), true end
+      orate, oburst = finite(orate), finite(oburst)
+      if orate and oburst and orate > 0 and oburst > 0 then
+        rate, burst, overridden = orate, oburst, true
+      end
     end
   end
   if rate > 0 then
+    cost = math.max(cost, burst * 1e-12)
     local tokens, differs, rewrite = bucket_read(KEYS[i], rate, burst, now)
     -- Two processes configured differently for one bucket: the caller's values
     -- apply to its call and the client is told, so it can warn.
@@ -71,6 +82,6 @@ for j, row in ipairs(rows) do
     fmt(row[4]), fmt((burst - tokens) / rate), fmt(rate), fmt(burst))
 end
 if all_ok and mode == 'take' and limits_key and redis.call('EXISTS', limits_key) == 1 then
-  redis.call('PEXPIRE', limits_key, limits_ttl)
+  redis.call('PEXPIRE', limits_key, ttl(limits_ttl))
 end
 return table.concat(out, ' ')

@@ -4,7 +4,8 @@
 -- cost/rate seconds apart, so requests leave evenly spaced at `rate` however many
 -- processes submit them. The caller sleeps `delay_s` and then proceeds.
 --
--- KEYS[1]   hash; fields next_us (server time the next slot starts, us), rate, capacity
+-- KEYS[1]   hash; fields next_us (server time the next slot starts, us; fractional,
+--           round-trip exact: a slot may be shorter than 1 us), rate, capacity
 -- ARGV[1]   mode: "take" reserves a slot; "peek" never writes
 -- ARGV[2]   rate, units (requests or bytes) per second
 -- ARGV[3]   capacity, units that may be queued (admitted, not yet departed);
@@ -16,27 +17,38 @@
 --   queued_after: units queued after this call, fractions as strings
 --   retry_after_s: when denied, the wait until `cost` units fit in the queue
 -- Expires: once the last slot has passed (+1 s); an empty queue needs no key.
+-- Ranges: rate, capacity and cost in [1e-9, 1e12], capacity / rate (the longest
+--   wait) at most 10 years, cost >= capacity x 1e-12 (distlb/_validate.py), so
+--   next_us stays far below 2^53 and the TTL far below PEXPIRE's limit.
+-- Writes: one HSET (rate and capacity only when missing or changed) with its
+--   PEXPIRE (clamped), after every read: nothing can fail after the write.
 
 local mode = ARGV[1]
 local rate, capacity, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_us()
 
 local s = redis.call('HMGET', KEYS[1], 'next_us', 'rate', 'capacity')
-local next_us = math.max(now, tonumber(s[1]) or now)
-local conflict = ((s[2] and tonumber(s[2]) ~= rate) or (s[3] and tonumber(s[3]) ~= capacity))
-  and 1 or 0
+local next_us = math.max(now, finite(s[1]) or now)
+local differs = tonumber(s[2]) ~= rate or tonumber(s[3]) ~= capacity
+local conflict = (s[2] and differs) and 1 or 0
 local wait_us = next_us - now
 local queued = wait_us * rate / 1000000
 
-if queued + cost > capacity + 1e-9 then
+-- Tolerance: the clock counts whole microseconds, so the queue is known only to
+-- within what leaks in 1 us (rate x 1e-6), plus double rounding (capacity x 1e-12).
+if queued + cost > capacity * (1 + 1e-12) + rate * 1e-6 then
   local retry = (queued + cost - capacity) / rate
   return string.format('0 %s %s %s %d', fmt(wait_us / 1000000), fmt(queued), fmt(retry), conflict)
 end
 if mode == 'take' then
   local new_next = next_us + cost / rate * 1000000
-  redis.call('HSET', KEYS[1], 'next_us', string.format('%d', new_next),
-    'rate', fmt(rate), 'capacity', fmt(capacity))
-  redis.call('PEXPIRE', KEYS[1], math.ceil((new_next - now) / 1000) + 1000)
+  if differs then
+    redis.call('HSET', KEYS[1], 'next_us', fmt(new_next), 'rate', fmt(rate),
+      'capacity', fmt(capacity))
+  else
+    redis.call('HSET', KEYS[1], 'next_us', fmt(new_next))
+  end
+  redis.call('PEXPIRE', KEYS[1], ttl((new_next - now) / 1000 + 1000))
   queued = queued + cost
 end
 return string.format('1 %s %s 0 %d', fmt(wait_us / 1000000), fmt(queued), conflict)

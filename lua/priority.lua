@@ -24,7 +24,12 @@
 --   status: "admitted" | "queued" | "queue_full" | "busy" (try mode) | "cancelled"
 --   position: 0-based rank in the queue (-1 when not queued)
 -- Expires: the bucket as in bucket.lua; queue, lease and depth keys 2 x lease_ms
---   after the last write (each poll refreshes them).
+--   after the last write (each poll refreshes them, and so does every call that
+--   prunes or cancels a waiter).
+-- Ranges: rate, burst and cost as in bucket.lua; scores and lease expiries are
+--   written exactly (fmt / "%d"), not with the 14 digits of redis.call.
+-- Writes: every read that could fail (the bucket hash) comes before the first
+--   write; every write path ends with its PEXPIREs (clamped).
 
 local mode, ticket, level = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local rate, burst, cost = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -44,21 +49,25 @@ local function leave(m)
 end
 
 local function touch()
-  local ttl = lease_ms * 2
-  for _, k in ipairs({queue, leases, depth}) do redis.call('PEXPIRE', k, ttl) end
-end
-
--- Prune waiters whose process stopped polling (bounded work per call).
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 64)) do
-  leave(m)
-end
-
-if mode == 'cancel' then
-  leave(member)
-  return {0, 'cancelled', fmt(0), -1, fmt(0)}
+  local queue_ttl = ttl(lease_ms * 2)
+  for _, k in ipairs({queue, leases, depth}) do redis.call('PEXPIRE', k, queue_ttl) end
 end
 
 local tokens, _, rewrite = bucket_read(bucket, rate, burst, now)
+
+-- Prune waiters whose process stopped polling (bounded work per call).
+local pruned = false
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 64)) do
+  leave(m)
+  pruned = true
+end
+if pruned then touch() end
+
+if mode == 'cancel' then
+  leave(member)
+  touch()
+  return {0, 'cancelled', fmt(0), -1, fmt(0)}
+end
 local my_score = tonumber(redis.call('ZSCORE', queue, member))
 local head = redis.call('ZRANGE', queue, 0, 0, 'WITHSCORES')
 local score = now / 1000000 / aging_s - level
@@ -87,10 +96,10 @@ if not my_score then
   if tonumber(redis.call('HGET', depth, string.format('%d', level)) or '0') >= max_depth then
     return {0, 'queue_full', fmt(math.max(wait_tokens, cost / rate)), -1, fmt(tokens)}
   end
-  redis.call('ZADD', queue, score, member)
+  redis.call('ZADD', queue, fmt(score), member)
   redis.call('HINCRBY', depth, string.format('%d', level), 1)
 end
-redis.call('ZADD', leases, now + lease_ms * 1000, member)
+redis.call('ZADD', leases, int(now + lease_ms * 1000), member)
 touch()
 local rank = redis.call('ZRANK', queue, member)
 -- Hint: the head waits for its tokens; the others also for those ahead of them.

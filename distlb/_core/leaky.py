@@ -43,7 +43,7 @@ class LocalLeaky:
             next_at = max(now, st.data.get(key, [now])[0])
             wait = next_at - now
             queued = wait * rate
-            if queued + cost > capacity + 1e-9:
+            if queued + cost > capacity * (1 + 1e-12) + rate * 1e-6:  # as leaky.lua
                 return LeakyDecision(False, wait, queued, (queued + cost - capacity) / rate,
                                      "local")
             if mode == "take":
