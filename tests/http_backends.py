@@ -4,6 +4,7 @@ be told to answer a failure status (with ``Retry-After``), to be slow, or to sto
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -35,7 +36,8 @@ class _Handler(BaseHTTPRequestHandler):
         if retry_after is not None:
             self.send_header("Retry-After", retry_after)
         self.end_headers()
-        self.wfile.write(payload)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up
+            self.wfile.write(payload)
 
     do_GET = do_POST = do_PUT = do_DELETE = _answer
 

@@ -367,3 +367,12 @@ def test_client_processes_share_the_pool_breakers_and_ride_out_a_failing_backend
         for s in servers:
             s.stop()
         admin.close()
+
+
+def test_when_retries_run_out_of_backends_the_last_failure_is_returned(
+        r: redis.Redis, prefix: str, web: list[HttpBackend]) -> None:
+    web[0].fail(500)
+    lb = pool(r, prefix, web[:1])            # one backend, three attempts allowed
+    with httpx.Client(transport=LoadBalancedTransport(lb)) as c:
+        assert c.get("http://users/").status_code == 500
+    lb.close()

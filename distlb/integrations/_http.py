@@ -28,6 +28,7 @@ from distlb import (
     ConfigError,
     Context,
     DistlbError,
+    NoBackendAvailable,
     RetryBudgetExhausted,
 )
 
@@ -152,6 +153,7 @@ class Request:
         self.method = method.upper()
         self.idempotent = self.method in settings.retry_methods
         self.not_before = 0.0          # time.monotonic() before which no attempt may start
+        self.last: UpstreamError | None = None   # the last failed attempt
 
     def wait_s(self) -> float:
         """How long the next attempt must wait: a ``Retry-After`` not yet over."""
@@ -165,23 +167,29 @@ class Request:
         retryable = self.idempotent and (ra is None or ra <= self.settings.max_retry_after_s)
         if retryable and ra is not None:
             self.not_before = max(self.not_before, time.monotonic() + ra)
-        return UpstreamStatus(response, status, backend=backend, retryable=retryable,
-                              retry_after_s=ra)
+        self.last = UpstreamStatus(response, status, backend=backend, retryable=retryable,
+                                   retry_after_s=ra)
+        return self.last
 
     def broken(self, backend: Backend, original: BaseException, *, connect: bool,
                timeout: bool) -> UpstreamError:
         """The error for a failed connection or a timeout. A connect failure never sent the
         request, so it is retryable whatever the method."""
         cls = UpstreamTimeout if timeout else UpstreamUnreachable
-        return cls(original, connect=connect, backend=backend,
-                   retryable=connect or self.idempotent)
+        self.last = cls(original, connect=connect, backend=backend,
+                        retryable=connect or self.idempotent)
+        return self.last
 
 
-def unwrap(error: BaseException) -> Any:
+def unwrap(error: BaseException, state: Request) -> Any:
     """What the caller gets when ``execute`` gave up: the last failure's response, or the
-    HTTP library's own exception. Other errors (``RateLimited``, ``NoBackendAvailable``,
-    ``CircuitOpen``, ...) are raised as they are."""
+    HTTP library's own exception. When the retries ran out of backends
+    (``NoBackendAvailable`` after a failed attempt) that is the last attempt's failure.
+    Other errors (``RateLimited``, ``NoBackendAvailable``, ``CircuitOpen``, ...) are
+    raised as they are."""
     cause = error.__cause__ if isinstance(error, RetryBudgetExhausted) else error
+    if isinstance(cause, NoBackendAvailable) and state.last is not None:
+        cause = state.last
     if isinstance(cause, UpstreamStatus):
         return cause.response
     if isinstance(cause, UpstreamUnreachable | UpstreamTimeout):

@@ -128,7 +128,7 @@ class LoadBalancedTransport(_Base, httpx.BaseTransport):
                 self._attempt, request, body, state, ctx=self._ctx(request))
             return response
         except Exception as exc:
-            out: httpx.Response = unwrap(exc)
+            out: httpx.Response = unwrap(exc, state)
             return out
 
     def _attempt(self, backend: Backend, request: httpx.Request, body: bytes,
@@ -172,7 +172,7 @@ class AsyncLoadBalancedTransport(_Base, httpx.AsyncBaseTransport):
                 self._attempt, request, body, state, ctx=self._ctx(request))
             return response
         except Exception as exc:
-            out: httpx.Response = unwrap(exc)
+            out: httpx.Response = unwrap(exc, state)
             return out
 
     async def _attempt(self, backend: Backend, request: httpx.Request, body: bytes,
