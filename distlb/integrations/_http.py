@@ -1,0 +1,256 @@
+"""Client-side load balancing for HTTP, without an HTTP library: what counts as a
+failure, what may be retried, ``Retry-After``, and how one request maps onto the
+pool's ``execute``.
+
+``distlb.integrations.httpx`` and ``distlb.integrations.requests`` share this.
+Every attempt runs inside ``LoadBalancer.execute``: the pool admits the request
+(its limits and traffic shaper), selects a backend, holds a lease on it, records
+latency and outcome (statistics and the backend's breaker) and retries on another
+backend as its ``retry_policy`` and budget allow. An attempt that fails raises an
+``UpstreamError`` so the pool counts it; the transport turns the final outcome
+back into what the HTTP library's caller expects (the last response, or the
+library's own exception).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from distlb import (
+    Backend,
+    CircuitOpen,
+    ConfigError,
+    Context,
+    DistlbError,
+    NoBackendAvailable,
+    RetryBudgetExhausted,
+)
+
+#: Methods RFC 9110 (section 9.2.2) defines as idempotent: retried by default.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+#: Statuses that count as a failed attempt by default: every 5xx.
+SERVER_ERRORS = frozenset(range(500, 600))
+
+HostHeader = Literal["logical", "backend"]
+
+
+class UpstreamError(DistlbError):
+    """One attempt on one backend failed. Raised inside ``execute`` so the pool records a
+    failure (statistics, breaker) and its retry policy may try another backend.
+
+    ``retryable`` is False when retrying would be unsafe or pointless: a request whose
+    method is not in ``retry_methods`` that may have reached the backend, or a
+    ``Retry-After`` longer than ``max_retry_after_s``.
+    """
+
+    def __init__(self, message: str, *, backend: Backend, retryable: bool,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+
+
+class UpstreamStatus(UpstreamError):
+    """The backend answered with a status in ``failure_statuses``; ``response`` holds it."""
+
+    def __init__(self, response: Any, status: int, **kw: Any) -> None:
+        super().__init__(f"{kw['backend'].id} answered {status}", **kw)
+        self.response = response
+        self.status = status
+
+
+class UpstreamUnreachable(UpstreamError, ConnectionError):
+    """The connection failed (``connect=True``: before the request was sent) or broke."""
+
+    def __init__(self, original: BaseException, *, connect: bool, **kw: Any) -> None:
+        super().__init__(f"{kw['backend'].id}: {original!r}", **kw)
+        self.original = original
+        self.connect = connect
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    """The attempt timed out (``connect=True``: while connecting, so nothing was sent)."""
+
+    def __init__(self, original: BaseException, *, connect: bool, **kw: Any) -> None:
+        super().__init__(f"{kw['backend'].id}: {original!r}", **kw)
+        self.original = original
+        self.connect = connect
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` (RFC 9110 section 10.2.3) in seconds: delay-seconds or an HTTP-date.
+    None when absent or malformed (malformed fields are ignored, as the RFC asks)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """How a transport maps HTTP outcomes onto the pool (validated; see the transports)."""
+
+    failure_statuses: frozenset[int] = SERVER_ERRORS
+    retry_methods: frozenset[str] = IDEMPOTENT_METHODS
+    max_retry_after_s: float = 10.0
+    host_header: HostHeader = "logical"
+    context: Callable[[str, str, Any], Context | None] | None = None
+
+    @staticmethod
+    def build(*, failure_statuses: Iterable[int] = SERVER_ERRORS,
+              retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
+              max_retry_after_s: float = 10.0, host_header: HostHeader = "logical",
+              context: Callable[[str, str, Any], Context | None] | None = None
+              ) -> HttpSettings:
+        statuses = frozenset(failure_statuses)
+        if not all(isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599
+                   for s in statuses):
+            raise ConfigError("failure_statuses", "must be HTTP status codes in [100, 599]")
+        methods = frozenset(m.upper() for m in retry_methods if isinstance(m, str))
+        if len(methods) != len(frozenset(retry_methods)):
+            raise ConfigError("retry_methods", "must be method names (str)")
+        if isinstance(max_retry_after_s, bool) or not isinstance(max_retry_after_s, int | float) \
+                or not 0 <= max_retry_after_s <= 3600:
+            raise ConfigError("max_retry_after_s",
+                              f"must be a number in [0, 3600] seconds, got {max_retry_after_s!r}")
+        if host_header not in ("logical", "backend"):
+            raise ConfigError("host_header", f"must be 'logical' or 'backend', got {host_header!r}")
+        if context is not None and not callable(context):
+            raise ConfigError("context", "must be a callable (method, url, headers) -> Context")
+        return HttpSettings(statuses, methods, float(max_retry_after_s), host_header, context)
+
+    def context_for(self, method: str, url: str, headers: Any) -> Context | None:
+        return None if self.context is None else self.context(method, url, headers)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` into the host (no brackets) and the port."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Request:
+    """The state of one logical request across its attempts: the ``Retry-After`` floor."""
+
+    def __init__(self, settings: HttpSettings, method: str) -> None:
+        self.settings = settings
+        self.method = method.upper()
+        self.idempotent = self.method in settings.retry_methods
+        self.not_before = 0.0          # time.monotonic() before which no attempt may start
+        self.last: UpstreamError | None = None   # the last failed attempt
+
+    def wait_s(self) -> float:
+        """How long the next attempt must wait: a ``Retry-After`` not yet over."""
+        return max(0.0, self.not_before - time.monotonic())
+
+    def status(self, backend: Backend, response: Any, status: int,
+               retry_after: str | None) -> UpstreamStatus:
+        """The error for a failure status; retryable only for ``retry_methods`` and a
+        ``Retry-After`` within ``max_retry_after_s`` (which the next attempt then waits)."""
+        ra = parse_retry_after(retry_after)
+        retryable = self.idempotent and (ra is None or ra <= self.settings.max_retry_after_s)
+        if retryable and ra is not None:
+            self.not_before = max(self.not_before, time.monotonic() + ra)
+        self.last = UpstreamStatus(response, status, backend=backend, retryable=retryable,
+                                   retry_after_s=ra)
+        return self.last
+
+    def broken(self, backend: Backend, original: BaseException, *, connect: bool,
+               timeout: bool) -> UpstreamError:
+        """The error for a failed connection or a timeout. A connect failure never sent the
+        request, so it is retryable whatever the method."""
+        cls = UpstreamTimeout if timeout else UpstreamUnreachable
+        self.last = cls(original, connect=connect, backend=backend,
+                        retryable=connect or self.idempotent)
+        return self.last
+
+
+def unwrap(error: BaseException, state: Request) -> Any:
+    """What the caller gets when ``execute`` gave up: the last failure's response, or the
+    HTTP library's own exception. When the retries ran out of backends
+    (``NoBackendAvailable`` after a failed attempt) that is the last attempt's failure.
+    Other errors (``RateLimited``, ``NoBackendAvailable``, ``CircuitOpen``, ...) are
+    raised as they are."""
+    cause = error.__cause__ if isinstance(error, RetryBudgetExhausted) else error
+    if isinstance(cause, NoBackendAvailable) and state.last is not None:
+        cause = state.last
+    if isinstance(cause, UpstreamStatus):
+        return cause.response
+    if isinstance(cause, UpstreamUnreachable | UpstreamTimeout):
+        raise cause.original from error
+    raise error
+
+
+_MARK = "_distlb_http_retry_on"
+_install_lock = threading.Lock()
+
+
+def install_retry_rule(balancer: Any) -> None:
+    """Teach the pool's retry policy one rule: an ``UpstreamError`` the transport marked not
+    retryable is not retried; every other error is retried as the policy says.
+
+    The pool's ``RetryPolicy`` has no per-call hint, so the policy held by the balancer is
+    replaced, once, by the same policy with ``retry_on`` wrapped (idempotent).
+    """
+    with _install_lock:
+        policy = getattr(balancer, "retry_policy", None)
+        if policy is None or getattr(policy.retry_on, _MARK, False):
+            return
+        inner = policy.retry_on
+
+        def retry_on(error: BaseException) -> bool:
+            if isinstance(error, UpstreamError) and not error.retryable:
+                return False
+            if not isinstance(inner, type | tuple):
+                return bool(inner(error))
+            if isinstance(error, CircuitOpen):    # as the policy does: only when named
+                named = inner if isinstance(inner, tuple) else (inner,)
+                return any(issubclass(t, CircuitOpen) for t in named)
+            if isinstance(error, UpstreamStatus) and not isinstance(error, inner):
+                # A failure status is retried whenever the policy retries the network
+                # errors (ConnectionError, TimeoutError) the other failures subclass.
+                return _names_network(inner)
+            return isinstance(error, inner)
+
+        setattr(retry_on, _MARK, True)
+        balancer.retry_policy = dataclasses.replace(policy, retry_on=retry_on)
+
+
+def _names_network(retry_on: type | tuple[type, ...]) -> bool:
+    named = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    return any(issubclass(ConnectionError, t) or issubclass(TimeoutError, t) for t in named)
+
+
+def check_balancer(balancer: Any, *, asynchronous: bool) -> None:
+    """A ``ConfigError`` unless ``balancer`` is a LoadBalancer of the right flavour."""
+    import distlb
+    import distlb.aio
+    want = distlb.aio.LoadBalancer if asynchronous else distlb.LoadBalancer
+    other = distlb.LoadBalancer if asynchronous else distlb.aio.LoadBalancer
+    if isinstance(balancer, want):
+        return
+    if isinstance(balancer, other):
+        raise ConfigError("balancer", f"must be a {want.__module__}.LoadBalancer for this "
+                                      f"transport, got a {other.__module__}.LoadBalancer")
+    raise ConfigError("balancer", f"must be a LoadBalancer, got {type(balancer).__name__}")
+
+
+__all__ = ["IDEMPOTENT_METHODS", "SERVER_ERRORS", "HttpSettings", "Request", "UpstreamError",
+           "UpstreamStatus", "UpstreamTimeout", "UpstreamUnreachable", "check_balancer",
+           "install_retry_rule", "parse_retry_after", "split_address", "unwrap"]
