@@ -45,7 +45,7 @@
 --    were included else 0, 1 if records were included else 0}
 --   status: "ok", "exists", "unknown", "conflict", "limited:..."
 -- Values written by hand that are not numbers (conns, stats, version) are reset, never
--- an error. Expires: every key 30 days after the last registry change or snapshot read
+-- an error; entries that are not valid UTF-8 are left out of replies. Expires: every key 30 days after the last registry change or snapshot read
 -- (a pool in use never expires; an abandoned one goes away); every key a call writes gets
 -- that TTL in the same call; leases live only while renewed.
 
@@ -72,10 +72,50 @@ local function incr(key, field, by)
   return n
 end
 
+-- Whether a string is valid UTF-8 (as Python decodes it: no overlongs, no surrogates).
+-- Replies must be: a client with decode_responses=True fails on the whole reply otherwise.
+local function utf8_ok(str)
+  if not string.find(str, '[\128-\255]') then return true end
+  local i, n = 1, #str
+  while i <= n do
+    local c = string.byte(str, i)
+    local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2
+      or (c >= 0xE0 and c <= 0xEF) and 3 or (c >= 0xF0 and c <= 0xF4) and 4 or nil
+    if not len or i + len - 1 > n then return false end
+    for j = i + 1, i + len - 1 do
+      local cc = string.byte(str, j)
+      if cc < 0x80 or cc > 0xBF then return false end
+    end
+    local c2 = string.byte(str, i + 1)
+    if (c == 0xE0 and c2 < 0xA0) or (c == 0xED and c2 > 0x9F)
+        or (c == 0xF0 and c2 < 0x90) or (c == 0xF4 and c2 > 0x8F) then
+      return false
+    end
+    i = i + len
+  end
+  return true
+end
+
+-- A flat HGETALL reply without the entries a client could not decode (written by hand).
+local function readable(flat, step)
+  if not string.find(table.concat(flat), '[\128-\255]') then return flat end
+  local out = {}
+  for i = 1, #flat, step do
+    local ok = true
+    for j = i, i + step - 1 do ok = ok and utf8_ok(flat[j]) end
+    if ok then
+      for j = i, i + step - 1 do out[#out + 1] = flat[j] end
+    end
+  end
+  return out
+end
+
 local function token()
   local m = redis.call('HMGET', main, 'epoch', 'version')
   if not m[1] and not m[2] then return '0' end
-  return tostring(m[1]) .. '.' .. tostring(m[2])
+  local e, v = tonumber(m[1]), tonumber(m[2])
+  if not e or not v then return '?' end     -- written by hand; the next change resets it
+  return string.format('%d.%d', e, v)
 end
 
 local function publish(event, id)
@@ -235,10 +275,12 @@ if current ~= known or force_records then
     records[#records + 1] = flat[i + 1]
     records[#records + 1] = redis.call('HGET', since, flat[i]) or '0'
   end
+  records = readable(records, 3)
 end
 -- Statistics only for reads and registry changes: the hot path (acquire, release,
 -- renew) returns connection counts alone, which is what selection needs.
 local hot = op == 'acquire' or op == 'admit' or op == 'release' or op == 'renew'
   or op == 'drop'
-return {status, current, string.format('%d', now), records, redis.call('HGETALL', conns),
-  hot and {} or redis.call('HGETALL', stats), hot and 0 or 1, sent}
+return {status, current, string.format('%d', now), records,
+  readable(redis.call('HGETALL', conns), 2),
+  hot and {} or readable(redis.call('HGETALL', stats), 2), hot and 0 or 1, sent}

@@ -93,7 +93,10 @@ def decode_record(backend_id: str, raw: str, since: Any) -> Record:
     if not isinstance(healthy, bool):
         raise ValueError(f"bad healthy flag {healthy!r:.40}")
     metadata = check_metadata(r.get("metadata", {}))
-    since_us = int(text(since))
+    try:
+        since_us = int(text(since))
+    except ValueError:
+        since_us = 0        # unreadable join time: no slow start, the backend is still used
     return Record(raw, str(address), weight, healthy, metadata, since_us)
 
 
