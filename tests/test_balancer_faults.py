@@ -6,6 +6,7 @@ Regression tests for issue #10 items 1, 2, 3, 7, 12, 13 and 15, against real ser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -55,10 +56,8 @@ def watch_registry(url: str, prefix: str, out: Any, stop: Any) -> None:
     last: tuple[str, ...] | None = None
     try:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(NoBackendAvailable):
                 lb.select_backend()
-            except NoBackendAvailable:
-                pass
             view = tuple(sorted(b.id for b in lb._snapshot))
             if view != last:
                 out.put(view)
@@ -310,7 +309,7 @@ def test_noop_call_latency_excludes_store_round_trips(server_url: str, prefix: s
 # -- item 15: pool names and backend ids that derive breaker names -------------------------------
 
 def test_pool_names_leave_room_for_breaker_names(r: redis.Redis, prefix: str) -> None:
-    with pytest.raises(ConfigError, match="name.*127"):
+    with pytest.raises(ConfigError, match=r"name.*127"):
         LoadBalancer(r, "p" * 128, prefix=prefix)
     lb = LoadBalancer(r, "p" * 127, prefix=prefix)
     lb.add_backend(Backend("b" * 128, "10.0.0.1:80"))
