@@ -107,7 +107,9 @@ class Backend:
     ``throughput_per_s`` completed requests per second, ``active_connections``
     the fleet-wide count. ``added_at_s`` (on the strategy's clock) is when it
     joined or last recovered, for slow start. ``metadata`` is free-form (zone,
-    version, ...), stored with the backend in the shared registry.
+    version, ...), stored with the backend in the shared registry as JSON;
+    ``add_backend`` checks it with :func:`check_metadata` (finite numbers, str keys,
+    bounded size and depth) so it reads back equal in every process.
     """
 
     id: str
