@@ -8,13 +8,15 @@ selection runs locally on a snapshot of it.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -32,11 +34,18 @@ from distlb.errors import (
     ConfigError,
     DistlbError,
     RateLimited,
+    StoreError,
     StoreUnavailable,
 )
 from distlb.results import Transition
 from distlb.strategies import Backend, Context, NoBackendAvailable, RoundRobinBalancer, Strategy
-from distlb.strategies.base import check_id
+from distlb.strategies.base import MAX_ID_CHARS, check_id, check_metadata
+
+#: A pool name leaves room for "/<backend id>" in its breakers' names.
+MAX_POOL_NAME_CHARS = _keys.MAX_NAME_CHARS - MAX_ID_CHARS - 1
+#: Lease members given back per call, and remembered at most, after unanswered calls.
+GHOSTS_PER_CALL = 32
+MAX_GHOSTS = 4096
 
 
 class BackendExists(DistlbError, LookupError):
@@ -99,7 +108,7 @@ class Lease:
 
     backend: Backend
     lease_id: str | None          #: None when the store was unreachable (nothing to return)
-    started_s: float
+    started_s: float              #: when the call began: after the store and breaker calls
     attempt: Any = None           #: the breaker's Attempt, if the pool has breakers
     member: str = field(default="")
 
@@ -108,9 +117,10 @@ class LoadBalancerCore(Subscriber, Shared):
     """A pool of backends shared by every process, and one call that does it all.
 
     * Registry: ``add_backend``, ``remove_backend``, ``update_backend_health``,
-      ``update_backend_weight`` change the shared registry (msgpack records in the
-      ``:backends`` hash); every process sees the change at its next refresh:
-      at once by pub/sub, else within ``refresh_s``.
+      ``update_backend_weight`` change the shared registry (JSON records in the
+      ``:backends`` hash, which the scripts store but never decode); every process sees
+      the change at its next refresh: at once by pub/sub, else within ``refresh_s``.
+      A record a process cannot read is left out of its view (logged), never an error.
     * Connection leases: every call through the pool holds a lease on its backend,
       counted fleet-wide in ``:conns``; leases renew every ``lease_ttl_s / 3``
       while the call runs, and a process that dies (even SIGKILL) gives its
@@ -131,8 +141,9 @@ class LoadBalancerCore(Subscriber, Shared):
     known view without leases or statistics; ``"fail_closed"`` refuses calls.
     Registry changes always need the store and raise ``StoreUnavailable`` without it.
 
-    Keys (hash tag ``{pool:<name>}``): the main hash (``version``), ``:backends``,
-    ``:conns``, ``:leases`` (zset), ``:stats``, ``:checker``.
+    Keys (hash tag ``{pool:<name>}``): the main hash (``epoch``, ``version``),
+    ``:backends``, ``:since``, ``:conns``, ``:leases`` (zset), ``:stats``, ``:checker``.
+    A pool name is at most 127 characters (its breakers are ``<pool>/<backend id>``).
     """
 
     kind = "pool"
@@ -150,6 +161,11 @@ class LoadBalancerCore(Subscriber, Shared):
                  sleep: Callable[[float], Any] | None = None) -> None:
         super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        if len(name) > MAX_POOL_NAME_CHARS:
+            # Each backend's breaker is named "<pool>/<backend id>": that must fit too.
+            raise ConfigError("name", f"a pool name must be at most {MAX_POOL_NAME_CHARS} "
+                                      f"characters (its breakers are named '<pool>/<backend "
+                                      f"id>', at most {_keys.MAX_NAME_CHARS}), got {len(name)}")
         self.strategy: Strategy = strategy if strategy is not None else RoundRobinBalancer()
         if not hasattr(self.strategy, "select"):
             raise ConfigError("strategy", "must have select(backends, ctx)")
@@ -173,10 +189,14 @@ class LoadBalancerCore(Subscriber, Shared):
         self.subscribe = bool(subscribe)
         self.channel = channel_for(self.prefix)
         k = self.key
-        self.keys = (k, f"{k}:backends", f"{k}:conns", f"{k}:leases", f"{k}:stats")
+        self.keys = (k, f"{k}:backends", f"{k}:conns", f"{k}:leases", f"{k}:stats",
+                     f"{k}:since")
         self._lock = threading.Lock()
-        self._records: dict[str, dict[str, Any]] = {}
-        self._version = -1
+        self._records: dict[str, pl.Record] = {}
+        self._version = ""                # the registry token of the view; "" = none yet
+        # Leases whose acquire (or release) never got an answer: the script may have run,
+        # so they are given back by the next call that reaches the store (no extra trip).
+        self._ghosts: dict[str, None] = {}
         self._conns: dict[str, int] = {}
         self._stats: dict[str, float] = {}
         self._refreshed_at = -math.inf
@@ -195,19 +215,36 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def _plan(self, op: str, args: list[Any],
               fallback: Callable[[], pl.PoolState] | None = None,
-              extra_keys: tuple[str, ...] = ()) -> Call[pl.PoolState]:
+              extra_keys: tuple[str, ...] = (), ghost: str | None = None) -> Call[pl.PoolState]:
+        """A ``pool.lua`` call. ``ghost``: the lease member this call may create or keep;
+        if the call gets no answer it is given back by a later call."""
+        ghosts: list[str] = []
+        if self._ghosts:                        # rare: only after unanswered calls
+            with self._lock:
+                ghosts = list(itertools.islice(self._ghosts, GHOSTS_PER_CALL))
+
         def parse(reply: Any) -> pl.PoolState:
             state = pl.parse(reply)
+            if ghosts:
+                with self._lock:
+                    for member in ghosts:
+                        self._ghosts.pop(member, None)
             self._apply(state)
             return state
 
         def unavailable() -> pl.PoolState:
+            if ghost is not None:
+                with self._lock:
+                    self._ghosts[ghost] = None
+                    while len(self._ghosts) > MAX_GHOSTS:   # the oldest expire by TTL anyway
+                        self._ghosts.pop(next(iter(self._ghosts)))
             if fallback is None:
                 raise StoreUnavailable(f"store unreachable: pool {self.name!r} not changed")
             return fallback()
 
         return Call(script("pool"), self.keys + extra_keys,
-                    (op, *args, self._version, self.name, self.channel), parse, unavailable)
+                    (op, *args, *ghosts, len(ghosts), self._version, self.name, self.channel),
+                    parse, unavailable)
 
     def _local_state(self) -> pl.PoolState:
         """The fallback while the store is unreachable: keep the last known view."""
@@ -251,16 +288,14 @@ class LoadBalancerCore(Subscriber, Shared):
                     rate = max(0.0, requests - prev[0]) / (now - prev[1])
                 self._tput[bid] = (requests, now, rate)
             out.append(Backend(
-                bid, str(r.get("address", "")), int(r.get("weight", 100)),
-                bool(r.get("healthy", True)), self._conns.get(bid, 0),
+                bid, r.address, r.weight, r.healthy, self._conns.get(bid, 0),
                 self._stats.get(f"{bid}:latency_ms", 0.0),
                 self._stats.get(f"{bid}:error_rate", 0.0), rate,
-                float(r.get("since_us", 0)) / 1e6 + self._offset_s,
-                dict(r.get("metadata") or {})))
+                r.since_us / 1e6 + self._offset_s, dict(r.metadata)))
         return tuple(out)
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        if int(event.get("version", -1)) != self._version:
+        if str(event.get("version")) != self._version:
             self._stale = True
 
     def _refresh(self, force: bool = False) -> Op[Any]:
@@ -286,11 +321,12 @@ class LoadBalancerCore(Subscriber, Shared):
                     slow_call_s=s.slow_call_s, prefix=self.prefix,
                     on_store_error=self.on_store_error, clock=self.clock,
                     subscribe=self.subscribe)
-                cb.add_listener(self._on_breaker)
+                # The backend id is bound here, never recovered from the breaker's name
+                # (an id may itself contain "/").
+                cb.add_listener(functools.partial(self._on_breaker, backend_id))
             return cb
 
-    def _on_breaker(self, transition: Transition) -> None:
-        backend_id = transition.name.rpartition("/")[2]
+    def _on_breaker(self, backend_id: str, transition: Transition) -> None:
         if transition.to_state == "closed":
             self._open_ids.discard(backend_id)
         else:
@@ -347,30 +383,54 @@ class LoadBalancerCore(Subscriber, Shared):
         pl.check_address(backend.address)
         if not isinstance(backend.healthy, bool):
             raise ConfigError("healthy", "must be True or False")
-        record = {"id": backend.id, "address": backend.address, "weight": backend.weight,
-                  "healthy": backend.healthy, "metadata": dict(backend.metadata)}
-        try:
-            packed = pl.pack_record(record)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError("metadata", f"must hold str keys and plain values: {exc}") from exc
-        state: pl.PoolState = yield self._plan("add", [packed, backend.id])
+        check_id(backend.id)
+        raw = pl.encode_record(backend.address, backend.weight, backend.healthy,
+                               check_metadata(backend.metadata))
+        state: pl.PoolState = yield self._plan("add", [raw, backend.id])
         if state.status == "exists":
             raise BackendExists(f"pool {self.name!r} already has a backend {backend.id!r}")
 
-    def _patch(self, backend_id: str, changes: Mapping[str, Any]) -> Steps[None]:
+    #: Compare-and-set attempts of one health or weight change racing other changes.
+    patch_attempts = 8
+
+    def _patch(self, backend_id: str, *, weight: int | None = None,
+               healthy: bool | None = None) -> Steps[None]:
+        """Change a record: the client builds the new record from its view and the script
+        stores it only if the stored one is still the one it was built from (the script
+        never decodes records). A conflicting reply carries the fresh records: try again."""
         check_id(backend_id, "backend_id")
-        state: pl.PoolState = yield self._plan("patch", [backend_id, pl.pack_record(changes)])
-        if state.status == "unknown":
-            raise UnknownBackend(f"pool {self.name!r} has no backend {backend_id!r}")
+        for _ in range(self.patch_attempts):
+            with self._lock:
+                rec = self._records.get(backend_id)
+            if rec is None:                     # not in this view: read the registry
+                yield self._plan("snapshot", [])
+                with self._lock:
+                    rec = self._records.get(backend_id)
+                if rec is None:
+                    raise UnknownBackend(f"pool {self.name!r} has no (readable) backend "
+                                         f"{backend_id!r}")
+            new_healthy = rec.healthy if healthy is None else healthy
+            raw = pl.encode_record(rec.address, rec.weight if weight is None else weight,
+                                   new_healthy, rec.metadata)
+            state: pl.PoolState = yield self._plan(
+                "patch", [backend_id, raw, rec.raw, int(new_healthy and not rec.healthy)])
+            if state.status == "ok":
+                return
+            if state.status == "unknown":
+                raise UnknownBackend(f"pool {self.name!r} has no backend {backend_id!r}")
+            with self._lock:                    # "conflict": the reply refreshed the view
+                if self._records.get(backend_id) is rec:
+                    self._records.pop(backend_id, None)   # unreadable now: read it again
+        raise StoreError(f"pool {self.name!r}: backend {backend_id!r} changed concurrently "
+                         f"{self.patch_attempts} times; not updated")
 
     def _set_health(self, backend_id: str, healthy: bool) -> Steps[None]:
         if not isinstance(healthy, bool):
             raise ConfigError("healthy", "must be True or False")
-        return self._patch(backend_id, {"healthy": healthy})
+        return self._patch(backend_id, healthy=healthy)
 
     def _set_weight(self, backend_id: str, weight: int) -> Steps[None]:
-        return self._patch(backend_id, {"weight": integer("weight", weight, low=0,
-                                                           high=1_000_000)})
+        return self._patch(backend_id, weight=integer("weight", weight, low=0, high=1_000_000))
 
     def _remove(self, backend_id: str) -> Steps[None]:
         check_id(backend_id, "backend_id")
@@ -390,18 +450,28 @@ class LoadBalancerCore(Subscriber, Shared):
         open_ = self._open_breakers()
         if open_:
             ctx = ctx.excluding(*open_)
-        return self.strategy.select(self._snapshot, ctx)
+        try:
+            return self.strategy.select(self._snapshot, ctx)
+        except NoBackendAvailable as exc:
+            if not self._snapshot and (not self._version or self._guard.skip()):
+                # Empty because the store is out of reach, not because the pool is empty.
+                raise StoreUnavailable(
+                    f"store unreachable: pool {self.name!r} has no known backends"
+                    + ("" if self._version else " (the store was never reached)")) from exc
+            raise
 
     def _acquire_call(self, backend_id: str, lease_id: str, ctx: Context,
                       admit: bool) -> Call[pl.PoolState]:
         args: list[Any] = [backend_id, lease_id, math.ceil(self.lease_ttl_s * 1000)]
         if not admit or (self.rate_limit is None and self.client_limit is None):
-            return self._plan("acquire", args, self._local_state)
+            return self._plan("acquire", args, self._local_state,
+                              ghost=f"{backend_id}|{lease_id}")
         client = _keys.escape(ctx.client_id, "client_id") if ctx.client_id else "-"
         specs = [self.rate_limit.encode() if self.rate_limit else "-",
                  self.client_limit.encode() if self.client_limit and ctx.client_id else "-"]
         return self._plan("admit", [*args, *specs], self._local_state,
-                          (f"{self.key}:rl", f"{self.key}:rl:c:{client}"))
+                          (f"{self.key}:rl", f"{self.key}:rl:c:{client}"),
+                          ghost=f"{backend_id}|{lease_id}")
 
     def _lease(self, ctx: Context | None, tried: set[str], admit: bool = True) -> Steps[Lease]:
         """Select a backend whose breaker admits the call, and take a connection slot.
@@ -427,7 +497,7 @@ class LoadBalancerCore(Subscriber, Shared):
             if state.status == "unknown":          # removed meanwhile: pick again
                 continue
             lease = Lease(backend, None if state.status == "unavailable" else lease_id,
-                          self.clock(), None, member)
+                          0.0, None, member)
             # The breaker is asked after admission and lease, so a half-open probe permit
             # is only ever taken by a call that will run (and return it).
             cb = self.breaker_for(backend.id)
@@ -436,16 +506,23 @@ class LoadBalancerCore(Subscriber, Shared):
                 if not lease.attempt.allowed:   # open, or half-open with its probes taken
                     self._open_ids.add(backend.id)
                     if lease.lease_id is not None:
-                        yield self._plan("drop", [backend.id, lease_id], self._local_state)
+                        yield self._plan("drop", [backend.id, lease_id], self._local_state,
+                                         ghost=member)
                     continue
+            # The call's time starts now, after the store and breaker round trips: latency
+            # statistics (and the samples adaptive strategies score by) measure the backend.
+            lease.started_s = self.clock()
             if lease.lease_id is not None:
                 with self._lock:
                     self._held[member] = lease.started_s
             _observe.selection(self.name, backend.id)
             return lease
 
-    def _release(self, lease: Lease, error: BaseException | None) -> Steps[None]:
-        duration = self.clock() - lease.started_s
+    def _release(self, lease: Lease, error: BaseException | None,
+                 duration_s: float | None = None) -> Steps[None]:
+        """Return a lease and record the outcome; ``duration_s`` is the call's own time
+        (measured around the user's function), else the time since the lease was handed out."""
+        duration = duration_s if duration_s is not None else self.clock() - lease.started_s
         cb = self.breaker_for(lease.backend.id)
         verdict = cb.classify(error, duration) if cb is not None else (
             "failure" if error is not None else "success")
@@ -454,7 +531,8 @@ class LoadBalancerCore(Subscriber, Shared):
         if lease.lease_id is not None or verdict != "ignored":
             yield self._plan("release", [lease.backend.id, lease.lease_id or "",
                                          f"{duration * 1000:.3f}", int(verdict == "failure"),
-                                         repr(self.latency_alpha)], self._local_state)
+                                         repr(self.latency_alpha)], self._local_state,
+                             ghost=lease.member if lease.lease_id is not None else None)
         if cb is not None:
             yield from steps(cb._outcome(lease.attempt, verdict))
         observe = getattr(self.strategy, "observe", None)
@@ -501,7 +579,7 @@ class LoadBalancerCore(Subscriber, Shared):
         except NoBackendAvailable as exc:
             return Outcome(None, exc, 0.0)
         outcome: Outcome = yield Invoke(fn, (lease.backend, *args), kwargs)
-        yield from self._release(lease, outcome.error)
+        yield from self._release(lease, outcome.error, outcome.duration_s)
         return outcome
 
     def _execute(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import msgpack
 import redis
 import redis.cluster
 
@@ -43,7 +42,6 @@ class Entity:
 
 def connect(url: str, **kwargs: Any) -> Any:
     """A client for ``url``: a ``RedisCluster`` when the server is a cluster node."""
-    # Bytes, not decoded strings: registry records are msgpack.
     r = redis.Redis.from_url(url, **kwargs)
     if r.info("cluster").get("cluster_enabled"):
         r.close()
@@ -93,11 +91,7 @@ def _read_key(node: Any, key: str, part: str) -> KeyState:
     ks = KeyState(key, part, kind, ttl_ms / 1000 if ttl_ms >= 0 else None)
     if kind == "hash":
         raw = node.hgetall(key)
-        if part == "backends":       # msgpack registry records, shown as JSON-ready dicts
-            ks.fields = {_s(k): json.dumps(msgpack.unpackb(v, raw=False), sort_keys=True)
-                         for k, v in raw.items()}
-        else:
-            ks.fields = {_s(k): _s(v) for k, v in raw.items()}
+        ks.fields = {_s(k): _s(v) for k, v in raw.items()}   # registry records are JSON
         ks.size = len(ks.fields)
     elif kind == "zset":
         ks.size = node.zcard(key)
@@ -125,6 +119,14 @@ def part_label(part: str) -> str:
     if not sep:
         return part or "bucket"
     return f"{_PART_LABELS.get(kind, kind)} {_keys.unescape(ident)}"
+
+
+def _healthy(record: str) -> bool:
+    """Whether a registry record (JSON) says healthy; an unreadable one does not."""
+    try:
+        return json.loads(record).get("healthy") is True
+    except (ValueError, AttributeError, RecursionError):
+        return False
 
 
 def summarize(e: Entity, now_us: int) -> str:
@@ -164,9 +166,8 @@ def summarize(e: Entity, now_us: int) -> str:
             withdrawals = sum(int(v) for n, v in f.items() if n.endswith(":w"))
             parts.append(f"{deposits} requests, {withdrawals} retries in the window")
         elif k.part == "backends":
-            records = [json.loads(v) for v in f.values()]
-            up = sum(1 for r in records if r.get("healthy", True))
-            parts.append(f"{up}/{len(records)} backends healthy")
+            up = sum(1 for v in f.values() if _healthy(v))
+            parts.append(f"{up}/{len(f)} backends healthy")
         elif k.part == "conns":
             parts.append("connections " + " ".join(f"{n}={v}" for n, v in sorted(f.items())))
         elif k.part == "leases":

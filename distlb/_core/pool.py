@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
-from distlb._core.ops import Call, text
-from distlb._scripts import Arg, script
+from distlb._core.ops import text
 from distlb.errors import ConfigError
+from distlb.strategies.base import check_id, check_metadata
+
+log = logging.getLogger("distlb")
 
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
@@ -40,13 +42,28 @@ def check_address(address: object) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Record:
+    """One readable registry record, as stored (``raw``, for compare-and-set) and parsed."""
+
+    raw: str
+    address: str
+    weight: int
+    healthy: bool
+    metadata: dict[str, Any]
+    since_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class PoolState:
-    """One ``pool.lua`` reply: the registry (None when unchanged), connections, statistics."""
+    """One ``pool.lua`` reply: the registry (None when unchanged), connections, statistics.
+
+    ``version`` is the registry token ``"<epoch>.<version>"`` (``"0"``: no registry).
+    """
 
     status: str
-    version: int
+    version: str
     server_us: int
-    records: dict[str, dict[str, Any]] | None
+    records: dict[str, Record] | None
     conns: dict[str, int]
     stats: dict[str, float] | None      #: None on the hot path (acquire, release, renew)
 
@@ -56,25 +73,62 @@ def _pairs(flat: Any) -> list[tuple[Any, Any]]:
     return list(zip(items[::2], items[1::2], strict=True))
 
 
+def encode_record(address: str, weight: int, healthy: bool, metadata: Mapping[str, Any]) -> str:
+    """The JSON text stored for a backend (keys sorted: the same record, the same text)."""
+    return json.dumps({"address": address, "weight": weight, "healthy": healthy,
+                       "metadata": dict(metadata)}, ensure_ascii=False, allow_nan=False,
+                      sort_keys=True, separators=(",", ":"))
+
+
+def decode_record(backend_id: str, raw: str, since: Any) -> Record:
+    """Parse and validate one stored record; ``ValueError`` if it is not one we could write."""
+    r = json.loads(raw)
+    if not isinstance(r, dict):
+        raise ValueError("not a JSON object")
+    check_id(backend_id)
+    address, weight, healthy = r.get("address"), r.get("weight"), r.get("healthy")
+    check_address(address)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 1_000_000:
+        raise ValueError(f"bad weight {weight!r:.40}")
+    if not isinstance(healthy, bool):
+        raise ValueError(f"bad healthy flag {healthy!r:.40}")
+    metadata = check_metadata(r.get("metadata", {}))
+    try:
+        since_us = int(text(since))
+    except ValueError:
+        since_us = 0        # unreadable join time: no slow start, the backend is still used
+    return Record(raw, str(address), weight, healthy, metadata, since_us)
+
+
+def _records(flat: Any) -> dict[str, Record]:
+    items = list(flat)
+    out = {}
+    for k, v, since in zip(items[::3], items[1::3], items[2::3], strict=True):
+        try:
+            backend_id = text(k)
+            out[backend_id] = decode_record(backend_id, text(v), since)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # A record this client cannot read (written by hand, or by another version)
+            # is left out of the view: one bad record must not stop every call.
+            log.warning("distlb: skipping unreadable backend record %r: %s", k, exc)
+    return out
+
+
+def _numbers(flat: Any, kind: type[int] | type[float]) -> dict[str, Any]:
+    out = {}
+    for k, v in _pairs(flat):
+        try:
+            value = kind(text(v))
+        except (ValueError, UnicodeDecodeError):
+            continue                       # not a number (written by hand): ignored
+        if kind is float and not math.isfinite(value):
+            continue
+        out[text(k)] = value
+    return out
+
+
 def parse(reply: Any) -> PoolState:
-    records = None
-    if reply[3]:
-        records = {}
-        for k, v in _pairs(reply[3]):
-            record = json.loads(text(v))
-            if not isinstance(record.get("metadata"), dict):   # Lua may turn {} into []
-                record["metadata"] = {}
-            records[text(k)] = record
-    return PoolState(text(reply[0]), int(reply[1]), int(text(reply[2])), records,
-                     {text(k): int(v) for k, v in _pairs(reply[4])},
-                     {text(k): float(text(v)) for k, v in _pairs(reply[5])}
-                     if int(reply[6]) else None)
-
-
-def plan(op: str, keys: tuple[str, ...], args: list[Arg], *, known_version: int, name: str,
-         channel: str, fallback: Callable[[], PoolState]) -> Call[PoolState]:
-    return Call(script("pool"), keys, (op, *args, known_version, name, channel), parse, fallback)
-
-
-def pack_record(record: Mapping[str, Any]) -> bytes:
-    return msgpack.packb(dict(record), use_bin_type=True)  # type: ignore[no-any-return]
+    records = _records(reply[3]) if int(reply[7]) else None
+    return PoolState(text(reply[0]), text(reply[1]), int(text(reply[2])), records,
+                     _numbers(reply[4], int),
+                     _numbers(reply[5], float) if int(reply[6]) else None)

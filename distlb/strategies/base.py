@@ -7,9 +7,11 @@ context they pick one, with no I/O. Time and randomness are injected
 
 from __future__ import annotations
 
+import json
+import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,7 +32,71 @@ def check_id(backend_id: object, field: str = "id") -> str:
         raise ConfigError(field, f"must be a non-empty str, got {backend_id!r:.40}")
     if len(backend_id) > MAX_ID_CHARS:
         raise ConfigError(field, f"must be at most {MAX_ID_CHARS} characters")
+    try:
+        backend_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(field, "must be valid Unicode text (no lone surrogates)") from None
     return backend_id
+
+
+#: Bounds on ``Backend.metadata``, which every process reads with every registry change.
+MAX_METADATA_BYTES = 16 * 1024          #: its JSON encoding, in UTF-8 bytes
+MAX_METADATA_DEPTH = 16                 #: nested dicts and lists
+MAX_METADATA_INT = 2**53 - 1            #: ints every JSON reader (and a Lua double) holds exactly
+
+
+def check_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
+    """Validate backend metadata and return it as a plain dict.
+
+    It is stored as JSON in the shared registry and read back by every process, so
+    only what reads back equal is accepted: dicts with ``str`` keys, lists (tuples
+    read back as lists), ``str`` (valid Unicode), ``bool``, ``None``, ints within
+    +-(2**53 - 1), finite floats; nested at most 16 deep, at most 16 KiB as JSON.
+    Anything else raises ``ConfigError`` naming ``metadata`` before the store is touched.
+    """
+    def walk(value: object, where: str, depth: int) -> None:
+        if depth > MAX_METADATA_DEPTH:
+            raise ConfigError(field, f"nests deeper than {MAX_METADATA_DEPTH} levels at {where}")
+        if value is None or isinstance(value, bool):
+            return
+        if isinstance(value, int):
+            if not -MAX_METADATA_INT <= value <= MAX_METADATA_INT:
+                raise ConfigError(field, f"ints must be within +-(2**53 - 1), got one at {where}")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise ConfigError(field, f"numbers must be finite, got {value!r} at {where}")
+        elif isinstance(value, str):
+            _check_text(value, where)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise ConfigError(field, f"keys must be str, got {type(k).__name__} "
+                                             f"{k!r:.40} at {where}")
+                _check_text(k, where)
+                walk(v, f"{where}[{k!r:.40}]", depth + 1)
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]", depth + 1)
+        else:
+            raise ConfigError(field, f"values must be str, int, float, bool, None, list or "
+                                     f"dict, got {type(value).__name__} at {where}")
+
+    def _check_text(value: str, where: str) -> None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(field, f"text must be valid Unicode (no lone surrogates) at "
+                                     f"{where}") from None
+
+    if not isinstance(metadata, Mapping):
+        raise ConfigError(field, f"must be a dict, got {type(metadata).__name__}")
+    plain = dict(metadata)
+    walk(plain, field, 0)
+    size = len(json.dumps(plain, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise ConfigError(field, f"must be at most {MAX_METADATA_BYTES} bytes as JSON, "
+                                 f"got {size}")
+    return plain
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +107,9 @@ class Backend:
     ``throughput_per_s`` completed requests per second, ``active_connections``
     the fleet-wide count. ``added_at_s`` (on the strategy's clock) is when it
     joined or last recovered, for slow start. ``metadata`` is free-form (zone,
-    version, ...), stored with the backend in the shared registry.
+    version, ...), stored with the backend in the shared registry as JSON;
+    ``add_backend`` checks it with :func:`check_metadata` (finite numbers, str keys,
+    bounded size and depth) so it reads back equal in every process.
     """
 
     id: str
