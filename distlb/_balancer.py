@@ -286,6 +286,7 @@ class LoadBalancerCore(Subscriber, Shared):
                     slow_call_s=s.slow_call_s, prefix=self.prefix,
                     on_store_error=self.on_store_error, clock=self.clock,
                     subscribe=self.subscribe)
+                cb.metrics_pool = self.name
                 cb.add_listener(self._on_breaker)
             return cb
 
