@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +15,6 @@ from prometheus_client import CollectorRegistry
 
 import distlb.metrics
 from distlb import AdaptiveCircuitBreaker, CircuitBreaker, Transition
-from tests import workers
 from tests.test_metrics import samples
 from tests.test_multiprocess import ctx
 
