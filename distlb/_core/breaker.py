@@ -139,7 +139,8 @@ class View:
             if version < self.version:
                 return out                    # older than what this view already holds
             before = self.state
-            if version > self.version:
+            newer = version > self.version
+            if newer:
                 # Only changes newer than the view are news; older ones were reported (or
                 # folded into a reported change) when a newer update arrived first.
                 new = [c for c in changes if c[0] != c[1] and c[2] > self.version]
@@ -153,8 +154,11 @@ class View:
             self.subscription = subscription
             if state == "open":
                 if half_open_in_s is not None:
-                    self.half_open_at = now + half_open_in_s
-                elif before != "open":
+                    # Each estimate is late by its delivery time (an event may be read long
+                    # after it was published): of the same version's, keep the earliest.
+                    at = now + half_open_in_s
+                    self.half_open_at = at if newer else min(self.half_open_at, at)
+                elif newer and before != "open":
                     self.half_open_at = now + self.open_timeout_s
         return out
 
