@@ -323,6 +323,7 @@ class LoadBalancerCore(Subscriber, Shared):
                     subscribe=self.subscribe)
                 # The backend id is bound here, never recovered from the breaker's name
                 # (an id may itself contain "/").
+                cb.metrics_pool = self.name
                 cb.add_listener(functools.partial(self._on_breaker, backend_id))
             return cb
 

@@ -45,6 +45,9 @@ class BreakerBase(Subscriber, Shared):
     """
 
     kind = "cb"
+    #: The pool whose backend this breaker guards (set by the load balancer): metrics then
+    #: label it by pool, not by backend id, unless ``metrics.enable(id_labels=True)``.
+    metrics_pool: str | None = None
 
     def __init__(self, client: Any, name: str, *, rule: str, local_threshold: int,
                  open_timeout_s: float, success_threshold: int, half_open_max_requests: int,
@@ -79,45 +82,70 @@ class BreakerBase(Subscriber, Shared):
                   f"{math.ceil(ttl * 1000)}", self.open_timeout_s)
         self._view = bk.View(name, self.open_timeout_s, self.max_staleness_s, clock)
         self._twin = bk.LocalBreaker(local_threshold, self.open_timeout_s,
-                                     self.success_threshold, clock)
+                                     self.success_threshold, clock,
+                                     on_transition=self._local_transition)
         self._listeners: list[Listener] = []
 
     # -- events and the local view ---------------------------------------------------------
 
     def add_listener(self, listener: Listener) -> None:
-        """Call ``listener(Transition)`` on every state change this process sees: its own
-        calls' and, through pub/sub, every other process's (on the subscriber thread)."""
+        """Call ``listener(Transition)`` once for every state change this process sees: those
+        its own calls make (even its first call), every other process's (through pub/sub, on
+        the subscriber thread), and the local twin's while the store is unreachable."""
         self._listeners.append(listener)
 
+    def _subscription(self) -> float | None:
+        """The healthy subscription now, if this object already joined a bus (joins none)."""
+        return self._bus.subscribed_since() if self._bus is not None else None
+
     def _on_event(self, event: dict[str, Any]) -> None:
-        self._notify(self._view.apply(str(event["state"]), event.get("forced") or None,
-                                      int(event["failures"]), int(event["version"]), None,
-                                      "event"))
+        version = int(event["version"])     # a string: exact (a JSON number loses 100 us)
+        state = str(event["state"])
+        wait = event.get("half_open_in_ms")
+        half_open_in = wait / 1000 if isinstance(wait, (int, float)) and wait >= 0 else None
+        changes: tuple[bk.Change, ...] = ()
+        if event.get("event") == "transition" and "from" in event and "to" in event:
+            changes = ((str(event["from"]), str(event["to"]), version),)
+        self._notify(self._view.apply(state, event.get("forced") or None,
+                                      int(event["failures"]), version, half_open_in, "event",
+                                      changes, self._subscription()))
 
-    def _observe(self, st: BreakerState) -> None:
-        wait = st.retry_after_s if st.state == "open" else None
-        self._notify(self._view.apply(st.state, st.forced, st.failures, st.version, wait, "call"))
+    def _observe(self, st: BreakerState, changes: tuple[bk.Change, ...] = (),
+                 subscription: float | None = None) -> None:
+        wait = st.retry_after_s if st.state == "open" and st.forced is None else None
+        self._notify(self._view.apply(st.state, st.forced, st.failures, st.version, wait,
+                                      "call", changes, subscription))
 
-    def _notify(self, transition: Transition | None) -> None:
-        if transition is None:
-            return
-        log.info("distlb: circuit %r %s -> %s", self.name, transition.from_state,
-                 transition.to_state)
-        _observe.breaker(self.name, transition.from_state, transition.to_state)
-        for listener in self._listeners:
-            try:
-                listener(transition)
-            except Exception:
-                log.exception("distlb: breaker listener failed")
+    def _local_transition(self, from_state: str, to_state: str) -> None:
+        self._notify([Transition(self.name, from_state, to_state, 0, "local")])
+
+    def _notify(self, transitions: list[Transition]) -> None:
+        for transition in transitions:
+            log.info("distlb: circuit %r %s -> %s (%s)", self.name, transition.from_state,
+                     transition.to_state, transition.origin)
+            _observe.breaker(self.name, transition.from_state, transition.to_state,
+                             self.metrics_pool)
+            for listener in self._listeners:
+                try:
+                    listener(transition)
+                except Exception:
+                    log.exception("distlb: breaker listener failed")
 
     # -- planning ----------------------------------------------------------------------------
 
     def _plan(self, op: bk.BreakerOp, arg: str,
               fallback: Callable[[], BreakerState]) -> Call[BreakerState]:
         shed = self._take_shed() if op in ("success", "failure") else 0
+        # The subscription up before the call: if it is still the same one when the reply
+        # is read, no event published meanwhile was missed.
+        before = self._subscription()
+
+        def hook(st: BreakerState, changes: tuple[bk.Change, ...]) -> None:
+            now = self._subscription()
+            self._observe(st, changes, before if now == before else None)
+
         return bk.plan(op, self.keys, name=self.name, arg=arg, channel=self.channel,
-                       config=self._config, parse_hook=self._observe, fallback=fallback,
-                       shed=shed)
+                       config=self._config, parse_hook=hook, fallback=fallback, shed=shed)
 
     def _take_shed(self) -> int:
         """Requests shed locally since the last result sent (client-side throttling)."""
@@ -325,10 +353,11 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
     def _result_is_news(self, failed: bool, attempt: Attempt | None) -> bool:
         return True  # every result feeds the shared window
 
-    def _observe(self, st: BreakerState) -> None:
+    def _observe(self, st: BreakerState, changes: tuple[bk.Change, ...] = (),
+                 subscription: float | None = None) -> None:
         if st.calls or st.throttled:
             self._window = (st.calls, st.error_rate, st.throttled)
-        super()._observe(st)
+        super()._observe(st, changes, subscription)
 
     def shed_probability(self) -> float:
         """The fraction of requests client-side throttling sheds now (0 without it)."""

@@ -9,29 +9,90 @@ at once. Prometheus series (all counters carry ``_total``):
 
 | series | labels | what |
 |---|---|---|
-| ``distlb_decisions_total`` | limiter, outcome, reason | decisions; reason: the denying limit |
+| ``distlb_decisions_total`` | limiter, outcome, reason | decisions; reason: the kind of the
+  denying limit (``global``, ``client``, ``client_bandwidth``, ``backend_bandwidth``,
+  ``bucket``, ``queue_full``, ``busy`` ...) |
 | ``distlb_breaker_transitions_total`` | breaker, from_state, to_state | transitions seen here |
 | ``distlb_breaker_state`` | breaker | 0 closed, 1 half-open, 2 open (last seen here) |
 | ``distlb_retries_total`` | outcome | ``retried``, ``budget_denied``, ``gave_up`` |
-| ``distlb_selections_total`` | pool, backend | calls the load balancer sent to each backend |
+| ``distlb_selections_total`` | pool, backend | calls the load balancer sent to its backends |
 | ``distlb_store_errors_total`` | primitive | calls that found the store unreachable |
 | ``distlb_fallbacks_total`` | primitive, policy | answers given by a failure policy |
+
+Bounded labels: by default no label value holds a client id, a backend id or a
+primitive's name, so a million clients or a churning fleet of backends make no more
+series than one: ``reason`` is the kind of limit, ``backend`` is empty, ``primitive`` is
+the kind of primitive (``token bucket``), and the breakers a load balancer makes for its
+backends count under ``breaker="<pool>/*"`` (its state gauge: the worst state among
+them, as seen here). ``enable(id_labels=True)`` opts in to the full values
+(``reason="client:alice"``, ``backend="n1"``, ``breaker="<pool>/n1"``,
+``primitive="token bucket 'api'"``): only for a small, fixed set of ids.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from distlb import _observe
+from distlb import _keys, _observe
 
 STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 
-def enable(registry: Any = None) -> dict[str, Any]:
+def _primitive_kind(what: str) -> str:
+    """``"token bucket 'api'"`` -> ``"token bucket"`` (the name may hold an id)."""
+    for kind in _keys.KINDS.values():
+        if what == kind or what.startswith(kind + " "):
+            return kind
+    return "other"
+
+
+class _Labels:
+    """Turns what the library observes into bounded label values (see the module doc)."""
+
+    def __init__(self, id_labels: bool) -> None:
+        if not isinstance(id_labels, bool):
+            from distlb.errors import ConfigError
+            raise ConfigError("id_labels", "must be True or False")
+        self.id_labels = id_labels
+        self.lock = threading.Lock()
+        #: pool -> {breaker name: state value} for its breakers not closed (bounded by them)
+        self.pools: dict[str, dict[str, int]] = {}
+
+    def reason(self, allowed: bool, reason: str, detail: str | None) -> str:
+        if allowed:
+            return ""
+        return detail if self.id_labels and detail else reason
+
+    def backend(self, backend: str) -> str:
+        return backend if self.id_labels else ""
+
+    def primitive(self, what: str) -> str:
+        return what if self.id_labels else _primitive_kind(what)
+
+    def breaker(self, name: str, to_state: str, pool: str | None) -> tuple[str, int]:
+        """The breaker label and the state value its gauge takes now."""
+        value = STATE_VALUE.get(to_state, -1)
+        if pool is None or self.id_labels:
+            return name, value
+        with self.lock:
+            open_ = self.pools.setdefault(pool, {})
+            if value > 0:
+                open_[name] = value
+            else:
+                open_.pop(name, None)
+            return f"{pool}/*", max(open_.values(), default=0)
+
+
+def enable(registry: Any = None, *, id_labels: bool = False) -> dict[str, Any]:
     """Start counting into ``registry`` (default: prometheus_client's global one).
 
-    Returns the metric objects by series name. Calling it again replaces them.
+    ``id_labels``: label series with client ids, backend ids and primitive names (one
+    series per id: only for a small, fixed set of them). Off, the number of series is
+    bounded whatever the traffic. Returns the metric objects by series name. Calling it
+    again replaces them.
     """
+    lab = _Labels(id_labels)
     try:
         import prometheus_client as prom
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -58,36 +119,40 @@ def enable(registry: Any = None) -> dict[str, Any]:
                                   ["primitive", "policy"], registry=reg),
     }
 
-    def decision(limiter: str, allowed: bool, reason: str) -> None:
+    def decision(limiter: str, allowed: bool, reason: str, detail: str | None = None) -> None:
         m["decisions"].labels(limiter, "allowed" if allowed else "denied",
-                              "" if allowed else reason).inc()
+                              lab.reason(allowed, reason, detail)).inc()
 
-    def breaker(name: str, from_state: str, to_state: str) -> None:
-        m["transitions"].labels(name, from_state, to_state).inc()
-        m["state"].labels(name).set(STATE_VALUE.get(to_state, -1))
+    def breaker(name: str, from_state: str, to_state: str, pool: str | None = None) -> None:
+        label, value = lab.breaker(name, to_state, pool)
+        m["transitions"].labels(label, from_state, to_state).inc()
+        m["state"].labels(label).set(value)
 
     def retry(outcome: str) -> None:
         m["retries"].labels(outcome).inc()
 
     def selection(pool: str, backend: str) -> None:
-        m["selections"].labels(pool, backend).inc()
+        m["selections"].labels(pool, lab.backend(backend)).inc()
 
     def store_error(primitive: str) -> None:
-        m["store_errors"].labels(primitive).inc()
+        m["store_errors"].labels(lab.primitive(primitive)).inc()
 
     def fallback(primitive: str, policy: str) -> None:
-        m["fallbacks"].labels(primitive, policy).inc()
+        m["fallbacks"].labels(lab.primitive(primitive), policy).inc()
 
     _install(decision=decision, breaker=breaker, retry=retry, selection=selection,
              store_error=store_error, fallback=fallback)
     return m
 
 
-def enable_opentelemetry(meter_provider: Any = None) -> dict[str, Any]:
+def enable_opentelemetry(meter_provider: Any = None, *,
+                         id_labels: bool = False) -> dict[str, Any]:
     """Record the same measurements as OpenTelemetry instruments (``opentelemetry-api``).
 
-    ``meter_provider`` defaults to the global one. Returns the instruments by name.
+    ``meter_provider`` defaults to the global one; ``id_labels`` as for ``enable()``
+    (attributes, here). Returns the instruments by name.
     """
+    lab = _Labels(id_labels)
     from opentelemetry import metrics as otel
     from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -114,27 +179,28 @@ def enable_opentelemetry(meter_provider: Any = None) -> dict[str, Any]:
                                           description="Answers given by a failure policy"),
     }
 
-    def decision(limiter: str, allowed: bool, reason: str) -> None:
+    def decision(limiter: str, allowed: bool, reason: str, detail: str | None = None) -> None:
         inst["decisions"].add(1, {"limiter": limiter,
                                   "outcome": "allowed" if allowed else "denied",
-                                  "reason": "" if allowed else reason})
+                                  "reason": lab.reason(allowed, reason, detail)})
 
-    def breaker(name: str, from_state: str, to_state: str) -> None:
-        inst["transitions"].add(1, {"breaker": name, "from_state": from_state,
+    def breaker(name: str, from_state: str, to_state: str, pool: str | None = None) -> None:
+        label, value = lab.breaker(name, to_state, pool)
+        inst["transitions"].add(1, {"breaker": label, "from_state": from_state,
                                     "to_state": to_state})
-        states[name] = STATE_VALUE.get(to_state, -1)
+        states[label] = value
 
     def retry(outcome: str) -> None:
         inst["retries"].add(1, {"outcome": outcome})
 
     def selection(pool: str, backend: str) -> None:
-        inst["selections"].add(1, {"pool": pool, "backend": backend})
+        inst["selections"].add(1, {"pool": pool, "backend": lab.backend(backend)})
 
     def store_error(primitive: str) -> None:
-        inst["store_errors"].add(1, {"primitive": primitive})
+        inst["store_errors"].add(1, {"primitive": lab.primitive(primitive)})
 
     def fallback(primitive: str, policy: str) -> None:
-        inst["fallbacks"].add(1, {"primitive": primitive, "policy": policy})
+        inst["fallbacks"].add(1, {"primitive": lab.primitive(primitive), "policy": policy})
 
     _install(decision=decision, breaker=breaker, retry=retry, selection=selection,
              store_error=store_error, fallback=fallback)

@@ -186,4 +186,7 @@ class Transition:
     from_state: str
     to_state: str
     version: int
-    origin: str                 #: "call" (this process's call) or "event" (pub/sub)
+    #: "call" (this process's call, reported from its reply), "event" (pub/sub: another
+    #: process's call, or this one's when the event is read before the reply), or "local"
+    #: (the in-process twin, while the store is unreachable; version is then 0)
+    origin: str

@@ -27,10 +27,18 @@
 --           last call: counted in the window as "<bucket>:t"
 -- Returns one space-separated string:
 --   "<allowed 0|1> <state> <forced|-> <failures> <version> <permit|-> <retry_after_ms>
---    <successes> <probes> <calls> <error_rate> <baseline|-> <throttled>"
+--    <successes> <probes> <calls> <error_rate> <baseline|-> <throttled> <transitions|->"
 --   version is the server time (us) of the last change: it orders states and events.
--- Publishes (a JSON object: text, so clients with decode_responses work) on every change: kind "cb", name, event ("transition"
---   or "failures"), from, to, state, failures, version.
+--   retry_after_ms while open (not forced): ms until it may turn half-open, measured on the
+--   server clock now (rounded up), so each process maps it onto its own clock once.
+--   transitions: the state changes THIS call made, in order, comma-separated
+--   "<from>><to>@<version>" (e.g. "closed>open@1712345678901234"), so the caller can report
+--   them even when it knew nothing of the breaker before the call.
+-- Publishes (a JSON object: text, so clients with decode_responses work) on every change:
+--   kind "cb", name, event ("transition" or "failures"), from, to, state, failures, forced,
+--   version (a decimal STRING: a JSON number would be rounded to 100 us by cjson), and
+--   half_open_in_ms (while open and not forced: ms until it may turn half-open, measured on
+--   the server clock at publish time; -1 otherwise).
 -- Expires: every key ttl_ms after the last write (a missing breaker is closed), except
 --   that a forced state never expires: it holds until reset().
 
@@ -59,11 +67,21 @@ local folded = tonumber(h[8]) or -1
 local dirty = false
 local calls, rate = 0, 0
 
+local transitions = {}
+
+-- ms until an open breaker may turn half-open, on the server clock now (-1: not open, or
+-- forced). Rounded up: a process acting on it is never early.
+local function half_open_in_ms()
+  if state ~= 'open' or forced ~= '' then return -1 end
+  return math.max(0, math.ceil((opened + open_timeout_ms * 1000 - now) / 1000))
+end
+
 local function publish(event, from)
   if channel ~= '' then
     redis.call('PUBLISH', channel, cjson.encode({kind = 'cb', name = name, event = event,
-      from = from, to = state, state = state, failures = failures, version = version,
-      forced = forced}))
+      from = from, to = state, state = state, failures = failures,
+      version = string.format('%d', version), forced = forced,
+      half_open_in_ms = half_open_in_ms()}))
   end
 end
 
@@ -81,6 +99,9 @@ local function move(to)
   if to == 'closed' then failures = 0 end
   redis.call('DEL', probes)
   change()
+  if from ~= to then
+    transitions[#transitions + 1] = from .. '>' .. to .. '@' .. string.format('%d', version)
+  end
   publish('transition', from)
 end
 
@@ -192,6 +213,9 @@ elseif op == 'force' then
     local from = state
     state, forced, failures, successes, opened, baseline, folded = 'closed', '', 0, 0, 0, nil, -1
     change()
+    if from ~= 'closed' then
+      transitions[#transitions + 1] = from .. '>closed@' .. string.format('%d', version)
+    end
     publish('transition', from)
   else
     forced = arg
@@ -212,12 +236,13 @@ if dirty then
   end
 end
 
-if state == 'open' and forced ~= 'open' and retry_ms == 0 then
-  retry_ms = math.max(0, math.ceil((opened + open_timeout_ms * 1000 - now) / 1000))
+if state == 'open' and forced == '' and retry_ms == 0 then
+  retry_ms = half_open_in_ms()
 end
 if op == 'state' then
   redis.call('ZREMRANGEBYSCORE', probes, '-inf', now)
 end
-return string.format('%d %s %s %d %d %s %d %d %d %d %s %s %d', allowed, state,
+return string.format('%d %s %s %d %d %s %d %d %d %d %s %s %d %s', allowed, state,
   forced == '' and '-' or forced, failures, version, permit, retry_ms, successes,
-  redis.call('ZCARD', probes), calls, fmt(rate), baseline and fmt(baseline) or '-', throttled)
+  redis.call('ZCARD', probes), calls, fmt(rate), baseline and fmt(baseline) or '-', throttled,
+  #transitions > 0 and table.concat(transitions, ',') or '-')

@@ -24,8 +24,24 @@ class Config:
     open_timeout_s: float
 
 
+#: A transition a script call made: (from_state, to_state, version).
+Change = tuple[str, str, int]
+
+
+def parse_transitions(field: str) -> tuple[Change, ...]:
+    """``"closed>open@1712..,open>half_open@1712.."`` (or ``"-"``) from a reply."""
+    if field == "-":
+        return ()
+    out = []
+    for item in field.split(","):
+        moves, _, version = item.partition("@")
+        before, _, after = moves.partition(">")
+        out.append((before, after, int(version)))
+    return tuple(out)
+
+
 def plan(op: BreakerOp, keys: tuple[str, str, str], *, name: str, arg: str, channel: str,
-         config: Config, parse_hook: Callable[[BreakerState], None],
+         config: Config, parse_hook: Callable[[BreakerState, tuple[Change, ...]], None],
          fallback: Callable[[], BreakerState], shed: int = 0) -> Call[BreakerState]:
     def parse(reply: Any) -> BreakerState:
         f = text(reply).split()
@@ -35,7 +51,7 @@ def plan(op: BreakerOp, keys: tuple[str, str, str], *, name: str, arg: str, chan
             version=int(f[4]), calls=int(f[9]), error_rate=float(f[10]),
             baseline=None if f[11] == "-" else float(f[11]), allowed=f[0] == "1",
             permit=None if f[5] == "-" else f[5], throttled=int(f[12]))
-        parse_hook(st)
+        parse_hook(st, parse_transitions(f[13]))
         return st
 
     args = (op, arg, channel, name, config.rule, config.timing, shed)
@@ -48,9 +64,21 @@ class View:
     It answers ``can_attempt()`` without a round trip while the breaker is
     known closed (or known open and not yet due to turn half-open), and lets
     ``record_success()`` skip the store while no failure is pending. It is
-    fresh for ``max_staleness_s`` after the last reply, or for as long as the
-    event subscription is healthy and was already up at that reply (events
-    then carry every change within milliseconds).
+    fresh for ``max_staleness_s`` after the last update, or for as long as the
+    event subscription that was already up when that update was read is still
+    up and healthy (events then carry every change within milliseconds). The
+    subscription is compared by identity, never by comparing two clocks.
+
+    When the breaker may turn half-open is always measured on the server clock
+    (replies and events carry the remaining milliseconds at that moment) and
+    mapped once onto this process's clock when the update arrives, so every
+    process follows the server's timing alike, whatever its own clock does.
+
+    Transitions: every update carries its version (server time, exact), and
+    the view reports each transition once: those a call of this process made
+    (named in its reply, even on first contact), those other processes made
+    (named in their events), and, when updates were missed (a subscription
+    gap), the change between the last known state and the next one seen.
     """
 
     def __init__(self, name: str, open_timeout_s: float, max_staleness_s: float,
@@ -66,14 +94,16 @@ class View:
         self.version = -1
         self.updated_at = 0.0
         self.half_open_at = 0.0
-        self.listeners: list[Callable[[Transition], None]] = []
+        #: the subscription (its start, as the bus reports it) that was up when the last
+        #: update was read; None: none was
+        self.subscription: float | None = None
 
     def fresh(self, now: float, subscribed_since: float | None) -> bool:
         if self.state is None:
             return False
         if now - self.updated_at < self.max_staleness_s:
             return True
-        return subscribed_since is not None and subscribed_since <= self.updated_at
+        return subscribed_since is not None and subscribed_since == self.subscription
 
     def fast_attempt(self, now: float, subscribed_since: float | None) -> Attempt | None:
         """The answer when it needs no round trip, else None."""
@@ -93,23 +123,44 @@ class View:
                     and self.failures == 0)
 
     def apply(self, state: str, forced: str | None, failures: int, version: int,
-              retry_after_s: float | None, origin: str) -> Transition | None:
-        """Take a newer state (older versions are ignored); report a transition."""
+              half_open_in_s: float | None, origin: str, changes: tuple[Change, ...] = (),
+              subscription: float | None = None) -> list[Transition]:
+        """Take an update (older versions are ignored); return the transitions to report.
+
+        ``half_open_in_s``: while open, the time until it may turn half-open, measured on
+        the server when the update was made (None: unknown, e.g. an old publisher).
+        ``changes``: the transitions the update names (a reply: every one its call made;
+        an event: its own). ``subscription``: the bus subscription that was up, unbroken,
+        from before the update was made until it was read (None if none was).
+        """
         now = self.clock()
+        out: list[Transition] = []
         with self.lock:
             if version < self.version:
-                return None
+                return out                    # older than what this view already holds
             before = self.state
+            newer = version > self.version
+            if newer:
+                # Only changes newer than the view are news; older ones were reported (or
+                # folded into a reported change) when a newer update arrived first.
+                new = [c for c in changes if c[0] != c[1] and c[2] > self.version]
+                start = new[0][0] if new else state
+                if before is not None and before != start:
+                    out.append(Transition(self.name, before, start, version, origin))
+                out.extend(Transition(self.name, a, b, v, origin) for a, b, v in new)
             self.state, self.forced, self.failures = state, forced, failures
             self.version = version
             self.updated_at = now
+            self.subscription = subscription
             if state == "open":
-                wait = self.open_timeout_s if retry_after_s is None else retry_after_s
-                if before != "open" or retry_after_s is not None:
-                    self.half_open_at = now + wait
-        if before is not None and before != state:
-            return Transition(self.name, before, state, version, origin)
-        return None
+                if half_open_in_s is not None:
+                    # Each estimate is late by its delivery time (an event may be read long
+                    # after it was published): of the same version's, keep the earliest.
+                    at = now + half_open_in_s
+                    self.half_open_at = at if newer else min(self.half_open_at, at)
+                elif newer and before != "open":
+                    self.half_open_at = now + self.open_timeout_s
+        return out
 
 
 class LocalBreaker:
@@ -117,8 +168,11 @@ class LocalBreaker:
     open timeout and one probe at a time, on the local monotonic clock."""
 
     def __init__(self, failure_threshold: int, open_timeout_s: float,
-                 success_threshold: int, clock: Callable[[], float]) -> None:
+                 success_threshold: int, clock: Callable[[], float],
+                 on_transition: Callable[[str, str], None] | None = None) -> None:
         self.failure_threshold = failure_threshold
+        #: called with (from_state, to_state) after each change, outside the lock
+        self.on_transition = on_transition
         self.open_timeout_s = open_timeout_s
         self.success_threshold = success_threshold
         self.clock = clock
@@ -128,38 +182,58 @@ class LocalBreaker:
         self.opened_at = 0.0
         self.probing = False
 
-    def _tick(self, now: float) -> None:
+    def _tick(self, now: float, moves: list[tuple[str, str]]) -> None:
         if self.state == "open" and now >= self.opened_at + self.open_timeout_s:
-            self.state, self.successes, self.probing = "half_open", 0, False
+            self._move("half_open", moves)
+            self.successes, self.probing = 0, False
+
+    def _move(self, to: str, moves: list[tuple[str, str]]) -> None:
+        if to != self.state:
+            moves.append((self.state, to))
+        self.state = to
+
+    def _report(self, moves: list[tuple[str, str]]) -> None:
+        if self.on_transition is not None:
+            for before, after in moves:
+                self.on_transition(before, after)
 
     def attempt(self) -> Attempt:
-        with self.lock:
-            now = self.clock()
-            self._tick(now)
-            if self.state == "closed":
-                return Attempt(True, "closed", None, 0.0, "local")
-            if self.state == "half_open" and not self.probing:
-                self.probing = True
-                return Attempt(True, "half_open", "local", 0.0, "local")
-            wait = max(0.0, self.opened_at + self.open_timeout_s - now)
-            return Attempt(False, self.state, None, wait, "local")
+        moves: list[tuple[str, str]] = []
+        try:
+            with self.lock:
+                now = self.clock()
+                self._tick(now, moves)
+                if self.state == "closed":
+                    return Attempt(True, "closed", None, 0.0, "local")
+                if self.state == "half_open" and not self.probing:
+                    self.probing = True
+                    return Attempt(True, "half_open", "local", 0.0, "local")
+                wait = max(0.0, self.opened_at + self.open_timeout_s - now)
+                return Attempt(False, self.state, None, wait, "local")
+        finally:
+            self._report(moves)
 
     def record(self, failed: bool) -> None:
+        moves: list[tuple[str, str]] = []
         with self.lock:
             now = self.clock()
-            self._tick(now)
+            self._tick(now, moves)
             if self.state == "closed":
                 self.failures = self.failures + 1 if failed else 0
                 if self.failures >= self.failure_threshold:
-                    self.state, self.opened_at = "open", now
+                    self._move("open", moves)
+                    self.opened_at = now
             elif self.state == "half_open":
                 self.probing = False
                 if failed:
-                    self.state, self.opened_at = "open", now
+                    self._move("open", moves)
+                    self.opened_at = now
                 else:
                     self.successes += 1
                     if self.successes >= self.success_threshold:
-                        self.state, self.failures = "closed", 0
+                        self._move("closed", moves)
+                        self.failures = 0
+        self._report(moves)
 
     def snapshot(self, name: str) -> BreakerState:
         with self.lock:

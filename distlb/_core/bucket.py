@@ -48,6 +48,8 @@ def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
         args.append(f"{s.rate_per_s!r} {s.burst!r} {s.cost!r} {s.field}".rstrip().encode())
 
     labels = [s.label for s in specs]
+    # Metrics name the kind of limit ("client"), not whose it is ("client:alice").
+    kinds = {s.label: s.label.partition(":")[0] if s.field else "bucket" for s in specs}
 
     def parse(reply: Any) -> Decision:
         f = text(reply).split()
@@ -59,7 +61,8 @@ def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
             for i in range(2, len(f), 7)
         )
         decision = Decision.from_limits(states)
-        _observe.decision("bucket", decision.allowed, decision.limit)
+        _observe.decision("bucket", decision.allowed, kinds.get(decision.limit, "bucket"),
+                          decision.limit)
         return decision
 
     return Call(script("bucket"), tuple(keys), tuple(args), parse, fallback)
