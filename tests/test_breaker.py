@@ -282,7 +282,7 @@ def test_noscript_and_wrong_type(r: redis.Redis, prefix: str) -> None:
     cb.record_failure()
     assert cb.state().failures == 1
     r.delete(cb.key)
-    r.set(cb.key, "x")
+    r.set(cb.key, "x", ex=60)   # a hostile value; it expires like every key
     with pytest.raises(StoreError):
         cb.record_failure()
 

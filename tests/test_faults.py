@@ -134,6 +134,6 @@ def test_slow_server_times_out_into_the_policy(prefix: str) -> None:
 
 def test_wrong_type_key_is_a_store_error_not_an_outage(r: redis.Redis, prefix: str) -> None:
     tb = TokenBucket(r, "api", rate_per_s=1, burst=1, prefix=prefix, on_store_error="fail_open")
-    r.set(tb.key, "not a hash")
+    r.set(tb.key, "not a hash", ex=60)
     with pytest.raises(StoreError, match=r"bucket\.lua"):
         tb.try_acquire()
