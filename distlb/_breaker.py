@@ -20,6 +20,7 @@ from distlb import _observe
 from distlb._core import breaker as bk
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._events import Subscriber, channel_for
+from distlb._runtime import no_policy
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number
 from distlb.errors import CircuitOpen, ConfigError
@@ -101,14 +102,14 @@ class BreakerBase(Subscriber, Shared):
     def _notify(self, transition: Transition | None) -> None:
         if transition is None:
             return
-        log.info("distlb: circuit %r %s -> %s", self.name, transition.from_state,
+        log.info("circuit %r %s -> %s", self.name, transition.from_state,
                  transition.to_state)
         _observe.breaker(self.name, transition.from_state, transition.to_state)
         for listener in self._listeners:
             try:
                 listener(transition)
             except Exception:
-                log.exception("distlb: breaker listener failed")
+                log.exception("breaker listener failed")
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -176,10 +177,8 @@ class BreakerBase(Subscriber, Shared):
                           else self._policy_state(self.on_store_error == "fail_open"))
 
     def _force(self, value: str) -> Call[BreakerState]:
-        def unavailable() -> BreakerState:
-            raise CircuitOpen(self.name, "unknown (store unreachable: not changed)",
-                              self._guard.retry_store_after_s)
-        return self._plan("force", value, unavailable)
+        return self._plan("force", value,
+                          no_policy(f"breaker {self.name!r} not {value or 'reset'}"))
 
     # -- calling through the breaker ---------------------------------------------------------
 
