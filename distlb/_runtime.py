@@ -57,6 +57,8 @@ REFUSED: tuple[type[BaseException], ...] = (
 )
 #: Reply prefixes of the same errors where they arrive wrapped (inside a script error, a pipeline).
 _REFUSED_CODES = ("NOAUTH", "WRONGPASS", "NOPERM")
+#: How a script's ``redis.call`` denied by the ACL is reported (Valkey and Redis 7).
+_SCRIPT_ACL = ("ACL failure in script", "no permissions to run", "no permissions to access")
 
 
 def refused(exc: BaseException) -> bool:
@@ -73,6 +75,8 @@ def refused(exc: BaseException) -> bool:
             text = str(e)
             if any(code in text for code in _REFUSED_CODES) and (
                     isinstance(e, rx.ResponseError) or text.startswith(_REFUSED_CODES)):
+                return True
+            if isinstance(e, rx.ResponseError) and any(s in text for s in _SCRIPT_ACL):
                 return True
             if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
                 return True
