@@ -23,6 +23,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from distlb._runtime import refused
+
 log = logging.getLogger("distlb")
 Handler = Callable[[dict[str, Any]], None]
 
@@ -55,6 +57,7 @@ class _Bus:
         self.events = 0
         self.lost_at: float | None = None
         self.warned = False
+        self.refused = False
         self.users = 0
 
     def register(self, kind: str, name: str, handler: Handler) -> None:
@@ -96,6 +99,12 @@ class _Bus:
 
     def lost(self, exc: BaseException) -> None:
         now = self.clock()
+        if refused(exc) and not self.refused:
+            self.refused = True  # configuration, not a blip: say so once, loudly
+            log.error("event subscription on %s refused by the store (%s: %s): grant the ACL "
+                      "user +subscribe +ping and the channel &%s (see the README's minimal "
+                      "ACL); until then views fall back to bounded staleness", self.channel,
+                      type(exc).__name__, exc, self.channel)
         if self.since is not None or self.lost_at is None:
             self.lost_at, self.warned = now, False
             log.info("event subscription on %s lost (%s); views fall back to "

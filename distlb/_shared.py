@@ -55,8 +55,11 @@ class Shared:
     """A primitive whose state lives in the store under ``<prefix>:{<kind>:<name>}``.
 
     ``on_store_error`` says what happens while the store is unreachable (each
-    primitive documents its three policies); the store is retried every
-    ``retry_store_after_s`` seconds and the primitive resumes by itself.
+    primitive documents its three policies); the primitive resumes by itself as
+    soon as the store answers the client's probe (every 50 ms during an outage),
+    or at the latest after ``retry_store_after_s`` seconds. A store that refuses
+    the client (password, ACL, TLS) raises StoreAuthError: no policy applies.
+    ``close()`` (or ``with``/``async with``) releases background work.
     ``clock`` (seconds, monotonic) and ``sleep`` are injectable for tests; they
     only ever time local waiting, never shared state.
     """

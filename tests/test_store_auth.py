@@ -291,3 +291,17 @@ def test_no_log_call_in_the_package_repeats_the_logger_name() -> None:
         offenders += [f"{path.name}: {m}" for m in
                       re.findall(r"log\.\w+\(\s*f?[\"']distlb: [^\"']*", text)]
     assert offenders == []
+
+
+def test_a_refused_subscription_is_reported_once_as_an_error(
+        acl_server: EmbeddedServer, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    rules = [rule for rule in readme_acl(prefix) if not rule.startswith("&")]  # no channel
+    r = _user(acl_server, f"nochannel-{prefix}", rules)
+    with caplog.at_level(logging.INFO, "distlb"):
+        cb = CircuitBreaker(r, "cb", prefix=prefix, on_store_error="fail_closed")
+        assert cb.can_attempt().source == "store"  # the scripts still work
+        until(lambda: any("refused" in m for m in caplog.messages))
+        cb.close()
+    errors = [rec for rec in caplog.records if rec.levelno == logging.ERROR]
+    assert len(errors) == 1 and f"&{prefix}:events" in errors[0].getMessage()
+    r.close()
