@@ -121,7 +121,8 @@ class SyncBus(_Bus):
     """A daemon thread subscribed on one sync client."""
 
     _buses: dict[tuple[int, int, str], SyncBus] = {}
-    _lock = threading.Lock()
+    # Reentrant: release() runs from finalizers, which the GC may call inside get().
+    _lock = threading.RLock()
 
     @classmethod
     def get(cls, client: Any, channel: str, clock: Callable[[], float]) -> SyncBus:
@@ -217,8 +218,10 @@ class AsyncBus(_Bus):
             del per_loop[(id(self.client), self.channel)]
         task, self.task = self.task, None
         if task is not None and not task.done():
-            with contextlib.suppress(RuntimeError):  # garbage-collected after its loop closed
+            try:
                 task.cancel()
+            except RuntimeError:  # garbage-collected after its loop closed: nothing to stop
+                return
             # Awaited by aclose()/``async with`` so the connection is gone when they return.
             _closing.add(task)
             task.add_done_callback(_closing.discard)

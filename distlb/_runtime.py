@@ -149,7 +149,8 @@ class StoreHealth:
     probe_interval_s = 0.05
 
     _registry: dict[tuple[int, int, bool], StoreHealth] = {}
-    _registry_lock = threading.Lock()
+    # Reentrant: release() runs from finalizers, which the GC may call inside acquire().
+    _registry_lock = threading.RLock()
 
     def __init__(self, client: Any, is_async: bool) -> None:
         self._client = client

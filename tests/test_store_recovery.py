@@ -129,9 +129,11 @@ def test_the_prober_ends_with_the_outage(own_server: EmbeddedServer, prefix: str
     tb = TokenBucket(r, "api", rate_per_s=10, burst=10, prefix=prefix)
     own_server.stop()
     tb.try_acquire()
-    until(lambda: "distlb-store-probe" in _thread_names(), what="a prober")
+    health = tb._guard.health
+    assert health is not None and health._thread is not None and health._thread.is_alive()
+    prober = health._thread
     own_server.start()
-    until(lambda: "distlb-store-probe" not in _thread_names(), what="the prober ending")
+    until(lambda: not prober.is_alive(), what="the prober ending")
     assert tb.try_acquire().source == "store"
     tb.close()
     r.close()
