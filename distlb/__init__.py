@@ -23,6 +23,7 @@ from distlb.errors import (
     DistlbError,
     RateLimited,
     RetryBudgetExhausted,
+    StoreAuthError,
     StoreError,
     StoreUnavailable,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "ScoringConfig",
     "SmoothWeightedRoundRobinBalancer",
     "Statistics",
+    "StoreAuthError",
     "StoreError",
     "StoreUnavailable",
     "Strategy",

@@ -44,7 +44,7 @@ class SyncTicker:
             try:
                 self.fn()
             except Exception:
-                log.exception("distlb: %s failed; retrying in %.1fs", self.name, self.interval_s)
+                log.exception("%s failed; retrying in %.1fs", self.name, self.interval_s)
 
     def stop(self) -> None:
         self._stop.set()
@@ -74,7 +74,7 @@ class AsyncTicker:
             try:
                 await self.fn()
             except Exception:
-                log.exception("distlb: %s failed; retrying in %.1fs", self.name, self.interval_s)
+                log.exception("%s failed; retrying in %.1fs", self.name, self.interval_s)
 
     def stop(self) -> None:
         if self._task is not None:

@@ -20,6 +20,7 @@ from distlb import _observe
 from distlb._core import breaker as bk
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._events import Subscriber, channel_for
+from distlb._runtime import no_policy
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number, window
 from distlb.errors import CircuitOpen, ConfigError
@@ -121,7 +122,7 @@ class BreakerBase(Subscriber, Shared):
 
     def _notify(self, transitions: list[Transition]) -> None:
         for transition in transitions:
-            log.info("distlb: circuit %r %s -> %s (%s)", self.name, transition.from_state,
+            log.info("circuit %r %s -> %s (%s)", self.name, transition.from_state,
                      transition.to_state, transition.origin)
             _observe.breaker(self.name, transition.from_state, transition.to_state,
                              self.metrics_pool)
@@ -129,7 +130,7 @@ class BreakerBase(Subscriber, Shared):
                 try:
                     listener(transition)
                 except Exception:
-                    log.exception("distlb: breaker listener failed")
+                    log.exception("breaker listener failed")
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -204,10 +205,8 @@ class BreakerBase(Subscriber, Shared):
                           else self._policy_state(self.on_store_error == "fail_open"))
 
     def _force(self, value: str) -> Call[BreakerState]:
-        def unavailable() -> BreakerState:
-            raise CircuitOpen(self.name, "unknown (store unreachable: not changed)",
-                              self._guard.retry_store_after_s)
-        return self._plan("force", value, unavailable)
+        return self._plan("force", value,
+                          no_policy(f"breaker {self.name!r} not {value or 'reset'}"))
 
     # -- calling through the breaker ---------------------------------------------------------
 

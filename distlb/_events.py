@@ -5,6 +5,10 @@ breaker. One subscriber per client and channel (a daemon thread for sync
 clients, a task for asyncio ones) hands each event to the breakers of this
 process, and pings every ``heartbeat_s`` so a silent, broken subscription is
 noticed: while it is not healthy, views fall back to ``max_staleness_s``.
+
+A bus counts its users (the objects that joined it); when the last one closes
+(``close()``, the end of a ``with`` block, or garbage collection), the thread or
+task ends within ``heartbeat_s`` and its pub/sub connection is closed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
+
+from distlb._runtime import refused
 
 log = logging.getLogger("distlb")
 Handler = Callable[[dict[str, Any]], None]
@@ -51,9 +57,15 @@ class _Bus:
         self.events = 0
         self.lost_at: float | None = None
         self.warned = False
+        self.refused = False
+        self.users = 0
 
     def register(self, kind: str, name: str, handler: Handler) -> None:
         self.handlers.setdefault((kind, name), []).append(weakref.WeakMethod(handler))
+
+    def unregister(self, kind: str, name: str, handler: Handler) -> None:
+        refs = self.handlers.get((kind, name), [])
+        self.handlers[(kind, name)] = [r for r in refs if r() is not None and r() != handler]
 
     def subscribed_since(self) -> float | None:
         """When the current healthy subscription started, or None if it is not healthy."""
@@ -66,7 +78,7 @@ class _Bus:
         kind = msg.get("type")
         if kind == "subscribe":
             if self.lost_at is not None and self.since is None:
-                log.info("distlb: event subscription on %s is back", self.channel)
+                log.info("event subscription on %s is back", self.channel)
             self.since = self.alive_at
             self.lost_at = None
         elif kind == "message":
@@ -80,20 +92,26 @@ class _Bus:
                     try:
                         handler(event)
                     except Exception:  # a listener's bug must not kill the subscription
-                        log.exception("distlb: event handler failed")
+                        log.exception("event handler failed")
 
     #: A subscription down this long is worth a WARNING; shorter blips are INFO.
     warn_after_s = 5.0
 
     def lost(self, exc: BaseException) -> None:
         now = self.clock()
+        if refused(exc) and not self.refused:
+            self.refused = True  # configuration, not a blip: say so once, loudly
+            log.error("event subscription on %s refused by the store (%s: %s): grant the ACL "
+                      "user +subscribe +ping and the channel &%s (see the README's minimal "
+                      "ACL); until then views fall back to bounded staleness", self.channel,
+                      type(exc).__name__, exc, self.channel)
         if self.since is not None or self.lost_at is None:
             self.lost_at, self.warned = now, False
-            log.info("distlb: event subscription on %s lost (%s); views fall back to "
+            log.info("event subscription on %s lost (%s); views fall back to "
                      "bounded staleness until it is back", self.channel, exc)
         elif not self.warned and now - self.lost_at > self.warn_after_s:
             self.warned = True
-            log.warning("distlb: event subscription on %s down for %.0fs (%s); every breaker "
+            log.warning("event subscription on %s down for %.0fs (%s); every breaker "
                         "check goes to the store once its view is older than max_staleness_s",
                         self.channel, now - self.lost_at, exc)
         self.since = None
@@ -103,17 +121,32 @@ class SyncBus(_Bus):
     """A daemon thread subscribed on one sync client."""
 
     _buses: dict[tuple[int, int, str], SyncBus] = {}
-    _lock = threading.Lock()
+    # Reentrant: release() runs from finalizers, which the GC may call inside get().
+    _lock = threading.RLock()
 
     @classmethod
     def get(cls, client: Any, channel: str, clock: Callable[[], float]) -> SyncBus:
+        """The bus of ``client`` and ``channel`` in this process, one more user counted."""
         key = (os.getpid(), id(client), channel)  # a forked child starts its own
         with cls._lock:
             bus = cls._buses.get(key)
-            if bus is None:
+            if bus is None or bus.client is not client:
                 bus = cls._buses[key] = cls(client, channel, clock)
                 bus.start()
+            bus.users += 1
             return bus
+
+    def release(self) -> None:
+        """One user is done; the last one stops the thread (within ``heartbeat_s``) and
+        closes its pub/sub connection."""
+        with self._lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            key = (os.getpid(), id(self.client), self.channel)
+            if self._buses.get(key) is self:
+                del self._buses[key]
+        self.stop.set()
 
     def start(self) -> None:
         self.stop = threading.Event()
@@ -123,23 +156,30 @@ class SyncBus(_Bus):
 
     def _loop(self) -> None:
         pubsub = None
-        while not self.stop.is_set():
-            try:
-                if pubsub is None:
-                    pubsub = self.client.pubsub()
-                    pubsub.subscribe(self.channel)
-                msg = pubsub.get_message(timeout=self.heartbeat_s)
-                if msg is None:
-                    pubsub.ping()
-                else:
-                    self.on_message(msg)
-            except Exception as exc:
-                self.lost(exc)
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        pubsub.close()
-                pubsub = None
-                self.stop.wait(self.heartbeat_s)
+        try:
+            while not self.stop.is_set():
+                try:
+                    if pubsub is None:
+                        pubsub = self.client.pubsub()
+                        pubsub.subscribe(self.channel)
+                    msg = pubsub.get_message(timeout=self.heartbeat_s)
+                    if msg is None:
+                        pubsub.ping()
+                    else:
+                        self.on_message(msg)
+                except Exception as exc:
+                    if self.stop.is_set():  # closed under us (e.g. the client was closed)
+                        break
+                    self.lost(exc)
+                    if pubsub is not None:
+                        with contextlib.suppress(Exception):
+                            pubsub.close()
+                    pubsub = None
+                    self.stop.wait(self.heartbeat_s)
+        finally:
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
 
 
 class AsyncBus(_Bus):
@@ -159,10 +199,33 @@ class AsyncBus(_Bus):
             return None
         per_loop = cls._buses.setdefault(loop, {})
         bus = per_loop.get((id(client), channel))
-        if bus is None:
+        if bus is None or bus.client is not client or bus.task is None or bus.task.done():
             bus = per_loop[(id(client), channel)] = cls(client, channel, clock)
+            bus.loop = loop
             bus.task = loop.create_task(bus._loop())
+        bus.users += 1
         return bus
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def release(self) -> None:
+        """One user is done; the last one cancels the task, which closes its connection."""
+        self.users -= 1
+        if self.users > 0:
+            return
+        per_loop = self._buses.get(self.loop) if self.loop is not None else None
+        if per_loop is not None and per_loop.get((id(self.client), self.channel)) is self:
+            del per_loop[(id(self.client), self.channel)]
+        task, self.task = self.task, None
+        if task is not None and not task.done():
+            try:
+                task.cancel()
+            except RuntimeError:  # garbage-collected after its loop closed: nothing to stop
+                return
+            # Awaited by aclose()/``async with`` so the connection is gone when they return.
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
 
     async def _loop(self) -> None:
         pubsub = None
@@ -184,6 +247,18 @@ class AsyncBus(_Bus):
                 await _close(pubsub)
                 pubsub = None
                 await asyncio.sleep(self.heartbeat_s)
+
+
+#: Bus tasks cancelled and not yet finished (their pub/sub connection closing).
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def wait_closed(timeout_s: float = 2.0) -> None:
+    """Let the bus tasks of this loop that were just released finish closing."""
+    loop = asyncio.get_running_loop()
+    mine = [t for t in _closing if t.get_loop() is loop]
+    if mine:
+        await asyncio.wait(mine, timeout=timeout_s)
 
 
 async def _close(pubsub: Any) -> None:
@@ -209,6 +284,7 @@ class Subscriber:
     name: str
     _bus_type: ClassVar[type[SyncBus] | type[AsyncBus]]
     _bus: SyncBus | AsyncBus | None = None
+    _leave: weakref.finalize[Any, Any] | None = None
 
     def _on_event(self, event: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -217,8 +293,32 @@ class Subscriber:
         """Join the client's bus on first use; when its healthy subscription started."""
         if not self.subscribe:
             return None
-        if self._bus is None:
-            self._bus = self._bus_type.get(self.client, self.channel, self.clock)
-            if self._bus is not None:
-                self._bus.register(self.kind, self.name, self._on_event)
-        return self._bus.subscribed_since() if self._bus is not None else None
+        bus = self._bus
+        if bus is None:
+            with _join_lock:
+                bus = self._bus
+                if bus is None:
+                    bus = self._bus_type.get(self.client, self.channel, self.clock)
+                    if bus is not None:
+                        bus.register(self.kind, self.name, self._on_event)
+                        # Leave the bus on close(), or when this object is garbage.
+                        self._leave = weakref.finalize(self, bus.release)
+                        self._bus = bus
+        return bus.subscribed_since() if bus is not None else None
+
+    def close(self) -> None:
+        """Leave the event bus (it stops when its last user leaves), then the rest."""
+        self._leave_bus()
+        super().close()  # type: ignore[misc]
+
+    def _leave_bus(self) -> None:
+        """Stop following events (the bus ends when its last user leaves); rejoined on use."""
+        with _join_lock:
+            leave, bus, self._leave, self._bus = self._leave, self._bus, None, None
+        if bus is not None:
+            bus.unregister(self.kind, self.name, self._on_event)
+        if leave is not None:
+            leave()
+
+
+_join_lock = threading.RLock()

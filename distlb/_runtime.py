@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import redis.asyncio
 from redis import exceptions as rx
 
 from distlb import _observe
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep
-from distlb._scripts import is_noscript, run_async, run_sync
-from distlb.errors import StoreError
+from distlb._scripts import is_noscript, run_async, run_sync, script
+from distlb.errors import StoreAuthError, StoreError, StoreUnavailable
 
 log = logging.getLogger("distlb")
 T = TypeVar("T")
@@ -40,7 +42,84 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
     rx.MaxConnectionsError,
+    rx.SlotNotCoveredError,
+    rx.ClusterError,
 )
+
+#: Errors that mean "the store refused *us*": configuration, not an outage (see StoreAuthError).
+#: AuthenticationError is a ConnectionError in redis-py, so this is checked first.
+REFUSED: tuple[type[BaseException], ...] = (
+    rx.AuthenticationError,
+    rx.AuthorizationError,
+    rx.AuthenticationWrongNumberOfArgsError,
+    rx.NoPermissionError,
+    ssl.SSLCertVerificationError,
+)
+#: Reply prefixes of the same errors where they arrive wrapped (inside a script error, a pipeline).
+_REFUSED_CODES = ("NOAUTH", "WRONGPASS", "NOPERM")
+#: How a script's ``redis.call`` denied by the ACL is reported (Valkey and Redis 7).
+_SCRIPT_ACL = ("ACL failure in script", "no permissions to run", "no permissions to access")
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store refused this client: a wrong or missing password, a
+    missing ACL permission (also when a script's ``redis.call`` hit it), or a TLS
+    certificate that does not verify (redis-py wraps that into a ConnectionError)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, REFUSED):
+            return True
+        if isinstance(e, rx.RedisError):
+            text = str(e)
+            if any(code in text for code in _REFUSED_CODES) and (
+                    isinstance(e, rx.ResponseError) or text.startswith(_REFUSED_CODES)):
+                return True
+            if isinstance(e, rx.ResponseError) and any(s in text for s in _SCRIPT_ACL):
+                return True
+            if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+                return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the store is unreachable or not serving (the policy applies)."""
+    if refused(exc):
+        return False
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    # A long script or MULTI on the server: it answers nothing else until it ends.
+    return isinstance(exc, rx.ResponseError) and str(exc).startswith("BUSY ")
+
+
+def store_error(what: str, exc: BaseException) -> StoreError:
+    """The exception to raise for an error no failure policy may hide."""
+    if refused(exc):
+        return StoreAuthError(
+            f"{what}: the store refused this client ({type(exc).__name__}: {exc}); check the "
+            "password, the ACL user's permissions (see the README's minimal ACL) and the TLS "
+            "certificates. No failure policy applies to this: it is configuration, not an outage")
+    return StoreError(f"{what} failed: {exc}")
+
+
+def no_policy(what: str) -> Callable[[], NoReturn]:
+    """The fallback of a call that has no failure policy (a configuration change or read):
+    it raises StoreUnavailable, chained to the store error that led to it."""
+    def fallback() -> NoReturn:
+        raise StoreUnavailable(f"store unreachable: {what}")
+    return fallback
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One plain command (not a script) with no failure policy, e.g. ``HGETALL`` of a
+    shared configuration hash: the shells run it with ``_run`` like an operation, and
+    an outage raises StoreUnavailable, never a raw redis error."""
+
+    args: tuple[Any, ...]
+    what: str
 
 
 @dataclass
@@ -53,28 +132,158 @@ class GuardStats:
     outages: int = 0
 
 
+class StoreHealth:
+    """Whether one client's store answers again, shared by every guard on that client.
+
+    The first guard that sees an outage starts a prober (a daemon thread for a sync
+    client, a task of the running loop for an asyncio one) that PINGs the store every
+    ``probe_interval_s`` and, the moment the server answers, ends the outage for every
+    guard on the client: recovery takes about one probe interval after the server is
+    back, not ``retry_store_after_s``. The prober only runs during an outage (it ends
+    when the store answers, or when the last user of this client closes). On a
+    cluster client PING goes to every primary, so a partial outage ends only when
+    every node answers (or at ``retry_store_after_s``, whichever comes first).
+    """
+
+    #: Seconds between two probes while the store is down (one cheap PING each).
+    probe_interval_s = 0.05
+
+    _registry: dict[tuple[int, int, bool], StoreHealth] = {}
+    # Reentrant: release() runs from finalizers, which the GC may call inside acquire().
+    _registry_lock = threading.RLock()
+
+    def __init__(self, client: Any, is_async: bool) -> None:
+        self._client = client
+        self.is_async = is_async
+        #: Bumped each time the store answered a probe: guards compare it with the value
+        #: they saw when their outage began (no clock involved, so fake clocks work).
+        self.epoch = 0
+        self.users = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = threading.Event()
+
+    @classmethod
+    def acquire(cls, client: Any, is_async: bool) -> StoreHealth:
+        """The health of ``client`` in this process, one more user counted."""
+        key = (os.getpid(), id(client), is_async)
+        with cls._registry_lock:
+            health = cls._registry.get(key)
+            if health is None or health._client is not client:
+                health = cls._registry[key] = cls(client, is_async)
+            health.users += 1
+            return health
+
+    def release(self) -> None:
+        """One user is done with the client; the last one stops any prober."""
+        with self._registry_lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            for key, health in list(self._registry.items()):
+                if health is self:
+                    del self._registry[key]
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+
+    def outage(self) -> None:
+        """A guard on this client just failed: make sure a prober is running."""
+        with self._lock:
+            if self.is_async:
+                if self._task is not None and not self._task.done():
+                    return
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    return
+                self._stop = threading.Event()
+                self._task = loop.create_task(self._aprobe(), name="distlb-store-probe")
+            else:
+                if self._thread is not None and self._thread.is_alive():
+                    return  # (a thread of the parent is not alive in a forked child)
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._probe, name="distlb-store-probe",
+                                                daemon=True)
+                self._thread.start()
+
+    @staticmethod
+    def _verdict(exc: BaseException) -> str:
+        """What a failed probe says: ``"down"`` (probe again), ``"answered"`` (an error
+        reply is an answer: a refusal, e.g., makes the calls raise StoreAuthError), or
+        ``"unknown"`` (this client cannot be probed: ``retry_store_after_s`` applies)."""
+        if unavailable(exc):
+            return "down"
+        return "answered" if isinstance(exc, rx.RedisError) else "unknown"
+
+    def _recovered(self) -> None:
+        with self._lock:
+            self.epoch += 1
+
+    def _probe(self) -> None:
+        stop = self._stop
+        while not stop.wait(self.probe_interval_s):
+            try:
+                self._client.ping()
+            except Exception as exc:
+                verdict = self._verdict(exc)
+                if verdict == "down":
+                    continue
+                if verdict == "unknown":
+                    return
+            self._recovered()
+            return
+
+    async def _aprobe(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            await asyncio.sleep(self.probe_interval_s)
+            try:
+                await self._client.ping()
+            except Exception as exc:
+                verdict = self._verdict(exc)
+                if verdict == "down":
+                    continue
+                if verdict == "unknown":
+                    return
+            self._recovered()
+            return
+
+
 class StoreGuard:
     """Tracks whether the store is reachable and applies the failure policy.
 
-    After a failure the store is not tried again for ``retry_store_after_s``
-    (so an outage costs one timeout, not one per request); the first call after
-    that tries again, and success ends the outage. Outage start and end are
-    logged at WARNING; every fallback is counted and logged at DEBUG.
+    After a failure the store is not tried again until it answers a probe of the
+    client's :class:`StoreHealth` (about 50 ms after the server is back), or at the
+    latest after ``retry_store_after_s`` (so an outage costs one timeout, not one
+    per request); success ends the outage. Outage start and end are logged at
+    WARNING; every fallback is counted and logged at DEBUG.
     """
 
     def __init__(self, what: str, retry_store_after_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 health: StoreHealth | None = None) -> None:
         self.what = what
         self.retry_store_after_s = retry_store_after_s
         self.clock = clock
+        self.health = health
         self.stats = GuardStats()
         self._down_until = 0.0
         self._down = False
+        self._down_epoch = 0
         self._lock = threading.Lock()
 
     def skip(self) -> bool:
-        """Whether to go straight to the failure policy (the store failed moments ago)."""
-        return self._down and self.clock() < self._down_until
+        """Whether to go straight to the failure policy (the store failed moments ago
+        and has not answered a probe since)."""
+        if not self._down or self.clock() >= self._down_until:
+            return False
+        return self.health is None or self.health.epoch == self._down_epoch
 
     def fallback(self, call: Call[T], exc: BaseException | None = None) -> T:
         if exc is not None:
@@ -84,13 +293,17 @@ class StoreGuard:
             if exc is not None:
                 self.stats.store_errors += 1
                 self._down_until = self.clock() + self.retry_store_after_s
+                if self.health is not None:
+                    self._down_epoch = self.health.epoch
                 if not self._down:
                     self._down = True
                     self.stats.outages += 1
-                    log.warning("distlb: store unreachable for %s (%s: %s); applying failure "
-                                "policy, retrying the store every %.1fs", self.what,
-                                type(exc).__name__, exc, self.retry_store_after_s)
-        log.debug("distlb: fallback for %s", self.what)
+                    log.warning("store unreachable for %s (%s: %s); applying failure "
+                                "policy until the store answers again", self.what,
+                                type(exc).__name__, exc)
+        if exc is not None and self.health is not None:
+            self.health.outage()
+        log.debug("fallback for %s", self.what)
         result = call.fallback()
         _observe.fallback(self.what, getattr(result, "source", "policy"))
         return result
@@ -101,7 +314,11 @@ class StoreGuard:
             with self._lock:
                 if self._down:
                     self._down = False
-                    log.warning("distlb: store reachable again for %s", self.what)
+                    log.warning("store reachable again for %s", self.what)
+
+
+#: A stand-in call for plain commands, so their outages are counted like every other.
+_POLICYLESS: Call[None] = Call(script("delete"), (), (), lambda _: None, lambda: None)
 
 
 class SyncRunner:
@@ -119,17 +336,33 @@ class SyncRunner:
             return guard.fallback(call)
         try:
             reply = run_sync(self.client, call.script, call.keys, call.args)
-        except UNAVAILABLE as exc:
+        except rx.RedisError as exc:
+            if unavailable(exc):
+                return guard.fallback(call, exc)
+            raise store_error(f"{call.script.name}.lua", exc) from exc
+        except OSError as exc:  # raw socket errors some clients let through
             return guard.fallback(call, exc)
-        except rx.ResponseError as exc:
-            raise StoreError(f"{call.script.name}.lua failed: {exc}") from exc
         guard.succeeded()
         return call.parse(reply)
 
-    def drive(self, op: Op[T]) -> T:
+    def command(self, cmd: Command) -> Any:
+        """Run a plain command that has no failure policy (StoreUnavailable in an outage)."""
+        try:
+            reply = self.client.execute_command(*cmd.args)
+        except (rx.RedisError, OSError) as exc:
+            if unavailable(exc):
+                self.guard.fallback(_POLICYLESS, exc)  # counted and logged like any outage
+                raise StoreUnavailable(f"store unreachable: {cmd.what}") from exc
+            raise store_error(cmd.what, exc) from exc
+        self.guard.succeeded()
+        return reply
+
+    def drive(self, op: Op[T] | Command) -> T:
         """Run an operation to completion."""
         if isinstance(op, Call):
             return self.call(op)
+        if isinstance(op, Command):
+            return self.command(op)  # type: ignore[no-any-return]
         if isinstance(op, Done):
             return op.value
         reply: Any = None
@@ -289,16 +522,30 @@ class AsyncRunner:
                 reply = await self._batcher.submit(call)
             else:
                 reply = await run_async(self.client, call.script, call.keys, call.args)
-        except UNAVAILABLE as exc:
-            return self.guard.fallback(call, exc)
-        except rx.ResponseError as exc:
-            raise StoreError(f"{call.script.name}.lua failed: {exc}") from exc
+        except (TimeoutError, rx.RedisError, OSError) as exc:
+            if unavailable(exc):
+                return self.guard.fallback(call, exc)
+            raise store_error(f"{call.script.name}.lua", exc) from exc
         self.guard.succeeded()
         return call.parse(reply)
 
-    async def drive(self, op: Op[T]) -> T:
+    async def command(self, cmd: Command) -> Any:
+        """Run a plain command that has no failure policy (StoreUnavailable in an outage)."""
+        try:
+            reply = await self.client.execute_command(*cmd.args)
+        except (TimeoutError, rx.RedisError, OSError) as exc:
+            if unavailable(exc):
+                self.guard.fallback(_POLICYLESS, exc)
+                raise StoreUnavailable(f"store unreachable: {cmd.what}") from exc
+            raise store_error(cmd.what, exc) from exc
+        self.guard.succeeded()
+        return reply
+
+    async def drive(self, op: Op[T] | Command) -> T:
         if isinstance(op, Call):
             return await self.call(op)
+        if isinstance(op, Command):
+            return await self.command(op)  # type: ignore[no-any-return]
         if isinstance(op, Done):
             return op.value
         reply: Any = None

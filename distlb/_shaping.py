@@ -19,6 +19,7 @@ from distlb import _keys
 from distlb._core import bucket, leaky, priority
 from distlb._core.local import LocalState
 from distlb._core.ops import Call, Op, Sleep, Steps
+from distlb._runtime import Command, no_policy
 from distlb._scripts import script
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number
@@ -301,12 +302,9 @@ class TrafficShaperCore(_Limiter):
         def parse(reply: Any) -> bool:
             return bool(int(reply))
 
-        def unavailable() -> bool:
-            raise RateLimited("store unavailable: configuration not saved",
-                              self._guard.retry_store_after_s)
-
+        # No failure policy: a change the fleet never saw must not look like a limit.
         call = Call(script("config"), (self.limits_key,), (op, field, value, self.config_ttl_ms),
-                    parse, unavailable)
+                    parse, no_policy(f"shaper {self.name!r}: limit {field!r} not changed"))
         return call
 
     def _set(self, prefix: str, ident: str, field: str, rate_per_s: float,
@@ -319,6 +317,10 @@ class TrafficShaperCore(_Limiter):
 
     def _set_global(self, rate_per_s: float, burst: float) -> Op[bool]:
         return self._config("set", "global", Limit(rate_per_s, burst).encode())
+
+    def _limits(self) -> Command:
+        """Read the shared overrides: StoreUnavailable in an outage (no policy applies)."""
+        return Command(("HGETALL", self.limits_key), f"limits of shaper {self.name!r}")
 
     def _reset_client(self, client_id: str) -> Op[int]:
         cid = _keys.escape(client_id, "client_id")
@@ -338,7 +340,7 @@ def parse_limits(raw: Mapping[Any, Any]) -> dict[str, Limit]:
             rate, burst = (v.decode() if isinstance(v, bytes) else str(v)).split()
             limit = Limit(float(rate), float(burst))
         except ValueError:  # written by another version, or by hand: show the rest
-            log.warning("distlb: ignoring unreadable shared limit %r = %r", field, v)
+            log.warning("ignoring unreadable shared limit %r = %r", field, v)
             continue
         out[f"{kind}:{_keys.unescape(ident)}" if ident else kind] = limit
     return out

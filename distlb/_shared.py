@@ -6,15 +6,47 @@ Subclasses say what ``kind`` of entity they are (the ``tb`` in
 
 from __future__ import annotations
 
+import inspect
 import time
+import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from types import TracebackType
+from typing import Any, ClassVar, Self
 
 from distlb import _keys
 from distlb._core.ops import Call, Op
-from distlb._runtime import AsyncRunner, GuardStats, StoreGuard, SyncRunner
+from distlb._events import wait_closed
+from distlb._runtime import (
+    AsyncRunner,
+    Command,
+    GuardStats,
+    StoreGuard,
+    StoreHealth,
+    SyncRunner,
+    no_policy,
+)
 from distlb._scripts import script
 from distlb._validate import StorePolicy, number, store_policy
+from distlb.errors import ConfigError
+
+
+def check_client(client: Any, is_async: bool) -> Any:
+    """``client`` if it looks like a redis-py client of the right flavour, else ConfigError.
+
+    Checked at construction so a URL string or a sync client handed to a ``distlb.aio``
+    class fails here, naming the argument, not at first use with an AttributeError.
+    """
+    execute = getattr(client, "execute_command", None)
+    if isinstance(client, (str, bytes)) or not callable(getattr(client, "evalsha", None)):
+        hint = " (build one with redis.Redis.from_url(url))" if isinstance(client, str) else ""
+        raise ConfigError("client", f"must be a redis-py (or valkey-py) client, got "
+                                    f"{type(client).__name__}{hint}")
+    if callable(execute) and inspect.iscoroutinefunction(execute) != is_async:
+        want, got = ("an asyncio", "a sync") if is_async else ("a sync", "an asyncio")
+        raise ConfigError("client", f"must be {want} client (redis.asyncio.Redis for distlb.aio, "
+                                    f"redis.Redis otherwise), got {got} "
+                                    f"{type(client).__name__}")
+    return client
 
 Clock = Callable[[], float]
 
@@ -23,8 +55,11 @@ class Shared:
     """A primitive whose state lives in the store under ``<prefix>:{<kind>:<name>}``.
 
     ``on_store_error`` says what happens while the store is unreachable (each
-    primitive documents its three policies); the store is retried every
-    ``retry_store_after_s`` seconds and the primitive resumes by itself.
+    primitive documents its three policies); the primitive resumes by itself as
+    soon as the store answers the client's probe (every 50 ms during an outage),
+    or at the latest after ``retry_store_after_s`` seconds. A store that refuses
+    the client (password, ACL, TLS) raises StoreAuthError: no policy applies.
+    ``close()`` (or ``with``/``async with``) releases background work.
     ``clock`` (seconds, monotonic) and ``sleep`` are injectable for tests; they
     only ever time local waiting, never shared state.
     """
@@ -43,12 +78,17 @@ class Shared:
         self.on_store_error = store_policy(on_store_error)
         retry = number("retry_store_after_s", retry_store_after_s, high=3600)
         self.clock = clock
-        self.client = client
-        self._guard = StoreGuard(f"{_keys.KINDS[self.kind]} {name!r}", retry, clock)
+        is_async = self._runner is AsyncRunner
+        self.client = check_client(client, is_async)
+        health = StoreHealth.acquire(client, is_async)
+        # The client's health is shared by every object on it; the last one to go (close()
+        # or garbage collection) stops its prober.
+        self._release_health = weakref.finalize(self, health.release)
+        self._guard = StoreGuard(f"{_keys.KINDS[self.kind]} {name!r}", retry, clock, health)
         runner = self._runner(client, self._guard) if sleep is None \
             else self._runner(client, self._guard, sleep=sleep)
         # Sync shells get results, asyncio shells awaitables: typed per shell (see pyproject).
-        self._run: Callable[[Op[Any]], Any] = runner.drive
+        self._run: Callable[[Op[Any] | Command], Any] = runner.drive
 
     def __repr__(self) -> str:
         return f"{type(self).__module__}.{type(self).__name__}({self.name!r}, key={self.key!r})"
@@ -59,4 +99,33 @@ class Shared:
         return self._guard.stats
 
     def _delete(self, keys: Sequence[str]) -> Call[int]:
-        return Call(script("delete"), tuple(keys), (), int, lambda: 0)
+        # No failure policy: a reset that silently did nothing would mislead.
+        return Call(script("delete"), tuple(keys), (), int,
+                    no_policy(f"{_keys.KINDS[self.kind]} {self.name!r} not reset"))
+
+    # -- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release what this object holds in the background (its share of the client's
+        event subscription and store prober); the client itself stays open (it is yours).
+        Idempotent; the object stays usable and rejoins what it needs on use."""
+        self._release_health()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    async def aclose(self) -> None:
+        """``close()``, then wait (briefly) until released event subscriptions are closed."""
+        self.close()
+        await wait_closed()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()

@@ -64,8 +64,10 @@ class RetryBudgetExhausted(DistlbError):
 
 
 class StoreUnavailable(DistlbError):
-    """The store could not be reached for a change that has no failure policy
-    (registry changes), or a pool configured ``on_store_error="fail_closed"``."""
+    """The store could not be reached for a call that has no failure policy: a
+    configuration change (registry changes, ``TrafficShaper.set_*``, forced
+    breaker states, ``reset()``), a read of shared configuration
+    (``TrafficShaper.limits()``), or a pool configured ``on_store_error="fail_closed"``."""
 
 
 class StoreError(DistlbError):
@@ -73,4 +75,15 @@ class StoreError(DistlbError):
 
     Raised for a wrong-type key or a script error: conditions that mean state or
     configuration is broken, not that the server is merely unreachable.
+    """
+
+
+class StoreAuthError(StoreError):
+    """The store refused this client: a wrong or missing password (``WRONGPASS``,
+    ``NOAUTH``), an ACL user lacking a command, key or channel permission
+    (``NOPERM``), or a TLS certificate that does not verify.
+
+    These are configuration errors, not outages: no failure policy applies
+    (``fail_open`` would otherwise silently disable every limit), the error is
+    raised to the caller on every call until the configuration is fixed.
     """

@@ -111,7 +111,7 @@ class TrafficShaper(_shaping.TrafficShaperCore):
 
     def limits(self) -> dict[str, Limit]:
         """The shared overrides in force, e.g. ``{"c:alice": Limit(100.0, 50.0)}``."""
-        return _shaping.parse_limits(self.client.hgetall(self.limits_key))
+        return _shaping.parse_limits(self._run(self._limits()))
 
     def reset_client(self, client_id: str) -> None:
         """Refill one client's buckets for every process."""

@@ -76,7 +76,7 @@ def warn_conflict_once(what: str) -> Callable[[], None]:
         nonlocal warned
         if not warned:
             warned = True
-            log.warning("distlb: %s is stored with a different rate or burst than this process "
+            log.warning("%s is stored with a different rate or burst than this process "
                         "was configured with; each process applies its own settings to its "
                         "calls. Configure every process alike.", what)
 

@@ -110,7 +110,7 @@ def _records(flat: Any) -> dict[str, Record]:
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             # A record this client cannot read (written by hand, or by another version)
             # is left out of the view: one bad record must not stop every call.
-            log.warning("distlb: skipping unreadable backend record %r: %s", k, exc)
+            log.warning("skipping unreadable backend record %r: %s", k, exc)
     return out
 
 

@@ -23,6 +23,7 @@ from distlb.errors import (
     DistlbError,
     RateLimited,
     RetryBudgetExhausted,
+    StoreAuthError,
     StoreError,
     StoreUnavailable,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "RetryPolicy",
     "RetryState",
     "Statistics",
+    "StoreAuthError",
     "StoreError",
     "StoreUnavailable",
     "TokenBucket",

@@ -112,11 +112,15 @@ class LoadBalancer(_balancer.LoadBalancerCore):
         return ticker
 
     def close(self) -> None:
-        """Stop background work (lease renewal, health checks)."""
+        """Stop background work (lease renewal, health checks), leave the event bus and
+        close the backends' breakers. The client stays open (it is yours)."""
         for attr in ("_renewer_ticker", "_checker"):
             ticker = getattr(self, attr, None)
             if ticker is not None:
                 ticker.stop()
+        for cb in list(self._breakers.values()):
+            cb.close()
+        super().close()
 
 
 class ConnectionGuard:
