@@ -89,12 +89,12 @@ def recovery_s(reports: list[dict[str, Any]], answered_at: float) -> dict[str, f
         for name, t in r["tracks"].items():
             changes = t["changes"]
             assert changes[-1][1] != "policy", f"{name} still on its failure policy at the end"
-            back = [at for at, src in changes if src != "policy" and at >= answered_at - 0.05]
             left = [at for at, src in changes if src == "policy"]
             if not left:
                 continue
-            first_after = min((at for at in back if at > max(left)), default=answered_at)
-            out[name] = max(out.get(name, 0.0), first_after - answered_at)
+            back = min(at for at, src in changes if src != "policy" and at > max(left))
+            # <= 0: back on the store before the test saw the server answer
+            out[name] = max(out.get(name, 0.0), back - answered_at, 0.0)
     return out
 
 
