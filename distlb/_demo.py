@@ -36,6 +36,7 @@ from distlb._inspect import _node_clients as node_clients
 from distlb._inspect import connect, redact_url
 from distlb._validate import integer, number
 from distlb.balancer import LoadBalancer, LoadBalancerContext
+from distlb.embedded import tie_to_parent
 from distlb.errors import ConfigError, RateLimited
 from distlb.retry import RetryBudget, RetryPolicy
 from distlb.shaping import Limit
@@ -182,6 +183,9 @@ def make_balancer(cfg: DemoConfig, client: Any) -> LoadBalancer:
 
 
 def _worker(cfg: DemoConfig, index: int, barrier: Any, out: Any) -> None:
+    parent = mp.parent_process()
+    if parent is not None and parent.pid is not None:   # a process of run_demo (not a thread)
+        tie_to_parent(parent.pid)      # a parent killed by SIGKILL takes its workers along
     client = connect(cfg.url)
     lb = make_balancer(cfg, client)
     lb.backends()

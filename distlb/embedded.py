@@ -63,6 +63,22 @@ def server_binary(path: str | os.PathLike[str] | None = None) -> str:
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
+def tie_to_parent(parent: int) -> None:
+    """Make this process get SIGTERM when ``parent`` dies (Linux; elsewhere nothing).
+
+    Call it first thing in a child. If the parent is already gone, exit at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:   # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux only).
 
@@ -75,16 +91,11 @@ def _die_with_parent() -> Callable[[], None] | None:
         return None
     if threading.current_thread() is not threading.main_thread():
         return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
     parent = os.getpid()
+    ctypes.CDLL(None, use_errno=True)   # load libc now, not between fork and exec
 
     def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:   # the parent died before prctl took effect
-            os._exit(1)
+        tie_to_parent(parent)
 
     return preexec
 
