@@ -151,6 +151,13 @@ class DemoBackend(http.server.ThreadingHTTPServer):
     def address(self) -> str:
         return f"{self.advertise}:{self.server_address[1]}"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A caller that went away mid-answer (a worker stopped by Ctrl-C or SIGTERM) is
+        normal at the end of a demo: no traceback for it."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
 
 def http_get(backend: Backend) -> str:
     host, _, port = backend.address.rpartition(":")
