@@ -23,6 +23,7 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -32,9 +33,11 @@ from typing import Any, TextIO
 
 from distlb import _balancer as lbcore
 from distlb._inspect import _node_clients as node_clients
-from distlb._inspect import connect
+from distlb._inspect import connect, redact_url
+from distlb._validate import integer, number
 from distlb.balancer import LoadBalancer, LoadBalancerContext
-from distlb.errors import RateLimited
+from distlb.embedded import tie_to_parent
+from distlb.errors import ConfigError, RateLimited
 from distlb.retry import RetryBudget, RetryPolicy
 from distlb.shaping import Limit
 from distlb.strategies import (
@@ -59,6 +62,8 @@ STRATEGIES = {
 CLIENTS = ("alice", "bob", "carol")
 REPORT_EVERY_S = 0.25
 THREADS_PER_WORKER = 4
+MAX_WORKERS = 32       # processes on one machine: more only measures the machine
+MAX_BACKENDS = 32
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,22 @@ class DemoConfig:
     rate_per_s: float = 300.0
     burst: float = 30.0
     prefix: str = field(default_factory=lambda: f"distlb-demo-{uuid.uuid4().hex[:6]}")
+
+    def __post_init__(self) -> None:
+        """Check every setting before a server, backend or worker is started.
+
+        The story needs two backends (one fails, the others carry the load), a second
+        of run time (the breaker opens for a tenth of it), and a burst of at least 2
+        (each client gets half of it, and a call costs 1 token).
+        """
+        integer("workers", self.workers, low=1, high=MAX_WORKERS)
+        integer("backends", self.backends, low=2, high=MAX_BACKENDS)
+        number("duration_s", self.duration_s, low=1.0, high=86400.0, low_inclusive=True)
+        number("rate_per_s", self.rate_per_s, low=0.0, high=1e6)
+        number("burst", self.burst, low=2.0, high=1e6, low_inclusive=True)
+        if self.strategy not in STRATEGIES:
+            raise ConfigError("strategy", f"must be one of {', '.join(sorted(STRATEGIES))}, "
+                              f"got {self.strategy!r}")
 
     @property
     def client_limit(self) -> Limit:
@@ -130,6 +151,13 @@ class DemoBackend(http.server.ThreadingHTTPServer):
     def address(self) -> str:
         return f"{self.advertise}:{self.server_address[1]}"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A caller that went away mid-answer (a worker stopped by Ctrl-C or SIGTERM) is
+        normal at the end of a demo: no traceback for it."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
 
 def http_get(backend: Backend) -> str:
     host, _, port = backend.address.rpartition(":")
@@ -162,6 +190,9 @@ def make_balancer(cfg: DemoConfig, client: Any) -> LoadBalancer:
 
 
 def _worker(cfg: DemoConfig, index: int, barrier: Any, out: Any) -> None:
+    parent = mp.parent_process()
+    if parent is not None and parent.pid is not None:   # a process of run_demo (not a thread)
+        tie_to_parent(parent.pid)      # a parent killed by SIGKILL takes its workers along
     client = connect(cfg.url)
     lb = make_balancer(cfg, client)
     lb.backends()
@@ -270,8 +301,8 @@ def run_backends(cfg: DemoConfig, host: str, advertise: str | None,
     servers, _ = setup_pool(cfg, connect(cfg.url), host, advertise)
     fail_at, heal_at = story_times(cfg)
     o.line(f"serving {', '.join(f'{s.name} at {s.address}' for s in servers)} in pool 'demo' "
-           f"(prefix {cfg.prefix}); {servers[-1].name} fails at {fail_at:.0f}s, recovers at "
-           f"{heal_at:.0f}s")
+           f"(prefix {cfg.prefix}); {servers[-1].name} fails at {fail_at:.3g}s, recovers at "
+           f"{heal_at:.3g}s")
     start = time.time()
     for at, failing, text in ((fail_at, True, "starts failing"), (heal_at, False, "recovers")):
         time.sleep(max(0.0, start + at - time.time()))
@@ -328,19 +359,62 @@ def run_demo(cfg: DemoConfig, stream: TextIO = sys.stdout) -> bool:
 
     o.line(o.paint("distlb demo", "1") + f": {cfg.workers} worker processes x "
            f"{THREADS_PER_WORKER} threads, {cfg.backends} HTTP backends, strategy "
-           f"{cfg.strategy}, {cfg.duration_s:g}s, server {cfg.url}, prefix {cfg.prefix}")
+           f"{cfg.strategy}, {cfg.duration_s:g}s, server {redact_url(cfg.url)}, "
+           f"prefix {cfg.prefix}")
     o.line(f"shared limits: pool {cfg.rate_per_s:g}/s (burst {cfg.burst:g}), each of "
            f"{', '.join(CLIENTS)} {cfg.client_limit.rate_per_s:g}/s; breakers: 5 failures, "
            f"open {cfg.open_timeout_s:g}s, 3 probes; retries: 3 attempts, budget 20% + 5/s")
-    o.line(f"story: {victim.name} fails at {fail_at:.0f}s and recovers at {heal_at:.0f}s")
+    o.line(f"story: {victim.name} fails at {fail_at:.3g}s and recovers at {heal_at:.3g}s")
 
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(cfg.workers + 1), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(cfg, i, barrier, out), daemon=True)
              for i in range(cfg.workers)]
-    for p in procs:
-        p.start()
-    barrier.wait(timeout=120)
+    try:
+        return _play(o, cfg, procs, barrier, out, servers, admin)
+    finally:
+        for p in procs:       # on success they have exited; on error or Ctrl-C, end them
+            if p.pid is not None:
+                if p.is_alive():
+                    p.terminate()
+                p.join(5)
+
+
+def _start_workers(procs: list[Any], barrier: Any, o: _Out, timeout_s: float = 120.0) -> bool:
+    """Start the workers and release them together; False if one dies before the start.
+
+    The workers start with SIGINT blocked: a Ctrl-C in the terminal reaches the whole
+    process group, and only this process should handle it (it ends the workers), not
+    print one traceback per worker. A worker that fails while setting up (bad settings,
+    lost server) is noticed at once instead of leaving the others waiting at the barrier.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    deadline = time.monotonic() + timeout_s
+    while barrier.n_waiting < len(procs):
+        dead = [p for p in procs if not p.is_alive()]
+        if dead:
+            o.line(o.paint(f"a worker died while starting (exit code {dead[0].exitcode})", "31"))
+            return False
+        if time.monotonic() > deadline:
+            o.line(o.paint(f"the workers were not ready within {timeout_s:g}s", "31"))
+            return False
+        time.sleep(0.02)
+    barrier.wait(timeout=timeout_s)
+    return True
+
+
+def _play(o: _Out, cfg: DemoConfig, procs: list[Any], barrier: Any, out: Any,
+          servers: list[DemoBackend], admin: LoadBalancer) -> bool:
+    """Run the story with the workers: paint a line each second, then check every claim."""
+    victim = servers[-1]
+    fail_at, heal_at = story_times(cfg)
+    if not _start_workers(procs, barrier, o):
+        return False
     start = time.time()
     latest: dict[int, dict[str, Any]] = {}
     done: set[int] = set()
@@ -412,9 +486,10 @@ def _summary(o: _Out, cfg: DemoConfig, latest: dict[int, dict[str, Any]],
     healthy_share = min(served[s.name] for s in servers[:-1]) / max(1, admitted)
     stats = admin.get_statistics()
     checks = [
+        # Held, not reached: on a busy machine the workers may ask for less than the limit.
         (f"the shared pool limit held: {admitted} admitted of {requests} requests; "
          f"{cfg.rate_per_s:g}/s x {cfg.duration_s:g}s + burst allows {allow_total:.0f}",
-         admitted <= 1.01 * allow_total and admitted >= 0.9 * allow_total),
+         admitted <= 1.01 * allow_total),
         (f"each client stayed within its own limit ({allow_client:.0f}): "
          + ", ".join(f"{c} {n}" for c, n in clients.items()),
          all(n <= 1.01 * allow_client for n in clients.values())),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,6 +39,32 @@ class Entity:
         return {"kind": self.kind, "kind_label": _keys.KINDS.get(self.kind, self.kind),
                 "name": self.name, "summary": self.summary,
                 "keys": [asdict(k) for k in self.keys]}
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` query) shown as ``***``.
+
+    Every URL the command line prints goes through this: a terminal, a log or a CI
+    transcript must never show the server's password.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user = parts.username or ""
+            netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
+        query = urllib.parse.urlencode(
+            [(k, "***" if k.lower() == "password" else v)
+             for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)],
+            safe="*")
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:           # not even a URL: show nothing that could be a secret
+        return "<unparsable URL>"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 key``, ``3 keys``: a count with its noun in the right number."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
 
 
 def connect(url: str, **kwargs: Any) -> Any:
@@ -147,14 +174,15 @@ def summarize(e: Entity, now_us: int) -> str:
             text = f["state"].replace("_", "-")
             if f.get("forced"):
                 text += f" (forced {f['forced']})"
-            text += f", {f.get('failures', '0')} failures"
+            text += ", " + plural(int(float(f.get("failures", "0"))), "failure")
             if f["state"] == "half_open":
-                text += f", {f.get('successes', '0')} probe successes"
+                text += ", " + plural(int(float(f.get("successes", "0"))), "probe success",
+                                      "probe successes")
             if "baseline" in f:
                 text += f", baseline error rate {float(f['baseline']):.3f}"
             parts.append(text)
         elif k.part == "probes":
-            parts.append(f"{k.size} probes in flight")
+            parts.append(plural(k.size, "probe") + " in flight")
         elif k.part == "limits":
             parts.append("shared limits: " + ", ".join(
                 f"{part_label(n)} {float(v.split()[0]):g}/s burst {float(v.split()[1]):g}"
@@ -164,17 +192,22 @@ def summarize(e: Entity, now_us: int) -> str:
         elif e.kind == "rb" and not k.part:
             deposits = sum(int(v) for n, v in f.items() if n.endswith(":d"))
             withdrawals = sum(int(v) for n, v in f.items() if n.endswith(":w"))
-            parts.append(f"{deposits} requests, {withdrawals} retries in the window")
+            parts.append(f"{plural(deposits, 'request')}, {plural(withdrawals, 'retry', 'retries')}"
+                         " in the window")
         elif k.part == "backends":
             up = sum(1 for v in f.values() if _healthy(v))
-            parts.append(f"{up}/{len(f)} backends healthy")
+            parts.append(f"{up}/{plural(len(f), 'backend')} healthy")
         elif k.part == "conns":
             parts.append("connections " + " ".join(f"{n}={v}" for n, v in sorted(f.items())))
         elif k.part == "leases":
-            parts.append(f"{k.size} leases")
+            parts.append(plural(k.size, "lease"))
         elif k.part == "stats":
             total = sum(int(float(v)) for n, v in f.items() if n.endswith(":requests"))
-            parts.append(f"{total} requests served")
+            parts.append(plural(total, "request") + " served")
+    if e.kind == "pool" and not any(k.part == "backends" for k in e.keys):
+        parts.insert(0, "no backends")     # the registry hash goes when its last entry does
+    if not parts:   # never an empty STATE: at least say what is stored
+        parts.append(", ".join(f"{k.part or 'main'} ({k.type})" for k in e.keys))
     return "; ".join(parts)
 
 

@@ -1,29 +1,76 @@
-"""The ``distlb`` command: ``demo`` and ``inspect``.
+"""The ``distlb`` command: a demo, and inspect, watch or reset the state shared in Redis.
 
 The server comes from ``--redis-url``, else ``$DISTLB_REDIS_URL``; ``demo`` starts
-an embedded Valkey when neither is given.
+an embedded Valkey when neither is given. Every URL printed has its password masked.
+Ctrl-C ends any command quietly with exit code 130; SIGTERM ends it in order (the
+embedded server and the demo's workers stop with it) with exit code 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
+import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
+from types import FrameType
 from typing import Any
 
 import redis
 
 from distlb import _keys
+from distlb._inspect import plural, redact_url
+from distlb.errors import ConfigError
 
 WRONG_PASSWORD = "the server refused the password (check the URL's credentials)"
+NEED_PASSWORD = ("the server needs a password, and the URL gives none: "
+                 "use redis://:PASSWORD@HOST:PORT/0 (or redis://USER:PASSWORD@...)")
+SCHEMES = ("redis", "rediss", "unix")
+#: ConfigError fields of the demo's settings -> the options that set them.
+DEMO_OPTIONS = {"workers": "--workers", "backends": "--backends", "duration_s": "--duration",
+                "rate_per_s": "--rate", "burst": "--burst", "strategy": "--strategy"}
 
 
 def _url(args: argparse.Namespace) -> str | None:
     return args.redis_url or os.environ.get("DISTLB_REDIS_URL")
+
+
+def _check_url(url: str) -> str | None:
+    """Why ``url`` cannot name a server (a one-line message), or None if it can."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (parsing the port raises ValueError when it is not a number)
+    except ValueError as exc:
+        return f"invalid server URL {redact_url(url)!r}: {exc}"
+    if parts.scheme not in SCHEMES:
+        return (f"invalid server URL {redact_url(url)!r}: it must start with "
+                + ", ".join(f"{s}://" for s in SCHEMES) + " (e.g. redis://localhost:6379/0)")
+    return None
+
+
+def _has_password(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    return bool(parts.password) or bool(query.get("password"))
+
+
+def _server_error(exc: Exception, url: str) -> str:
+    """One line for a server error met while connecting or working: never a traceback."""
+    if isinstance(exc, redis.AuthenticationError):
+        return WRONG_PASSWORD if _has_password(url) else NEED_PASSWORD
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return (f"the server's ACL refuses a command for this user at {redact_url(url)}: {exc} "
+                "(see the README's section on ACLs)")
+    if isinstance(exc, redis.TimeoutError):
+        return f"the server at {redact_url(url)} did not answer in time: {exc}"
+    if isinstance(exc, redis.ConnectionError):
+        return f"cannot reach the server at {redact_url(url)}: {exc}"
+    return f"the server at {redact_url(url)} answered with an error: {exc}"
 
 
 @contextlib.contextmanager
@@ -51,12 +98,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
                      "pass --redis-url and --prefix")
     from distlb.embedded import EmbeddedServerError
 
-    try:
-        with _server(_url(args)) as url:
-            extra = {"prefix": args.prefix} if args.prefix else {}
-            cfg = DemoConfig(url=url, workers=args.workers, backends=args.backends,
+    url = _url(args)
+    if url and (problem := _check_url(url)):
+        return _fail(problem)
+    try:   # every setting is checked before a server, backend or worker starts
+        extra = {"prefix": args.prefix} if args.prefix else {}
+        checked = DemoConfig(url="", workers=args.workers, backends=args.backends,
                              duration_s=args.duration, strategy=args.strategy,
                              rate_per_s=args.rate, burst=args.burst, **extra)
+    except ConfigError as exc:
+        option = DEMO_OPTIONS.get(exc.field, exc.field)
+        return _fail(f"demo {option}: {str(exc).partition(': ')[2]}")
+    try:
+        with _server(url) as server_url:
+            cfg = dataclasses.replace(checked, url=server_url)
             if args.role == "backends":
                 return 0 if run_backends(cfg, args.host, args.advertise) else 1
             if args.role == "worker":
@@ -64,10 +119,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 0 if run_demo(cfg) else 1
     except EmbeddedServerError as exc:
         return _fail(str(exc))
-    except redis.AuthenticationError:
-        return _fail(WRONG_PASSWORD)
-    except redis.ConnectionError as exc:
-        return _fail(f"cannot reach the server: {exc}")
+    except redis.RedisError as exc:
+        return _fail(_server_error(exc, url or ""))
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -79,14 +132,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     client, url = connected
     try:
         entities = _inspect.scan(client, args.prefix)
-    except redis.ConnectionError as exc:
-        return _fail(f"lost the server at {url}: {exc}")
+    except redis.RedisError as exc:
+        return _fail(_server_error(exc, url))
     if args.json:
         print(json.dumps({"prefix": args.prefix, "entities": [e.as_dict() for e in entities]},
                          indent=2))
         return 0
     if not entities:
-        print(f"no distlb state under prefix {args.prefix!r} at {url} "
+        print(f"no distlb state under prefix {args.prefix!r} at {redact_url(url)} "
               f"(is the prefix right? keys look like {args.prefix}:{{tb:name}})")
         return 0
     rows = [(_keys.KINDS.get(e.kind, e.kind), e.name, str(len(e.keys)),
@@ -116,12 +169,14 @@ def _connect(args: argparse.Namespace) -> tuple[Any, str] | int:
     url = _url(args)
     if not url:
         return _fail("no server given: pass --redis-url or set DISTLB_REDIS_URL")
+    if problem := _check_url(url):
+        return _fail(problem)
     try:
         return _inspect.connect(url, socket_connect_timeout=3, socket_timeout=5), url
-    except redis.AuthenticationError:
-        return _fail(WRONG_PASSWORD)
-    except redis.ConnectionError as exc:
-        return _fail(f"cannot reach the server at {url}: {exc}")
+    except ValueError as exc:    # from_url: a query option it cannot read
+        return _fail(f"invalid server URL {redact_url(url)!r}: {exc}")
+    except redis.RedisError as exc:
+        return _fail(_server_error(exc, url))
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -134,9 +189,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
     client, url = connected
     channel = channel_for(args.prefix)
     pubsub = client.pubsub()
-    pubsub.subscribe(channel)
+    try:
+        pubsub.subscribe(channel)
+    except redis.RedisError as exc:
+        pubsub.close()
+        return _fail(_server_error(exc, url))
     color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    print(f"watching {channel} on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    print(f"watching {channel} on {redact_url(url)} (Ctrl-C to stop)", file=sys.stderr,
+          flush=True)
     seen = 0
     deadline = time.monotonic() + args.timeout if args.timeout else None
     try:
@@ -154,8 +214,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 print(json.dumps(event, sort_keys=True), flush=True)
             else:
                 print(_describe(event, color), flush=True)
-    except KeyboardInterrupt:
-        pass
+    except redis.RedisError as exc:
+        return _fail(_server_error(exc, url))
     finally:
         pubsub.close()
     return 0
@@ -183,7 +243,13 @@ RESETTABLE = {"bucket": "tb", "leaky": "lb", "shaper": "ts", "priority": "pq",
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    """Reset one entity to its initial state for every process (with confirmation)."""
+    """Reset one entity's shared state for every process (with confirmation).
+
+    The same as the library's ``reset()``: buckets refill, queues and windows empty,
+    a breaker closes (forced state cleared); a pool loses its registry, counts and
+    statistics. Configuration stays: a shaper keeps its shared limit overrides
+    (``TrafficShaper.remove_client_rate_limit`` and friends delete those).
+    """
     from distlb import _keys, _scripts
 
     connected = _connect(args)
@@ -193,7 +259,11 @@ def cmd_reset(args: argparse.Namespace) -> int:
     kind = RESETTABLE[args.kind]
     entity = _keys.entity(args.prefix, kind, _keys.escape(args.name))
     # All of an entity's keys share its hash tag: one slot, so one node holds them all.
-    keys = sorted({k.decode() for k in client.scan_iter(match=f"{_glob(entity)}*")})
+    found = sorted({k.decode() for k in client.scan_iter(match=f"{_glob(entity)}*")})
+    # A shaper's shared overrides are configuration, not state: reset refills its buckets
+    # and keeps them, as TrafficShaper.reset()/reset_client() do (remove_* deletes them).
+    kept = [k for k in found if kind == "ts" and k == f"{entity}:limits"]
+    keys = [k for k in found if k not in kept]
     if not keys:
         print(f"nothing to reset: no keys for {args.kind} {args.name!r} under prefix "
               f"{args.prefix!r}")
@@ -201,8 +271,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             return _fail("refusing to reset without confirmation: pass --yes")
-        answer = input(f"reset {args.kind} {args.name!r} ({len(keys)} keys) on {url} "
-                       f"for every process? [y/N] ")
+        answer = input(f"reset {args.kind} {args.name!r} ({plural(len(keys), 'key')}) on "
+                       f"{redact_url(url)} for every process? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("not reset")
             return 1
@@ -212,7 +282,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
     else:
         s = _scripts.script("delete")
         _scripts.run_sync(client, s, keys, [])
-    print(f"reset {args.kind} {args.name!r}: {len(keys)} keys")
+    print(f"reset {args.kind} {args.name!r}: {plural(len(keys), 'key')}"
+          + (" (kept its shared limit overrides)" if kept else ""))
     return 0
 
 
@@ -223,23 +294,28 @@ def _glob(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from distlb import __version__
+    from distlb._demo import MAX_BACKENDS, MAX_WORKERS
 
-    parser = argparse.ArgumentParser(prog="distlb", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="distlb", description="distlb: a demo of worker processes sharing one load "
+        "balancer, and tools to inspect, watch and reset the state they share in Redis/Valkey.")
     parser.add_argument("--version", action="version", version=f"distlb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="worker processes sharing one load balancer: a story")
     demo.add_argument("--redis-url", help="server to use (default: $DISTLB_REDIS_URL, "
                       "else an embedded Valkey)")
-    demo.add_argument("--workers", type=_positive_int, default=3,
-                      help="worker processes (default 3)")
-    demo.add_argument("--backends", type=_positive_int, default=3,
-                      help="HTTP backends, at least 2 (default 3)")
-    demo.add_argument("--duration", type=float, default=20.0, help="seconds (default 20)")
+    demo.add_argument("--workers", type=int, default=3,
+                      help=f"worker processes, 1 to {MAX_WORKERS} (default 3)")
+    demo.add_argument("--backends", type=int, default=3,
+                      help=f"HTTP backends, 2 to {MAX_BACKENDS} (default 3)")
+    demo.add_argument("--duration", type=float, default=20.0,
+                      help="seconds, at least 1 (default 20)")
     demo.add_argument("--strategy", choices=sorted(STRATEGY_NAMES), default="round_robin")
     demo.add_argument("--rate", type=float, default=300.0,
                       help="the pool's shared limit, requests/s (default 300)")
-    demo.add_argument("--burst", type=float, default=30.0, help="its burst (default 30)")
+    demo.add_argument("--burst", type=float, default=30.0,
+                      help="its burst, at least 2 (default 30)")
     demo.add_argument("--prefix", help="key prefix (default: a fresh one per run); an "
                       "existing prefix is cleared first")
     demo.add_argument("--role", choices=("all", "backends", "worker"), default="all",
@@ -265,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--timeout", type=float, help="stop after this many seconds")
     watch.set_defaults(func=cmd_watch)
 
-    reset = sub.add_parser("reset", help="reset one bucket, breaker, budget, pool ...")
+    reset = sub.add_parser("reset", help="reset one bucket, breaker, budget, pool ... for "
+                           "every process (a shaper keeps its shared limit overrides)")
     reset.add_argument("kind", choices=sorted(RESETTABLE))
     reset.add_argument("name")
     reset.add_argument("--redis-url", help="server (default: $DISTLB_REDIS_URL)")
@@ -277,7 +354,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:       # Ctrl-C: the `with` blocks have cleaned up on the way
+        print(file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM: unwind like Ctrl-C, so the embedded server and the workers are stopped.
+
+    A second SIGTERM is ignored: it must not cut that clean-up short.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

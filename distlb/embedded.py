@@ -16,13 +16,18 @@ library proper never reads the environment.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,6 +60,46 @@ def server_binary(path: str | os.PathLike[str] | None = None) -> str:
     return str(get_binary_path())
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def tie_to_parent(parent: int) -> None:
+    """Make this process get SIGTERM when ``parent`` dies (Linux; elsewhere nothing).
+
+    Call it first thing in a child. If the parent is already gone, exit at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:   # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux only).
+
+    Without it a parent killed by a signal it does not handle (SIGKILL, or SIGTERM
+    before a handler is installed) leaves the server running forever, orphaned. The
+    kernel sends the signal when the *thread* that started the child ends, so this is
+    used only when starting from the main thread, whose end is the process's end.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+    ctypes.CDLL(None, use_errno=True)   # load libc now, not between fork and exec
+
+    def preexec() -> None:
+        tie_to_parent(parent)
+
+    return preexec
+
+
 def _bindable(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -78,14 +123,20 @@ class EmbeddedServer:
     """One server process on ``127.0.0.1``; ``stop()`` and ``start()`` keep the port.
 
     ``extra_args`` are appended to the command line, e.g. ``["--cluster-enabled", "yes"]``.
+    ``die_with_parent`` (default on, Linux): the server gets SIGTERM when this process
+    dies, even by SIGKILL, so a killed demo or test run leaves no orphaned server. It
+    applies to servers started from the main thread (the kernel ties the signal to the
+    starting thread, and a helper thread may end long before the process).
     """
 
     def __init__(self, *, port: int | None = None, binary: str | None = None,
-                 extra_args: list[str] | None = None, startup_timeout_s: float = 10.0) -> None:
+                 extra_args: list[str] | None = None, startup_timeout_s: float = 10.0,
+                 die_with_parent: bool = True) -> None:
         self.binary = server_binary(binary)
         self.port = port or free_port(cluster="--cluster-enabled" in (extra_args or []))
         self.extra_args = list(extra_args or [])
         self.startup_timeout_s = startup_timeout_s
+        self.die_with_parent = die_with_parent
         self.dir = tempfile.mkdtemp(prefix="distlb-server-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -103,8 +154,11 @@ class EmbeddedServer:
                 "--dir", self.dir, "--save", "", "--appendonly", "no",
                 "--protected-mode", "no", "--daemonize", "no", *self.extra_args]
         log = open(Path(self.dir) / "server.log", "ab")  # noqa: SIM115 (owned by the process)
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        # Its own session: a Ctrl-C in the terminal reaches us, and we stop it in order.
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent() if self.die_with_parent else None)
         log.close()
         deadline = time.monotonic() + self.startup_timeout_s
         probe = self.client(socket_timeout=0.5, socket_connect_timeout=0.5)

@@ -114,11 +114,16 @@ class TrafficShaper(_shaping.TrafficShaperCore):
         return _shaping.parse_limits(self._run(self._limits()))
 
     def reset_client(self, client_id: str) -> None:
-        """Refill one client's buckets for every process."""
+        """Refill one client's buckets for every process; its shared overrides stay."""
         self._run(self._reset_client(client_id))
 
     def reset(self) -> None:
-        """Refill the global bucket for every process."""
+        """Refill the global bucket for every process.
+
+        State, not configuration: the shared overrides (``set_*``) stay in force until
+        ``remove_*``. ``distlb reset shaper NAME`` does the same, for the global bucket
+        and every client's buckets at once.
+        """
         self._run(self._reset())
 
 

@@ -83,8 +83,8 @@ def test_half_open_probes_are_rationed_across_processes(target: dict[str, Any],
     client = workers.make_client(target)
     CircuitBreaker(client, "backend", prefix=prefix, **cfg).record_failure()  # open now
     backend.delay_s = 0.3                      # probes stay in flight together
-    results = run_workers(workers.call_through_breaker,
-                          [(target, prefix, backend.server_address[1], cfg, 3, 1.2)] * 4)
+    results = run_workers(workers.call_until_ok,
+                          [(target, prefix, backend.server_address[1], cfg, 3, 4, 30.0)] * 4)
     first = backend.arrivals[0][0]
     during_probe = [t for t, _ in backend.arrivals if t < first + 0.25]
     print(f"requests while probing: {len(during_probe)}; all {len(backend.arrivals)}; {results}")
@@ -108,7 +108,7 @@ def test_a_killed_probe_holder_does_not_block_recovery(target: dict[str, Any]) -
     assert not cb.can_attempt().allowed        # the dead process still holds the only slot
     t0 = time.monotonic()
     while not (attempt := cb.can_attempt()).allowed:
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < 10
         time.sleep(0.02)
     cb.record_success(attempt)
     assert cb.state().state == "closed"

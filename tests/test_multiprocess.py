@@ -28,14 +28,22 @@ def run_workers(fn: Callable[..., None], arg_sets: list[tuple[Any, ...]]) -> lis
     return results
 
 
+def span_s(results: list[dict[str, Any]]) -> float:
+    """From the first worker's start to the last one's end (one machine, one clock): on a
+    busy machine the workers start and stop apart, and the bucket refills all along."""
+    return max(r["end"] for r in results) - min(r["start"] for r in results)
+
+
 def test_four_processes_hold_one_limit_within_one_percent(target: dict[str, Any]) -> None:
-    rate, burst, seconds = 500.0, 50.0, 3.0
+    # A rate low enough that the four processes outrun it even on two busy cores, and a
+    # burst that covers a 100 ms stall of all of them at once.
+    rate, burst, seconds = 100.0, 10.0, 3.0
     prefix = f"mp{uuid.uuid4().hex[:8]}"
     results = run_workers(workers.hammer_bucket,
                           [(target, prefix, rate, burst, seconds)] * 4)
     admitted = sum(r["admitted"] for r in results)
     attempts = sum(r["attempts"] for r in results)
-    expected = rate * seconds + burst
+    expected = rate * span_s(results) + burst
     print(f"admitted {admitted} of {attempts} attempts; expected {expected:.0f}")
     assert attempts > 3 * expected  # the limit was really contended
     assert 0.99 * expected <= admitted <= 1.01 * expected
@@ -46,24 +54,29 @@ def test_global_and_client_limits_hold_together(target: dict[str, Any]) -> None:
     prefix = f"mp{uuid.uuid4().hex[:8]}"
     r0 = workers.make_client(target)
     from distlb import TrafficShaper
-    TrafficShaper(r0, "api", prefix=prefix).set_client_rate_limit("a", 100, 10)
+    TrafficShaper(r0, "api", prefix=prefix).set_client_rate_limit("a", 25, 5)
     results = run_workers(workers.hammer_shaper, [(target, prefix, seconds)] * 4)
     a = sum(r["a"] for r in results)
     total = a + sum(r["b"] for r in results)
-    print(f"client a {a}, total {total}")
-    assert 0.99 * (400 * seconds + 40) <= total <= 1.01 * (400 * seconds + 40)
-    assert 0.9 * (100 * seconds + 10) <= a <= 1.01 * (100 * seconds + 10)
+    span = span_s(results)
+    print(f"client a {a}, total {total} in {span:.2f}s")
+    expected = workers.GLOBAL_RATE * span + 10
+    assert 0.99 * expected <= total <= 1.01 * expected
+    assert 0.9 * (25 * span + 5) <= a <= 1.01 * (25 * span + 5)
 
 
 def test_priority_order_holds_across_processes(target: dict[str, Any]) -> None:
     prefix = f"mp{uuid.uuid4().hex[:8]}"
     results = run_workers(workers.queue_at_priority,
-                          [(target, prefix, level, 3, 2.0) for level in (1, 1, 8, 8)])
+                          [(target, prefix, level, 3, 2.0, 5 if level == 1 else 0)
+                           for level in (1, 1, 8, 8)])
     high = sum(r["admitted"] for r in results if r["level"] == 8)
     low = sum(r["admitted"] for r in results if r["level"] == 1)
     print(f"high {high}, low {low}")
-    # 40/s for 2 s plus the first token, never more (fewer if a loaded machine is slow to
-    # poll). Six high-priority waiters are always queued, so low-priority work only slips
-    # in at the very start.
-    assert 50 <= high + low <= 85
+    # 40/s for 2 s plus the first token, never more; fewer when a busy machine is slow to
+    # poll (a token the head of the queue does not claim in time is lost: burst 1), so the
+    # lower bound only says the queue moved. The lows start once the highs wait (at least 5
+    # of the 6 in the queue, one may be between two calls): low-priority work only slips in
+    # when a busy machine leaves every high waiter between two calls at once.
+    assert 10 <= high + low <= 85
     assert low <= 4

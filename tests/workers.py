@@ -29,35 +29,50 @@ def hammer_bucket(target: dict[str, Any], prefix: str, rate: float, burst: float
     tb = TokenBucket(make_client(target), "shared", rate_per_s=rate, burst=burst, prefix=prefix)
     tb.peek()  # connect and load the script before the clock starts
     barrier.wait()
-    deadline = time.time() + duration_s
+    start = time.time()
+    deadline = start + duration_s
     admitted = attempts = 0
     while time.time() < deadline:
         attempts += 1
         admitted += tb.try_acquire().allowed
-    out.put({"admitted": admitted, "attempts": attempts})
+    out.put({"admitted": admitted, "attempts": attempts, "start": start, "end": time.time()})
 
 
 def hammer_shaper(target: dict[str, Any], prefix: str, duration_s: float, barrier: Any,
                   out: Any) -> None:
-    shaper = TrafficShaper(make_client(target), "api", global_limit=Limit(400, 40),
+    shaper = TrafficShaper(make_client(target), "api", global_limit=Limit(GLOBAL_RATE, 10),
                            client_limit=Limit(1000, 100), prefix=prefix)
     shaper.peek("a")
     barrier.wait()
-    deadline = time.time() + duration_s
-    counts = {"a": 0, "b": 0}
+    start = time.time()
+    deadline = start + duration_s
+    counts: dict[str, Any] = {"a": 0, "b": 0}
     while time.time() < deadline:
         for c in ("a", "b"):
             counts[c] += shaper.try_acquire(c).allowed
-    out.put(counts)
+    out.put({**counts, "start": start, "end": time.time()})
+
+
+#: hammer_shaper's global limit: low enough that four processes on two busy cores still ask
+#: for more than it at every moment, so the count admitted is exact.
+GLOBAL_RATE = 100.0
 
 
 def queue_at_priority(target: dict[str, Any], prefix: str, level: int, threads: int,
-                      duration_s: float, barrier: Any, out: Any) -> None:
+                      duration_s: float, after_queued: int, barrier: Any, out: Any) -> None:
+    """``threads`` waiters at ``level`` for ``duration_s``; with ``after_queued``, they start
+    only once that many others wait in the queue (a condition, not a head start in time)."""
     cfg = dict(rate_per_s=40, burst=1, levels=10, aging_s=1000.0, prefix=prefix)
     admitted: list[float] = []
     lock = threading.Lock()
     barrier.wait()
-    deadline = time.time() + duration_s
+    deadline = time.time() + duration_s      # the same end for every level
+    if after_queued:
+        client, limit = make_client(target), time.time() + 60
+        while client.zcard(f"{prefix}:{{pq:pq}}:queue") < after_queued:
+            if time.time() > limit:
+                raise TimeoutError(f"fewer than {after_queued} waiters queued in 60 s")
+            time.sleep(0.005)
 
     def loop() -> None:
         pq = PriorityLimiter(make_client(target), "pq", **cfg)  # type: ignore[arg-type]
@@ -88,6 +103,20 @@ def ask_backend(port: int) -> str:
 def call_through_breaker(target: dict[str, Any], prefix: str, port: int, cfg: dict[str, Any],
                          threads: int, duration_s: float, barrier: Any, out: Any) -> None:
     """Call the backend through one shared breaker until the time is up; count outcomes."""
+    _call_through_breaker(target, prefix, port, cfg, threads, duration_s, barrier, out)
+
+
+def call_until_ok(target: dict[str, Any], prefix: str, port: int, cfg: dict[str, Any],
+                  threads: int, oks: int, max_s: float, barrier: Any, out: Any) -> None:
+    """Like call_through_breaker, but stop once this process has had ``oks`` successful
+    calls (or after ``max_s``, a generous deadline): however slowly a busy machine runs the
+    workers, each one lives until the breaker let it through again."""
+    _call_through_breaker(target, prefix, port, cfg, threads, max_s, barrier, out, oks)
+
+
+def _call_through_breaker(target: dict[str, Any], prefix: str, port: int, cfg: dict[str, Any],
+                          threads: int, duration_s: float, barrier: Any, out: Any,
+                          stop_after_ok: int = 0) -> None:
     from distlb import CircuitBreaker, CircuitOpen
 
     counts = {"ok": 0, "failed": 0, "refused": 0}
@@ -104,7 +133,7 @@ def call_through_breaker(target: dict[str, Any], prefix: str, port: int, cfg: di
                 raise ConnectionError(reply)
             return reply
 
-        while time.time() < deadline:
+        while time.time() < deadline and not (stop_after_ok and counts["ok"] >= stop_after_ok):
             try:
                 cb.call(request)
                 outcome = "ok"

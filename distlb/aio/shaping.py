@@ -116,11 +116,16 @@ class TrafficShaper(_shaping.TrafficShaperCore):
         return _shaping.parse_limits(await self._run(self._limits()))
 
     async def reset_client(self, client_id: str) -> None:
-        """Refill one client's buckets for every process."""
+        """Refill one client's buckets for every process; its shared overrides stay."""
         await self._run(self._reset_client(client_id))
 
     async def reset(self) -> None:
-        """Refill the global bucket for every process."""
+        """Refill the global bucket for every process.
+
+        State, not configuration: the shared overrides (``set_*``) stay in force until
+        ``remove_*``. ``distlb reset shaper NAME`` does the same, for the global bucket
+        and every client's buckets at once.
+        """
         await self._run(self._reset())
 
 
