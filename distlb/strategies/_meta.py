@@ -33,3 +33,37 @@ def number(b: Backend, name: str, *, positive: bool) -> float | None:
     if not math.isfinite(v) or v < 0 or (positive and v == 0):
         return None
     return v
+
+
+class Parsed:
+    """The well-known fields of one backend's metadata, parsed once."""
+
+    __slots__ = ("capacity", "cost", "region", "source", "zone")
+
+    def __init__(self, b: Backend) -> None:
+        self.source = b.metadata          # held, so its identity cannot be reused
+        self.region = text(b, "region")
+        self.zone = text(b, "zone")
+        self.cost = number(b, "cost", positive=False)
+        self.capacity = number(b, "capacity", positive=True)
+
+
+class Cache:
+    """Parsed metadata per backend id, valid while the backend carries the same metadata
+    object: the pool's snapshots share it between refreshes (only counts change on the
+    hot path), so a pick does not re-read every backend's JSON fields."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[str, Parsed] = {}
+
+    def get(self, b: Backend) -> Parsed:
+        p = self._parsed.get(b.id)
+        if p is None or p.source is not b.metadata:
+            if len(self._parsed) > 65536:   # ids churned: start again
+                self._parsed = {}
+            p = self._parsed[b.id] = Parsed(b)
+        return p
+
+    def known(self, backend_id: str) -> Parsed | None:
+        """The last parsed metadata of a backend id, if any was seen."""
+        return self._parsed.get(backend_id)

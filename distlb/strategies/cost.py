@@ -65,17 +65,18 @@ class CostAwareBalancer(Base):
         self.capacity = None if capacity is None else number("capacity", capacity, high=1e9)
         self.default_cost = number("default_cost", default_cost, low_inclusive=True, high=1e12)
         self.probe_share = number("probe_share", probe_share, low_inclusive=True, high=0.5)
+        self._meta = _meta.Cache()
         if self.max_latency_ms is None and self.max_error_rate is None and probe_share > 0:
             self.probe_share = 0.0        # nothing can miss the objective: nothing to probe
 
     def cost_of(self, b: Backend) -> float:
         """The backend's declared cost per request (``default_cost`` if none)."""
-        c = _meta.number(b, "cost", positive=False)
+        c = self._meta.get(b).cost
         return self.default_cost if c is None else c
 
     def capacity_of(self, b: Backend) -> float | None:
         """The backend's concurrent capacity (None = unlimited)."""
-        return _meta.number(b, "capacity", positive=True) or self.capacity
+        return self._meta.get(b).capacity or self.capacity
 
     def meets_objective(self, b: Backend) -> bool:
         """Whether the backend's moving averages meet the latency and error objective."""

@@ -146,8 +146,8 @@ class LocalityAwareBalancer(Base):
             raise ConfigError("strategy", "must have select(backends, ctx), or be a factory "
                                           "of such objects")
         self._inner: dict[Locality, Strategy] = {}
-        self._where: dict[str, Locality] = {}
         self._plan: _Plan | None = None
+        self._meta = _meta.Cache()
 
     # -- the rule --------------------------------------------------------------------------
 
@@ -160,31 +160,39 @@ class LocalityAwareBalancer(Base):
         return LOCAL_REGION
 
     def _groups(self, backends: Sequence[Backend], exclude: frozenset[str]) -> list[_Group]:
-        members: dict[Locality, list[Backend]] = {}
-        figures: dict[Locality, list[float]] = {}
-        where: dict[str, Locality] = {}
+        # One pass, O(n), keyed by (region, zone) tuples (hashed in C); metadata is parsed
+        # once per backend and metadata object (the pool's snapshots share it).
+        acc: dict[tuple[str | None, str | None], list[Any]] = {}
+        default_cap = self.capacity
+        get = self._meta.get
         for b in backends:
-            loc = Locality.of(b)
-            where[b.id] = loc
-            members.setdefault(loc, []).append(b)
-            f = figures.setdefault(loc, [0.0, 0.0, 0.0])
-            if b.weight <= 0:
+            meta = get(b)
+            key = (meta.region, meta.zone)
+            g = acc.get(key)
+            if g is None:
+                g = acc[key] = [[], 0.0, 0.0, 0.0]   # members, total, available, spare
+            g[0].append(b)
+            w = b.weight
+            if w <= 0:
                 continue                  # drained: no capacity, not a shortfall either
-            f[0] += b.weight
-            if not b.healthy or b.id in exclude:
+            g[1] += w
+            if not b.healthy or (exclude and b.id in exclude):
                 continue
-            cap = _meta.number(b, "capacity", positive=True) or self.capacity
-            active = max(0, b.active_connections)
+            cap = meta.capacity or default_cap
             if cap is None:
-                avail, headroom = 1.0, 1.0
-            else:
-                avail = 1.0 if active <= cap else cap / active
-                headroom = max(0.0, 1.0 - active / cap)
-            f[1] += b.weight * avail
-            f[2] += b.weight * avail * headroom
-        self._where = where
-        return [_Group(loc, self.level_of(loc), tuple(members[loc]), *figures[loc])
-                for loc in sorted(members, key=lambda x: (x.region or "", x.zone or ""))]
+                g[2] += w
+                g[3] += w
+                continue
+            active = b.active_connections if b.active_connections > 0 else 0
+            avail = 1.0 if active <= cap else cap / active
+            g[2] += w * avail
+            g[3] += w * avail * max(0.0, 1.0 - active / cap)
+        out = []
+        for key in sorted(acc, key=lambda k: (k[0] or "", k[1] or "")):
+            loc = Locality(*key)
+            members, total, available, spare = acc[key]
+            out.append(_Group(loc, self.level_of(loc), tuple(members), total, available, spare))
+        return out
 
     def _make_plan(self, backends: Sequence[Backend], exclude: frozenset[str]) -> _Plan:
         groups = self._groups(backends, exclude)
@@ -268,7 +276,8 @@ class LocalityAwareBalancer(Base):
         if self._shared is not None:
             targets: list[Any] = [self._shared]
         else:
-            loc = self._where.get(backend_id)
+            meta = self._meta.known(backend_id)
+            loc = Locality(meta.region, meta.zone) if meta is not None else None
             with self._lock:
                 known = self._inner.get(loc) if loc is not None else None
                 targets = [known] if known is not None else list(self._inner.values())
