@@ -26,7 +26,7 @@ import redis
 import redis.asyncio
 
 import distlb.aio as aio
-from benchmarks import _peers, _strategies, _workers
+from benchmarks import _peers, _routing, _strategies, _workers
 from distlb import (
     Backend,
     CircuitBreaker,
@@ -338,6 +338,25 @@ def strategy_benchmarks(rep: Report, *, quick: bool) -> None:
                         ("peak EWMA (latency-aware)", _strategies.PeakEwmaBalancer)):
         mean, p99 = _strategies.simulate(make, requests=requests)
         rep.add(f"one slow backend of 5: {label}", f"{mean:.1f} ms mean", f"p99 {p99:.1f} ms")
+    routing_benchmarks(rep, quick=quick)
+
+
+def routing_benchmarks(rep: Report, *, quick: bool) -> None:
+    """Locality and cost strategies: picks per second, and cost saved against round robin."""
+    seconds = 0.05 if quick else 0.3
+    for name, make in _routing.ROUTING_STRATEGIES.items():
+        for fresh in (False, True):
+            figures = [_routing.selections_per_s(make, n, seconds, fresh=fresh)
+                       for n in (10, 100, 1000)]
+            rep.add(f"{name}, {'new' if fresh else 'same'} snapshot", f"{figures[0]:,.0f}/s",
+                    f"{figures[1]:,.0f}/s at 100 backends, {figures[2]:,.0f}/s at 1000")
+    runs = {label: _routing.simulate_cost(make, requests=5_000 if quick else 20_000)
+            for label, make in _routing.COST_STRATEGIES.items()}
+    rr = runs["round robin"]
+    for label, run in runs.items():
+        rep.add(f"priced fleet of 6, 400/s: {label}", f"{run.cost_per_request:.2f}/request",
+                f"{1 - run.cost_per_request / rr.cost_per_request:+.0%} cost saved vs round "
+                f"robin; {run.mean_ms:.1f} ms mean, p99 {run.p99_ms:.1f} ms")
 
 
 if __name__ == "__main__":

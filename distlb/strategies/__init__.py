@@ -13,6 +13,8 @@
 | ``MaglevBalancer`` | O(1) | affinity at high rates, even spread |
 | ``AdaptiveBalancer`` | O(n) | mixed health signals, trends |
 | ``PeakEwmaBalancer`` | O(1) | latency-sensitive traffic |
+| ``LocalityAwareBalancer(inner)`` | O(n) | zones and regions: stay local, spill over |
+| ``CostAwareBalancer`` | O(n) | backends of different prices |
 
 Any object with ``select(backends, ctx) -> Backend`` is a strategy (``Strategy``).
 """
@@ -24,11 +26,13 @@ from distlb.strategies.consistent_hash import (
     MaglevBalancer,
     RendezvousHashBalancer,
 )
+from distlb.strategies.cost import CostAwareBalancer
 from distlb.strategies.least_conn import (
     LeastConnectionsBalancer,
     PowerOfTwoChoicesBalancer,
     WeightedLeastConnectionsBalancer,
 )
+from distlb.strategies.locality import Locality, LocalityAwareBalancer
 from distlb.strategies.round_robin import (
     RoundRobinBalancer,
     SmoothWeightedRoundRobinBalancer,
@@ -40,7 +44,10 @@ __all__ = [
     "Backend",
     "ConsistentHashBalancer",
     "Context",
+    "CostAwareBalancer",
     "LeastConnectionsBalancer",
+    "Locality",
+    "LocalityAwareBalancer",
     "MaglevBalancer",
     "NoBackendAvailable",
     "PeakEwmaBalancer",

@@ -14,6 +14,9 @@ from distlb._validate import integer, number
 from distlb.errors import ConfigError
 from distlb.strategies.base import Backend, Base, Context
 
+#: ``AdaptiveBalancer``'s modes: the seed's adaptive, predictive and latency-aware.
+ADAPTIVE_MODES = ("adaptive", "predictive", "latency_aware")
+
 
 @dataclass(frozen=True, slots=True)
 class ScoringConfig:
@@ -47,28 +50,54 @@ class AdaptiveBalancer(Base):
     Low latency, few errors, few connections and high throughput score low; a heavier
     backend's score shrinks in proportion. Ties go to a random one among the best.
 
-    ``predictive=True`` replaces each backend's latency with its trend extrapolated
-    ``horizon_s`` ahead: a least-squares line through the latencies seen over the last
-    ``history_s`` (from ``observe`` or successive snapshots), so a backend that is
-    getting slower loses traffic before it is slow.
+    ``mode`` chooses one of the seed's three modes, one to one:
+
+    * ``"adaptive"`` (default): the score above, on the snapshot's latencies.
+    * ``"predictive"`` (or ``predictive=True``): each backend's latency is replaced by its
+      trend extrapolated ``horizon_s`` ahead: a least-squares line through the latencies
+      seen over the last ``history_s`` (from ``observe`` or successive snapshots), so a
+      backend that is getting slower loses traffic before it is slow.
+    * ``"latency_aware"`` (also spelled ``"latency-aware"``): peak-EWMA, exactly
+      :class:`PeakEwmaBalancer` with ``decay_s``: the latency estimate jumps up to any
+      slower observation and decays towards faster ones; of two random backends the one
+      with the lower ``estimate x (connections + 1) / weight`` wins. ``scores`` then
+      returns those costs. It learns from ``observe`` (the load balancer feeds it every
+      completed call).
     """
 
-    def __init__(self, config: ScoringConfig | None = None, *, predictive: bool = False,
-                 history_s: float = 30.0, horizon_s: float = 5.0,
-                 rng: random.Random | None = None,
+    def __init__(self, config: ScoringConfig | None = None, *, mode: str | None = None,
+                 predictive: bool = False, history_s: float = 30.0, horizon_s: float = 5.0,
+                 decay_s: float = 10.0, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(rng, clock)
         self.config = config or ScoringConfig()
         if not isinstance(self.config, ScoringConfig):
             raise ConfigError("config", "must be a ScoringConfig")
-        self.predictive = bool(predictive)
+        if mode is None:
+            mode = "predictive" if predictive else "adaptive"
+        if not isinstance(mode, str) or mode.replace("-", "_") not in ADAPTIVE_MODES:
+            raise ConfigError("mode", f"must be one of {', '.join(ADAPTIVE_MODES)}, "
+                                      f"got {mode!r:.40}")
+        self.mode = mode.replace("-", "_")
+        if predictive and self.mode != "predictive":
+            raise ConfigError("predictive", f"predictive=True contradicts mode={mode!r}")
+        self.predictive = self.mode == "predictive"
+        self.decay_s = number("decay_s", decay_s, high=86400)
+        self._peak: PeakEwmaBalancer | None = None
+        if self.mode == "latency_aware":
+            # Its clock follows this one's, even when a test or simulation swaps the clock later.
+            self._peak = PeakEwmaBalancer(decay_s=self.decay_s, rng=self.rng,
+                                          clock=lambda: self.clock())
         self.history_s = number("history_s", history_s, high=86400)
         self.horizon_s = number("horizon_s", horizon_s, low_inclusive=True, high=86400)
         self._lock = threading.Lock()
         self._history: dict[str, deque[tuple[float, float]]] = {}
 
     def observe(self, backend_id: str, latency_s: float, success: bool = True) -> None:
-        """Record one latency sample (for the predictive trend)."""
+        """Record one latency sample (the predictive trend, the latency-aware estimate)."""
+        if self._peak is not None:
+            self._peak.observe(backend_id, latency_s, success)
+            return
         self._record(backend_id, latency_s * 1000, self.clock())
 
     def _record(self, backend_id: str, latency_ms: float, now: float) -> None:
@@ -96,6 +125,8 @@ class AdaptiveBalancer(Base):
     def scores(self, backends: Sequence[Backend], ctx: Context | None = None) -> dict[str, float]:
         """Every candidate's score (lower is better), for logs and dashboards."""
         pool = self._candidates(backends, ctx)
+        if self._peak is not None:
+            return {b.id: self._peak.cost(b) for b in pool}
         now = self.clock()
         if self.predictive:
             for b in pool:
@@ -118,6 +149,8 @@ class AdaptiveBalancer(Base):
         }
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
+        if self._peak is not None:
+            return self._peak.select(backends, ctx)
         scores = self.scores(backends, ctx)
         best = min(scores.values())
         ids = [bid for bid, s in scores.items() if s == best]
