@@ -33,19 +33,19 @@
 --   (clamped), so nothing can fail after the first write.
 
 local mode, limits_ttl = string.match(ARGV[1], '^(%a+) (%d+)$')
-limits_ttl = tonumber(limits_ttl)
+local take = mode == 'take'
 local n = #ARGV - 1
 local limits_key = nil
-if limits_ttl > 0 then limits_key = KEYS[n + 1] end
+if limits_ttl ~= '0' then limits_key = KEYS[n + 1] end
 local now = now_us()
 
-local rows = {}
-local live = {}
-local all_ok = true
-local conflict = 0
-for i = 1, n do
-  local r, b, c, field = string.match(ARGV[1 + i], '^(%S+) (%S+) (%S+) ?(%S*)$')
-  local rate, burst, cost = tonumber(r), tonumber(b), tonumber(c)
+-- Bucket i at `now`: nil when unlimited, else tokens, wait (s), rate, burst, cost,
+-- whether rate/burst must be rewritten, rate and burst as strings (as the caller
+-- spelled them, or as overridden), and whether the stored settings conflict.
+-- Reads only.
+local function check(i)
+  local rate_s, burst_s, c, field = string.match(ARGV[1 + i], '^(%S+) (%S+) (%S+) ?(%S*)$')
+  local rate, burst, cost = tonumber(rate_s), tonumber(burst_s), tonumber(c)
   local overridden = false
   if limits_key and field ~= '' then
     local o = redis.call('HGET', limits_key, field)
@@ -54,34 +54,69 @@ for i = 1, n do
       orate, oburst = finite(orate), finite(oburst)
       if orate and oburst and orate > 0 and oburst > 0 then
         rate, burst, overridden = orate, oburst, true
+        -- the reply carries these; the client parses them with float(), which a
+        -- hand-written spelling Lua accepts ("0x10", " 5") need not suit
+        rate_s, burst_s = string.format('%.17g', rate), string.format('%.17g', burst)
       end
     end
   end
-  if rate > 0 then
-    cost = math.max(cost, burst * 1e-12)
-    local tokens, differs, rewrite = bucket_read(KEYS[i], rate, burst, now)
-    -- Two processes configured differently for one bucket: the caller's values
-    -- apply to its call and the client is told, so it can warn.
-    if differs and not overridden then conflict = 1 end
-    local wait = bucket_wait_s(tokens, rate, burst, cost)
-    local ok = wait == 0
-    if not ok then all_ok = false end
-    live[#live + 1] = {KEYS[i], cost, rewrite}
-    rows[#rows + 1] = {i, ok and 1 or 0, tokens, wait, rate, burst}
-  end
+  if rate <= 0 then return nil end
+  if cost < burst * 1e-12 then cost = burst * 1e-12 end
+  local tokens, differs, rewrite = bucket_read(KEYS[i], rate, burst, now, rate_s, burst_s)
+  -- Two processes configured differently for one bucket: the caller's values apply
+  -- to its call and the client is told, so it can warn.
+  return tokens, bucket_wait_s(tokens, rate, burst, cost), rate, burst, cost, rewrite,
+    rate_s, burst_s, differs and not overridden
 end
 
-local out = {all_ok and 1 or 0, conflict}
-for j, row in ipairs(rows) do
-  local tokens, rate, burst = row[3], row[5], row[6]
-  if all_ok and mode == 'take' then
-    tokens = tokens - live[j][2]
-    bucket_write(live[j][1], tokens, rate, burst, now, live[j][3])
+-- One bucket's part of the reply: a single string.format, fractions "%.17g" (round-trip
+-- exact), rate and burst passed through as strings.
+local ROW = '%d %d %.17g %.17g %.17g %s %s'
+
+if n == 1 then
+  -- The common case (TokenBucket, a global-only TrafficShaper): no tables.
+  local tokens, wait, rate, burst, cost, rewrite, rate_s, burst_s, conflict = check(1)
+  if tokens == nil then return '1 0' end
+  local ok = wait == 0 and 1 or 0
+  if ok == 1 and take then
+    tokens = tokens - cost
+    bucket_write(KEYS[1], tokens, rate, burst, now, rewrite, rate_s, burst_s)
+    -- PEXPIRE of a missing limits hash is a no-op (no EXISTS needed first)
+    if limits_key then redis.call('PEXPIRE', limits_key, ttl(tonumber(limits_ttl))) end
   end
-  out[#out + 1] = string.format('%d %d %s %s %s %s %s', row[1], row[2], fmt(tokens),
-    fmt(row[4]), fmt((burst - tokens) / rate), fmt(rate), fmt(burst))
+  return string.format('%d %d %d %d %.17g %.17g %.17g %s %s', ok, conflict and 1 or 0, 1, ok, tokens, wait,
+    (burst - tokens) / rate, rate_s, burst_s)
 end
-if all_ok and mode == 'take' and limits_key and redis.call('EXISTS', limits_key) == 1 then
-  redis.call('PEXPIRE', limits_key, ttl(limits_ttl))
+
+-- Several buckets: every check first (reads only), then, if all allow and the mode is
+-- take, every write; the checks wait in one flat table, 9 values per limited bucket.
+local rows = {}
+local m = 0
+local all_ok = true
+local conflict = 0
+for i = 1, n do
+  local tokens, wait, rate, burst, cost, rewrite, rate_s, burst_s, differs = check(i)
+  if tokens ~= nil then
+    if wait ~= 0 then all_ok = false end
+    if differs then conflict = 1 end
+    rows[m + 1], rows[m + 2], rows[m + 3], rows[m + 4], rows[m + 5] = i, tokens, wait, rate, burst
+    rows[m + 6], rows[m + 7], rows[m + 8], rows[m + 9] = cost, rewrite, rate_s, burst_s
+    m = m + 9
+  end
 end
-return table.concat(out, ' ')
+local write = all_ok and take
+local reply = (all_ok and '1 ' or '0 ') .. conflict
+for j = 1, m, 9 do
+  local tokens, wait, rate, burst = rows[j + 1], rows[j + 2], rows[j + 3], rows[j + 4]
+  if write then
+    tokens = tokens - rows[j + 5]
+    bucket_write(KEYS[rows[j]], tokens, rate, burst, now, rows[j + 6], rows[j + 7],
+      rows[j + 8])
+  end
+  reply = reply .. ' ' .. string.format(ROW, rows[j], wait == 0 and 1 or 0, tokens, wait,
+    (burst - tokens) / rate, rows[j + 7], rows[j + 8])
+end
+if write and limits_key then
+  redis.call('PEXPIRE', limits_key, ttl(tonumber(limits_ttl)))
+end
+return reply
