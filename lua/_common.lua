@@ -1,8 +1,10 @@
 -- _common.lua: helpers shared by every distlb script.
 --
--- distlb/_scripts.py prepends this file to each script before loading it, so
--- the token-bucket arithmetic exists once. It defines locals only and touches
--- no keys.
+-- distlb/_scripts.py prepends the helpers a script uses to it before loading it, so
+-- the token-bucket arithmetic exists once. It defines locals only and touches no keys.
+-- Blocks are separated by a blank line (keep none inside a block): a block is prepended
+-- when the script, or another prepended block, names a local it defines. Each helper
+-- is a closure created on every call of the script, hence only the used ones.
 
 -- The server clock in integer microseconds. ~1.8e15 today, far below 2^53, so
 -- a Lua double holds it exactly and differences between two readings are exact.
@@ -63,43 +65,56 @@ end
 -- rate_s and burst_s (optional) are rate and burst as the caller spelled them: a stored
 -- setting spelled alike is equal without converting it (the common case); one spelled
 -- otherwise is compared by value ("10" and "10.0" are the same setting).
--- Returns tokens, whether the stored rate/burst differ from the given ones, and
--- whether rate/burst must be (re)written on the next write.
+-- Returns tokens, whether the stored rate/burst differ from the given ones, whether
+-- rate/burst must be (re)written on the next write, and the stored exp_us (or nil).
+-- bucket.lua has the same arithmetic inline (its hot path creates no closures): keep
+-- the two in step.
 local function bucket_read(key, rate, burst, now, rate_s, burst_s)
-  local s = redis.call('HMGET', key, 'tokens', 'ts_us', 'rate', 'burst')
+  local s = redis.call('HMGET', key, 'tokens', 'ts_us', 'rate', 'burst', 'exp_us')
   local tokens = finite(s[1])
   local ts = finite(s[2])
   if tokens == nil or ts == nil then
-    return burst, false, true
+    return burst, false, true, nil
   end
   -- A failover to a replica with a slower clock must not mint tokens from a
-  -- negative interval, hence the check.
+  -- negative interval, hence elapsed > 0.
   local elapsed = now - ts
-  if elapsed > 0 then
-    tokens = tokens + elapsed * rate / 1000000
-    if tokens > burst then tokens = burst end
-  elseif tokens > burst then
-    tokens = burst
-  end
+  if elapsed > 0 then tokens = tokens + elapsed * rate / 1000000 end
+  if tokens > burst then tokens = burst end
   local differs = (s[3] ~= rate_s and tonumber(s[3]) ~= rate)
     or (s[4] ~= burst_s and tonumber(s[4]) ~= burst)
-  return tokens, differs, differs
+  return tokens, differs, differs, finite(s[5])
 end
 
--- Store a bucket and expire it once it would be full again: an expired bucket
+-- Store a bucket and keep it until it would be full again (+1 s): an expired bucket
 -- reads as full, so expiry loses nothing and abandoned buckets cost no memory.
--- rate and burst are stored for people (redis-cli, distlb inspect) and for
--- conflict detection; they are rewritten only when they change. Numbers go to
--- redis.call as numbers (written exactly by the server); rate_s/burst_s, when given,
--- are stored as spelled by the caller, so the next bucket_read compares strings.
-local function bucket_write(key, tokens, rate, burst, now, with_config, rate_s, burst_s)
+-- The TTL is set with room (the longest refill, burst / rate, + 2 s) and the hash
+-- remembers it in exp_us (server us, a little before the key's real expiry), so most
+-- writes need no PEXPIRE: only one that would outlive exp_us sets a new TTL. An exp_us
+-- that is not a number, or farther than the longest TTL, is not trusted.
+-- rate and burst are stored for people (redis-cli, distlb inspect) and for conflict
+-- detection; they are rewritten only when they change. Numbers go to redis.call as
+-- numbers (written exactly by the server); rate_s/burst_s, when given, are stored as
+-- spelled by the caller, so that the next bucket_read compares strings.
+local function bucket_write(key, tokens, rate, burst, now, with_config, rate_s, burst_s, exp)
+  local keep = exp ~= nil and exp <= now + MAX_TTL_MS * 1000
+    and exp >= now + (burst - tokens) / rate * 1000000 + 1000000
+  local ms = nil
+  if not keep then ms = ttl(burst / rate * 1000 + 2000) end
   if with_config then
-    redis.call('HSET', key, 'tokens', tokens, 'ts_us', now,
-      'rate', rate_s or rate, 'burst', burst_s or burst)
-  else
+    if keep then
+      redis.call('HSET', key, 'tokens', tokens, 'ts_us', now, 'rate', rate_s or rate,
+        'burst', burst_s or burst)
+    else
+      redis.call('HSET', key, 'tokens', tokens, 'ts_us', now, 'rate', rate_s or rate,
+        'burst', burst_s or burst, 'exp_us', now + (ms - 1) * 1000)
+    end
+  elseif keep then
     redis.call('HSET', key, 'tokens', tokens, 'ts_us', now)
+  else
+    redis.call('HSET', key, 'tokens', tokens, 'ts_us', now, 'exp_us', now + (ms - 1) * 1000)
   end
-  redis.call('PEXPIRE', key, ttl((burst - tokens) / rate * 1000 + 1000))
+  if not keep then redis.call('PEXPIRE', key, ms) end
 end
 
 -- Seconds until `cost` tokens are available (inf when cost exceeds burst).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import pytest
@@ -51,11 +52,31 @@ def test_state_is_a_readable_hash_with_ttl(r: redis.Redis, prefix: str) -> None:
     tb.try_acquire(2)
     assert tb.key == f"{prefix}:{{tb:api}}"
     state = r.hgetall(tb.key)
-    assert set(state) == {b"tokens", b"ts_us", b"rate", b"burst"}
+    assert set(state) == {b"tokens", b"ts_us", b"rate", b"burst", b"exp_us"}
     assert 2.9 < float(state[b"tokens"]) <= 3.01
     assert float(state[b"rate"]) == 10 and float(state[b"burst"]) == 5
-    # Expires once it would be full again (0.2 s) plus one second of slack.
-    assert 1000 < r.pttl(tb.key) <= 1300
+    # Lives at least until it would be full again (0.2 s) plus one second of slack, at
+    # most the longest refill (0.5 s) plus two; exp_us is the (server us) end of that TTL.
+    pttl = r.pttl(tb.key)
+    assert 1200 <= pttl <= 2500
+    assert 0 <= int(state[b"exp_us"]) - int(state[b"ts_us"]) <= 2_500_000
+
+
+def test_ttl_is_set_only_when_the_bucket_would_outlive_it(r: redis.Redis, prefix: str) -> None:
+    """A write that the TTL already covers (exp_us far enough) sends no PEXPIRE; one it
+    does not cover, or an exp_us that is not to be trusted, sets the TTL again."""
+    tb = TokenBucket(r, "api", rate_per_s=10, burst=100, prefix=prefix)
+    assert tb.try_acquire()
+    r.pexpire(tb.key, 100_000)              # a TTL longer than any this bucket would set
+    assert tb.try_acquire()
+    assert r.pttl(tb.key) > 50_000          # covered by exp_us: the TTL was left alone
+    for untrusted in (b"0", b"inf", b"nan", b"1e300", b"junk"):
+        r.hset(tb.key, "exp_us", untrusted)
+        r.pexpire(tb.key, 100_000)
+        assert tb.try_acquire()
+        assert 0 < r.pttl(tb.key) <= 12_000, untrusted   # set again: 10 s refill + 2 s
+        exp_us = float(r.hget(tb.key, "exp_us") or b"nan")
+        assert math.isfinite(exp_us) and exp_us > 0, untrusted
 
 
 def test_denials_write_nothing(r: redis.Redis, prefix: str) -> None:
