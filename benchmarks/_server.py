@@ -5,8 +5,13 @@ work; this isolates the script. Each figure is ``cmdstat_evalsha`` ``usec_per_ca
 after ``CONFIG RESETSTAT`` and ``n`` calls of one kind, so the time a script's own
 commands (TIME, HMGET, HSET, PEXPIRE) take inside it is included, and compared with
 ``n`` calls of ``return 1`` measured the same way (the floor: the EVALSHA dispatch and
-the Lua call itself). Calls are pipelined: the server's time per call does not depend
-on it, and the measurement is faster.
+the Lua call itself). Calls go one at a time, as a sync client sends them: pipelined,
+the server runs them back to back with hot caches and every figure drops (``return 1``
+from ~6 to ~1.2 us), which is not the case the ratios are about.
+
+    python -m benchmarks._server [--redis-url URL] [-n 2000] [--rounds 5]
+
+The server must be otherwise idle (the counters are server-wide).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ Planned = tuple[str, Sequence[Any], Sequence[Any]]     # (sha, keys, args)
 
 
 def _usec_per_call(r: redis.Redis, calls: Sequence[Planned], batch: int = 1) -> float:
-    """``usec_per_call`` of EVALSHA over ``calls``, run in pipelines of ``batch``."""
+    """``usec_per_call`` of EVALSHA over ``calls``, sent ``batch`` at a time."""
     r.config_resetstat()
     for i in range(0, len(calls), batch):
         p = r.pipeline(transaction=False)
@@ -84,7 +89,7 @@ def server_costs(r: redis.Redis, prefix: str, n: int = 2000,
                  rounds: int = 5) -> tuple[float, dict[str, float]]:
     """The median server us per call of ``return 1`` and of each case, over ``rounds``.
 
-    Admit and release alternate so that each release returns a lease an admit took."""
+    Each round runs the admits, then the releases of the leases they took."""
     sha = r.script_load(TRIVIAL)
     cases = _cases(r, prefix)
     planned = {name: make(n) for name, make in cases.items()}
