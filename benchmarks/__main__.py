@@ -26,7 +26,7 @@ import redis
 import redis.asyncio
 
 import distlb.aio as aio
-from benchmarks import _peers, _routing, _strategies, _workers
+from benchmarks import _peers, _routing, _server, _strategies, _workers
 from distlb import (
     Backend,
     CircuitBreaker,
@@ -186,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             p.execute()
         piped = median_rate(pipelined, rounds, seconds) * 100
         rep.add("bare EVALSHA, pipelined x100", f"{piped:,.0f}/s", f"{piped / bare:.2f}x")
+
+        floor, costs = _server.server_costs(r, prefix, 500 if args.quick else 2000, rounds)
+        rep.add("server CPU: EVALSHA of return 1", f"{floor:.1f} us/call",
+                "1.00x (INFO commandstats)")
+        for name, us in costs.items():
+            rep.add(f"server CPU: {name}", f"{us:.1f} us/call",
+                    f"{us / floor:.2f}x return 1 (target <= 2)")
 
         tb = TokenBucket(r, "tb", rate_per_s=1e9, burst=1e9, prefix=prefix)
         # The same script call with no distlb Python around it: splits the gap

@@ -1,8 +1,10 @@
 """Load the Lua scripts and run them: EVALSHA, and on NOSCRIPT one EVAL.
 
 Scripts live in the top-level ``lua/`` folder of the repository and ship inside
-the wheel as ``distlb/lua``. ``_common.lua`` is prepended to each script, so
-shared helpers (server clock, token-bucket arithmetic) exist once in Lua too.
+the wheel as ``distlb/lua``. The helpers of ``_common.lua`` that a script uses are
+prepended to it, so shared helpers (server clock, token-bucket arithmetic) exist once
+in Lua too. Only the used ones: every ``local function`` runs (allocates a closure)
+on every call, and in the server's Lua heap each allocation costs garbage collection.
 
 Why EVAL rather than SCRIPT LOAD on NOSCRIPT: EVAL both runs the call and caches
 the script on the node that owns the keys, in one round trip, and it is routed
@@ -13,6 +15,7 @@ to reach every primary.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -42,13 +45,35 @@ def _lua_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "lua"
 
 
+_DEFINES = re.compile(r"^local (?:function )?([A-Za-z_]\w*)", re.M)
+
+
+def helpers_for(common: str, body: str) -> str:
+    """The blocks of ``common`` (separated by blank lines) that ``body`` uses, directly
+    or through another such block, in their order. A block is used when a name it
+    defines at the start of a line (``local NAME`` or ``local function NAME``) occurs
+    as a word in the body or in a used block."""
+    blocks = [b for b in common.split("\n\n") if _DEFINES.search(b)]
+    used = [False] * len(blocks)
+    text = [body]
+    changed = True
+    while changed:
+        changed = False
+        for i, block in enumerate(blocks):
+            if not used[i] and any(re.search(rf"\b{n}\b", t)
+                                   for n in _DEFINES.findall(block) for t in text):
+                used[i] = changed = True
+                text.append(block)
+    return "\n\n".join(b.strip("\n") for b, u in zip(blocks, used, strict=True) if u)
+
+
 @cache
 def script(name: str) -> Script:
-    """The script ``lua/<name>.lua`` with the common helpers prepended."""
+    """The script ``lua/<name>.lua`` with the common helpers it uses prepended."""
     folder = _lua_dir()
     common = (folder / "_common.lua").read_text(encoding="utf-8")
     body = (folder / f"{name}.lua").read_text(encoding="utf-8")
-    source = f"{common}\n{body}"
+    source = f"{helpers_for(common, body)}\n\n{body}"
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 

@@ -1,8 +1,10 @@
 -- _common.lua: helpers shared by every distlb script.
 --
--- distlb/_scripts.py prepends this file to each script before loading it, so
--- the token-bucket arithmetic exists once. It defines locals only and touches
--- no keys.
+-- distlb/_scripts.py prepends the helpers a script uses to it before loading it, so
+-- the token-bucket arithmetic exists once. It defines locals only and touches no keys.
+-- Blocks are separated by a blank line (keep none inside a block): a block is prepended
+-- when the script, or another prepended block, names a local it defines. Each helper
+-- is a closure created on every call of the script, hence only the used ones.
 
 -- The server clock in integer microseconds. ~1.8e15 today, far below 2^53, so
 -- a Lua double holds it exactly and differences between two readings are exact.
@@ -12,12 +14,18 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- Fractions leave Lua as strings: a Lua number in a reply is truncated to an
--- integer, and one passed to redis.call is written with 14 digits ("%.14g"),
--- which loses precision and turns integers >= 1e14 into "1e+14". fmt is
--- round-trip exact: the shortest of 15 and 17 significant digits that reads
--- back as the same double, so round values stay plain in redis-cli ("10",
--- "0.5") and a stored rate such as 100/3 compares equal to the caller's.
+-- Numbers handed to redis.call are written by the server, in C and round-trip exact:
+-- "%.17g" up to Redis 7.0, the shortest exact form since Redis 7.2 / Valkey (integers
+-- plainly, 100/3 as "33.333333333333336"), fakeredis "%.17g". That is the cheap way to
+-- store a number: no string.format in Lua. (Only Lua's own tostring and ".." use "%.14g",
+-- which loses precision: never build a stored value or a reply number with them.)
+-- Replies cannot carry fractions as numbers (they are truncated to integers), so they
+-- are formatted here: "%.17g" (round-trip exact) inside one string.format per reply
+-- line on the hot paths; fmt below where the value is meant to be read by people.
+
+-- x as the shortest of 15 and 17 significant digits that reads back as the same double,
+-- so round values stay plain ("10", "0.5"). Costs two or three C calls: keep it off the
+-- hot path (it is for rarely written settings and rarely sent figures).
 local function fmt(x)
   if x == math.huge then return 'inf' end
   if x == -math.huge then return '-inf' end
@@ -27,21 +35,21 @@ local function fmt(x)
   return s
 end
 
--- A number as the integer argument of a command (HINCRBY, ZADD scores in us):
--- "%d", never the "%.14g" redis.call would use.
+-- A number as a string for building a field name or a reply ("%d"; tostring would
+-- write integers >= 1e14 as "1e+14"). Command arguments need no int(): pass the number.
 local function int(x)
   return string.format('%d', x)
 end
 
--- A TTL for PEXPIRE, in ms, as a string: at least 1 ms and at most ~31 years,
--- whatever the arithmetic gave (NaN, inf, a huge refill time). The clients
--- validate ranges so that this never bites; it is here so that no script can
--- fail in PEXPIRE after it wrote, leaving a key without a TTL.
+-- A TTL for PEXPIRE, in ms: a whole number of at least 1 ms and at most ~31 years,
+-- whatever the arithmetic gave (NaN, inf, a huge refill time). The clients validate
+-- ranges so that this never bites; it is here so that no script can fail in PEXPIRE
+-- after it wrote, leaving a key without a TTL. A number: redis.call writes it exactly.
 local MAX_TTL_MS = 1e12
 local function ttl(ms)
-  if ms ~= ms or ms > MAX_TTL_MS then ms = MAX_TTL_MS end
-  if ms < 1 then ms = 1 end
-  return string.format('%d', math.ceil(ms))
+  if ms ~= ms or ms > MAX_TTL_MS then return MAX_TTL_MS end
+  if ms < 1 then return 1 end
+  return math.ceil(ms)
 end
 
 -- A stored number, or nil when missing or not a finite number (such a value can
@@ -54,35 +62,59 @@ end
 
 -- Token bucket state at `now`: refilled since its last write, capped at burst.
 -- A missing hash is a full bucket; that is why keys may expire once full.
--- Returns tokens, whether the stored rate/burst differ from the given ones, and
--- whether rate/burst must be (re)written on the next write.
-local function bucket_read(key, rate, burst, now)
-  local s = redis.call('HMGET', key, 'tokens', 'ts_us', 'rate', 'burst')
+-- rate_s and burst_s (optional) are rate and burst as the caller spelled them: a stored
+-- setting spelled alike is equal without converting it (the common case); one spelled
+-- otherwise is compared by value ("10" and "10.0" are the same setting).
+-- Returns tokens, whether the stored rate/burst differ from the given ones, whether
+-- rate/burst must be (re)written on the next write, and the stored exp_us (or nil).
+-- bucket.lua has the same arithmetic inline (its hot path creates no closures): keep
+-- the two in step.
+local function bucket_read(key, rate, burst, now, rate_s, burst_s)
+  local s = redis.call('HMGET', key, 'tokens', 'ts_us', 'rate', 'burst', 'exp_us')
   local tokens = finite(s[1])
   local ts = finite(s[2])
   if tokens == nil or ts == nil then
-    return burst, false, true
+    return burst, false, true, nil
   end
   -- A failover to a replica with a slower clock must not mint tokens from a
-  -- negative interval, hence the max().
-  local elapsed = math.max(0, now - ts)
-  tokens = math.min(burst, tokens + elapsed * rate / 1000000)
-  local differs = tonumber(s[3]) ~= rate or tonumber(s[4]) ~= burst
-  return tokens, differs, differs
+  -- negative interval, hence elapsed > 0.
+  local elapsed = now - ts
+  if elapsed > 0 then tokens = tokens + elapsed * rate / 1000000 end
+  if tokens > burst then tokens = burst end
+  local differs = (s[3] ~= rate_s and tonumber(s[3]) ~= rate)
+    or (s[4] ~= burst_s and tonumber(s[4]) ~= burst)
+  return tokens, differs, differs, finite(s[5])
 end
 
--- Store a bucket and expire it once it would be full again: an expired bucket
+-- Store a bucket and keep it until it would be full again (+1 s): an expired bucket
 -- reads as full, so expiry loses nothing and abandoned buckets cost no memory.
--- rate and burst are stored for people (redis-cli, distlb inspect) and for
--- conflict detection; they are rewritten only when they change.
-local function bucket_write(key, tokens, rate, burst, now, with_config)
+-- The TTL is set with room (the longest refill, burst / rate, + 2 s) and the hash
+-- remembers it in exp_us (server us, a little before the key's real expiry), so most
+-- writes need no PEXPIRE: only one that would outlive exp_us sets a new TTL. An exp_us
+-- that is not a number, or farther than the longest TTL, is not trusted.
+-- rate and burst are stored for people (redis-cli, distlb inspect) and for conflict
+-- detection; they are rewritten only when they change. Numbers go to redis.call as
+-- numbers (written exactly by the server); rate_s/burst_s, when given, are stored as
+-- spelled by the caller, so that the next bucket_read compares strings.
+local function bucket_write(key, tokens, rate, burst, now, with_config, rate_s, burst_s, exp)
+  local keep = exp ~= nil and exp <= now + MAX_TTL_MS * 1000
+    and exp >= now + (burst - tokens) / rate * 1000000 + 1000000
+  local ms = nil
+  if not keep then ms = ttl(burst / rate * 1000 + 2000) end
   if with_config then
-    redis.call('HSET', key, 'tokens', fmt(tokens), 'ts_us', int(now),
-      'rate', fmt(rate), 'burst', fmt(burst))
+    if keep then
+      redis.call('HSET', key, 'tokens', tokens, 'ts_us', now, 'rate', rate_s or rate,
+        'burst', burst_s or burst)
+    else
+      redis.call('HSET', key, 'tokens', tokens, 'ts_us', now, 'rate', rate_s or rate,
+        'burst', burst_s or burst, 'exp_us', now + (ms - 1) * 1000)
+    end
+  elseif keep then
+    redis.call('HSET', key, 'tokens', tokens, 'ts_us', now)
   else
-    redis.call('HSET', key, 'tokens', fmt(tokens), 'ts_us', int(now))
+    redis.call('HSET', key, 'tokens', tokens, 'ts_us', now, 'exp_us', now + (ms - 1) * 1000)
   end
-  redis.call('PEXPIRE', key, ttl((burst - tokens) / rate * 1000 + 1000))
+  if not keep then redis.call('PEXPIRE', key, ms) end
 end
 
 -- Seconds until `cost` tokens are available (inf when cost exceeds burst).

@@ -20,35 +20,40 @@
 -- Ranges: rate, capacity and cost in [1e-9, 1e12], capacity / rate (the longest
 --   wait) at most 10 years, cost >= capacity x 1e-12 (distlb/_validate.py), so
 --   next_us stays far below 2^53 and the TTL far below PEXPIRE's limit.
--- Writes: one HSET (rate and capacity only when missing or changed) with its
+-- Writes: one HSET (rate and capacity only when missing or changed, as the client
+--   spelled them) with its
 --   PEXPIRE (clamped), after every read: nothing can fail after the write.
 
 local mode = ARGV[1]
-local rate, capacity, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local rate_s, capacity_s = ARGV[2], ARGV[3]
+local rate, capacity, cost = tonumber(rate_s), tonumber(capacity_s), tonumber(ARGV[4])
 local now = now_us()
 
 local s = redis.call('HMGET', KEYS[1], 'next_us', 'rate', 'capacity')
 local next_us = math.max(now, finite(s[1]) or now)
-local differs = tonumber(s[2]) ~= rate or tonumber(s[3]) ~= capacity
+-- spelled alike (the common case): equal without converting; else compared by value
+local differs = (s[2] ~= rate_s and tonumber(s[2]) ~= rate)
+  or (s[3] ~= capacity_s and tonumber(s[3]) ~= capacity)
 local conflict = (s[2] and differs) and 1 or 0
 local wait_us = next_us - now
 local queued = wait_us * rate / 1000000
 
 -- Tolerance: the clock counts whole microseconds, so the queue is known only to
 -- within what leaks in 1 us (rate x 1e-6), plus double rounding (capacity x 1e-12).
+-- Replies: one string.format, fractions "%.17g" (round-trip exact).
 if queued + cost > capacity * (1 + 1e-12) + rate * 1e-6 then
   local retry = (queued + cost - capacity) / rate
-  return string.format('0 %s %s %s %d', fmt(wait_us / 1000000), fmt(queued), fmt(retry), conflict)
+  return string.format('0 %.17g %.17g %.17g %d', wait_us / 1000000, queued, retry, conflict)
 end
 if mode == 'take' then
   local new_next = next_us + cost / rate * 1000000
+  -- numbers go to redis.call as numbers: the server writes them exactly
   if differs then
-    redis.call('HSET', KEYS[1], 'next_us', fmt(new_next), 'rate', fmt(rate),
-      'capacity', fmt(capacity))
+    redis.call('HSET', KEYS[1], 'next_us', new_next, 'rate', rate_s, 'capacity', capacity_s)
   else
-    redis.call('HSET', KEYS[1], 'next_us', fmt(new_next))
+    redis.call('HSET', KEYS[1], 'next_us', new_next)
   end
   redis.call('PEXPIRE', KEYS[1], ttl((new_next - now) / 1000 + 1000))
   queued = queued + cost
 end
-return string.format('1 %s %s 0 %d', fmt(wait_us / 1000000), fmt(queued), conflict)
+return string.format('1 %.17g %.17g 0 %d', wait_us / 1000000, queued, conflict)

@@ -201,12 +201,13 @@ elseif op == 'acquire' or op == 'admit' then
   local buckets = {}
   if op == 'admit' then
     for i, spec in ipairs({ARGV[5], ARGV[6]}) do
-      local rate, burst = string.match(spec, '^(%S+) (%S+)$')
-      if rate then
-        rate, burst = tonumber(rate), tonumber(burst)
-        local tokens, _, rewrite = bucket_read(KEYS[6 + i], rate, burst, now)
+      local rate_s, burst_s = string.match(spec, '^(%S+) (%S+)$')
+      if rate_s then
+        local rate, burst = tonumber(rate_s), tonumber(burst_s)
+        local tokens, _, rewrite, exp = bucket_read(KEYS[6 + i], rate, burst, now, rate_s,
+          burst_s)
         buckets[#buckets + 1] = {KEYS[6 + i], tokens, rate, burst, rewrite,
-          i == 1 and 'pool' or 'client'}
+          i == 1 and 'pool' or 'client', rate_s, burst_s, exp}
       end
     end
   end
@@ -221,7 +222,7 @@ elseif op == 'acquire' or op == 'admit' then
     status = 'unknown'
   else
     for _, b in ipairs(buckets) do
-      bucket_write(b[1], b[2] - 1, b[3], b[4], now, b[5])
+      bucket_write(b[1], b[2] - 1, b[3], b[4], now, b[5], b[7], b[8], b[9])
     end
     redis.call('ZADD', leases, now + ttl * 1000, id .. '|' .. lease)
     touched[leases] = true

@@ -53,7 +53,7 @@ local function touch()
   for _, k in ipairs({queue, leases, depth}) do redis.call('PEXPIRE', k, queue_ttl) end
 end
 
-local tokens, _, rewrite = bucket_read(bucket, rate, burst, now)
+local tokens, _, rewrite, exp = bucket_read(bucket, rate, burst, now)
 
 -- Prune waiters whose process stopped polling (bounded work per call).
 local pruned = false
@@ -82,7 +82,7 @@ end
 
 if first and tokens >= cost then
   tokens = tokens - cost
-  bucket_write(bucket, tokens, rate, burst, now, rewrite)
+  bucket_write(bucket, tokens, rate, burst, now, rewrite, nil, nil, exp)
   if my_score then leave(member); touch() end
   return {1, 'admitted', fmt(0), -1, fmt(tokens)}
 end

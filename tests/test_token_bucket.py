@@ -64,11 +64,31 @@ def test_state_is_a_readable_hash_with_ttl(r: redis.Redis, prefix: str) -> None:
     tb.try_acquire(2)
     assert tb.key == f"{prefix}:{{tb:api}}"
     state = r.hgetall(tb.key)
-    assert set(state) == {b"tokens", b"ts_us", b"rate", b"burst"}
-    assert float(state[b"tokens"]) == 3
+    assert set(state) == {b"tokens", b"ts_us", b"rate", b"burst", b"exp_us"}
+    assert float(state[b"tokens"]) == pytest.approx(3, abs=0.01)
     assert float(state[b"rate"]) == 0.01 and float(state[b"burst"]) == 5
-    # Expires once it would be full again (200 s) plus one second of slack.
-    assert 190_000 < r.pttl(tb.key) <= 201_000
+    # Lives at least until it would be full again (200 s) plus one second of slack, at
+    # most the longest refill (500 s) plus two; exp_us is the (server us) end of that TTL.
+    pttl = r.pttl(tb.key)
+    assert 190_000 < pttl <= 502_000
+    assert 0 <= int(state[b"exp_us"]) - int(state[b"ts_us"]) <= 502_000_000
+
+
+def test_ttl_is_set_only_when_the_bucket_would_outlive_it(r: redis.Redis, prefix: str) -> None:
+    """A write that the TTL already covers (exp_us far enough) sends no PEXPIRE; one it
+    does not cover, or an exp_us that is not to be trusted, sets the TTL again."""
+    tb = TokenBucket(r, "api", rate_per_s=10, burst=100, prefix=prefix)
+    assert tb.try_acquire()
+    r.pexpire(tb.key, 100_000)              # a TTL longer than any this bucket would set
+    assert tb.try_acquire()
+    assert r.pttl(tb.key) > 50_000          # covered by exp_us: the TTL was left alone
+    for untrusted in (b"0", b"inf", b"nan", b"1e300", b"junk"):
+        r.hset(tb.key, "exp_us", untrusted)
+        r.pexpire(tb.key, 100_000)
+        assert tb.try_acquire()
+        assert 0 < r.pttl(tb.key) <= 12_000, untrusted   # set again: 10 s refill + 2 s
+        exp_us = float(r.hget(tb.key, "exp_us") or b"nan")
+        assert math.isfinite(exp_us) and exp_us > 0, untrusted
 
 
 def test_denials_write_nothing(r: redis.Redis, prefix: str) -> None:

@@ -55,12 +55,14 @@ def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
         f = text(reply).split()
         if f[1] == "1":
             on_conflict()
-        states = tuple(
-            LimitState(labels[int(f[i]) - 1], f[i + 1] == "1", float(f[i + 2]), float(f[i + 3]),
-                       float(f[i + 4]), float(f[i + 5]), float(f[i + 6]))
-            for i in range(2, len(f), 7)
-        )
-        decision = Decision.from_limits(states)
+        states = []
+        for i in range(2, len(f), 6):
+            # reset_after_s = (burst - remaining) / rate: the script's own arithmetic on
+            # the same doubles (each field is round-trip exact), so it is not sent
+            remaining, rate, burst = float(f[i + 2]), float(f[i + 4]), float(f[i + 5])
+            states.append(LimitState(labels[int(f[i]) - 1], f[i + 1] == "1", remaining,
+                                     float(f[i + 3]), (burst - remaining) / rate, rate, burst))
+        decision = Decision.from_limits(tuple(states))
         _observe.decision("bucket", decision.allowed, kinds.get(decision.limit, "bucket"),
                           decision.limit)
         return decision
