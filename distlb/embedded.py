@@ -226,7 +226,7 @@ def _alive(node: EmbeddedServer) -> bool:
 
 def _linked(c: redis.Redis) -> bool:
     info: Any = c.info("replication")
-    return info.get("master_link_status") == "up"
+    return bool(info.get("master_link_status") == "up")
 
 
 def _wait(what: str, done: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> None:
