@@ -423,41 +423,64 @@ class EmbeddedCluster:
 
     def migrate_slot(self, slot: int, dst: EmbeddedServer, *, atomic: bool = True,
                      step_pause_s: float = 0.0, timeout_s: float = 30.0) -> None:
-        """Move ``slot`` (and its keys) to the primary ``dst`` while clients use it.
+        """Move one slot: see :meth:`migrate_slots`."""
+        self.migrate_slots([slot], dst, atomic=atomic, step_pause_s=step_pause_s,
+                           timeout_s=timeout_s)
 
-        ``atomic``: Valkey 9's ``CLUSTER MIGRATESLOTS`` (the slot is copied in the
-        background and switched at once: no ASK, no TRYAGAIN). Otherwise the classic
-        way ``valkey-cli --cluster reshard`` does it: ``SETSLOT IMPORTING/MIGRATING``,
-        then ``MIGRATE`` one key at a time (``step_pause_s`` between keys stretches the
-        window in which clients meet ``ASK`` and ``TRYAGAIN``), then ``SETSLOT NODE``.
+    def migrate_slots(self, slots: list[int], dst: EmbeddedServer, *, atomic: bool = True,
+                      step_pause_s: float = 0.0, timeout_s: float = 30.0) -> None:
+        """Move ``slots`` (and their keys) to the primary ``dst`` while clients use them.
+
+        ``atomic``: Valkey 9's ``CLUSTER MIGRATESLOTS`` (the slots are copied in the
+        background and switched at once: no ASK, no TRYAGAIN), one command per source.
+        Otherwise the classic way ``valkey-cli --cluster reshard`` does it, slot by slot:
+        ``SETSLOT IMPORTING/MIGRATING``, then ``MIGRATE`` one key at a time
+        (``step_pause_s`` between keys stretches the window in which clients meet
+        ``ASK`` and ``TRYAGAIN``), then ``SETSLOT NODE`` everywhere.
         """
-        src = self.primary_of(slot)
-        if src is dst:
-            return
+        by_source: dict[int, list[int]] = {}
+        for slot in slots:
+            src = self.primary_of(slot)
+            if src is not dst:
+                by_source.setdefault(src.port, []).append(slot)
         dst_id = self.node_id(dst)
-        if atomic:
-            with src.client() as c:
-                c.execute_command("CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", slot, slot,
-                                  "NODE", dst_id)
+        for port, moving in by_source.items():
+            src = self.by_port(port)
+            if atomic:
+                ranges = [x for slot in moving for x in ("SLOTSRANGE", slot, slot, "NODE", dst_id)]
+                with src.client() as c:
+                    c.execute_command("CLUSTER", "MIGRATESLOTS", *ranges)
+            else:
+                for slot in moving:
+                    self.begin_migration(slot, dst)
+                    with src.client() as s:
+                        while True:
+                            keys = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1)
+                            if not keys:
+                                break
+                            s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000,
+                                              "KEYS", *keys)
+                            if step_pause_s:
+                                time.sleep(step_pause_s)
+                    self.end_migration(slot, dst)
+        for slot in slots:
             self.wait_owner(slot, port=dst.port, timeout_s=timeout_s)
-            return
+
+    def begin_migration(self, slot: int, dst: EmbeddedServer) -> EmbeddedServer:
+        """Put ``slot`` in the classic half-moved state (IMPORTING on ``dst``, MIGRATING on
+        its owner, which is returned); move keys with ``MIGRATE``, then :meth:`end_migration`."""
+        src = self.primary_of(slot)
         with src.client() as s, dst.client() as d:
             d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(src))
-            s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
-            while True:
-                keys = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1)
-                if not keys:
-                    break
-                s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys)
-                if step_pause_s:
-                    time.sleep(step_pause_s)
-            d.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-            s.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-        for n in self.primaries():
-            if n is not src and n is not dst:
-                with n.client() as c:
-                    c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-        self.wait_owner(slot, port=dst.port, timeout_s=timeout_s)
+            s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(dst))
+        return src
+
+    def end_migration(self, slot: int, dst: EmbeddedServer) -> None:
+        """Hand ``slot`` to ``dst`` (``SETSLOT NODE``: the importing side first)."""
+        dst_id = self.node_id(dst)
+        for n in [dst, *(n for n in self.primaries() if n is not dst)]:
+            with n.client() as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
 
     def client(self, **kwargs: Any) -> redis.cluster.RedisCluster:
         nodes = [redis.cluster.ClusterNode(h, p) for h, p in self.startup_nodes]
