@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from distlb import _keys, _observe
 from distlb._breaker import BreakerBase, CircuitBreakerCore
 from distlb._core import pool as pl
-from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, owned, steps
 from distlb._events import Subscriber, channel_for
 from distlb._retry import RetryPolicyCore
 from distlb._scripts import script
@@ -503,7 +503,7 @@ class LoadBalancerCore(Subscriber, Shared):
             # is only ever taken by a call that will run (and return it).
             cb = self.breaker_for(backend.id)
             if cb is not None:
-                lease.attempt = yield from steps(cb._attempt())
+                lease.attempt = yield from owned(cb._attempt(), cb._guard)
                 if not lease.attempt.allowed:   # open, or half-open with its probes taken
                     self._open_ids.add(backend.id)
                     if lease.lease_id is not None:
@@ -535,7 +535,7 @@ class LoadBalancerCore(Subscriber, Shared):
                                          repr(self.latency_alpha)], self._local_state,
                              ghost=lease.member if lease.lease_id is not None else None)
         if cb is not None:
-            yield from steps(cb._outcome(lease.attempt, verdict))
+            yield from owned(cb._outcome(lease.attempt, verdict), cb._guard)
         observe = getattr(self.strategy, "observe", None)
         if observe is not None:
             observe(lease.backend.id, duration, verdict != "failure")
@@ -551,7 +551,7 @@ class LoadBalancerCore(Subscriber, Shared):
                          self._local_state)
         cb = self.breaker_for(backend_id)
         if cb is not None:
-            yield from steps(cb._record(not success, None))
+            yield from owned(cb._record(not success, None), cb._guard)
 
     def _renew(self) -> Op[Any]:
         with self._lock:
@@ -570,7 +570,7 @@ class LoadBalancerCore(Subscriber, Shared):
         if self.traffic_shaper is None:
             return Done(None)
         call = self.traffic_shaper._call("take", ctx.client_id if ctx else None, 1, 0, None)
-        return _admitted(call)
+        return owned(_admitted(call), self.traffic_shaper._guard)
 
     def _attempt_once(self, fn: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any], ctx: Context | None,

@@ -176,10 +176,29 @@ class SyncBus(_Bus):
                             pubsub.close()
                     pubsub = None
                     self.stop.wait(self.heartbeat_s)
+                    _refresh_topology(self.client)
         finally:
             if pubsub is not None:
                 with contextlib.suppress(Exception):
                     pubsub.close()
+
+
+def _refresh_topology(client: Any) -> Any:
+    """After the subscription's node failed: refresh a cluster client's slot map.
+
+    A cluster subscription lives on the primary of the channel's slot. A client whose
+    data commands never failed (every entity on healthy shards) never refreshes its map,
+    and would keep resubscribing at the dead node after its replica took over. Returns
+    the asyncio client's coroutine to await; nothing for other clients.
+    """
+    manager = getattr(client, "nodes_manager", None)
+    initialize = getattr(manager, "initialize", None)
+    if initialize is None:
+        return None
+    try:
+        return initialize()
+    except Exception:   # still down: the next attempt refreshes again
+        return None
 
 
 class AsyncBus(_Bus):
@@ -247,6 +266,10 @@ class AsyncBus(_Bus):
                 await _close(pubsub)
                 pubsub = None
                 await asyncio.sleep(self.heartbeat_s)
+                refreshed = _refresh_topology(self.client)
+                if refreshed is not None:
+                    with contextlib.suppress(Exception):
+                        await refreshed
 
 
 #: Bus tasks cancelled and not yet finished (their pub/sub connection closing).

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from distlb import _observe
-from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep, Steps, steps, text
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep, Steps, owned, text
 from distlb._runtime import AsyncRunner, StoreGuard, SyncRunner
 from distlb._scripts import script
 from distlb._shared import Clock, Shared
@@ -437,7 +437,7 @@ class RetryPolicyCore:
             if attempt == 1 and self.budget is not None:
                 # A request deposits once it was made: one refused before reaching a
                 # backend (rate limited: the attempt raised) must not earn retries.
-                yield from steps(self.budget._deposit(1))
+                yield from owned(self.budget._deposit(1), self.budget._guard)
             longest = max(longest, outcome.duration_s)
             error = outcome.error
             if error is None:
@@ -455,7 +455,7 @@ class RetryPolicyCore:
                 _observe.retry("gave_up")
                 return _give_up(outcome)
             if self.budget is not None:
-                decision = yield self.budget._withdraw()
+                decision = yield from owned(self.budget._withdraw(), self.budget._guard)
                 if not decision.allowed:
                     _observe.retry("budget_denied")
                     exhausted = RetryBudgetExhausted(self.budget.name, attempt, decision.balance)

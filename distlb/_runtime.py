@@ -331,7 +331,7 @@ class SyncRunner:
         self.sleep = sleep
 
     def call(self, call: Call[T]) -> T:
-        guard = self.guard
+        guard: StoreGuard = call.guard or self.guard
         if guard.skip():
             return guard.fallback(call)
         try:
@@ -515,8 +515,9 @@ class AsyncRunner:
         self._batcher = _Batcher(client) if auto_pipeline else None
 
     async def call(self, call: Call[T]) -> T:
-        if self.guard.skip():
-            return self.guard.fallback(call)
+        guard: StoreGuard = call.guard or self.guard
+        if guard.skip():
+            return guard.fallback(call)
         try:
             if self._batcher is not None:
                 reply = await self._batcher.submit(call)
@@ -524,9 +525,9 @@ class AsyncRunner:
                 reply = await run_async(self.client, call.script, call.keys, call.args)
         except (TimeoutError, rx.RedisError, OSError) as exc:
             if unavailable(exc):
-                return self.guard.fallback(call, exc)
+                return guard.fallback(call, exc)
             raise store_error(f"{call.script.name}.lua", exc) from exc
-        self.guard.succeeded()
+        guard.succeeded()
         return call.parse(reply)
 
     async def command(self, cmd: Command) -> Any:

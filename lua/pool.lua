@@ -260,9 +260,12 @@ elseif op == 'renew' then
 end
 
 -- Every key this call wrote (or a read keeps alive) gets its TTL now, not at some later
--- call: a short-lived process leaves nothing behind forever.
+-- call: a short-lived process leaves nothing behind forever. pcall: a key this call
+-- emptied (the last lease given back) is gone, and while its cluster slot is being
+-- migrated away the server refuses to touch a missing key ("non local key"); a
+-- missing key needs no TTL.
 for k in pairs(touched) do
-  redis.call('PEXPIRE', k, POOL_TTL_MS)
+  redis.pcall('PEXPIRE', k, POOL_TTL_MS)
 end
 
 local current = token()
