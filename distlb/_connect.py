@@ -82,7 +82,7 @@ def connect(url: str | None = None, *, asyncio: bool = False, cluster: bool | No
                                 "socket_connect_timeout": CONNECT_TIMEOUT_S,
                                 "retry": _no_retry(asyncio), **overrides}
     if cluster is None:
-        cluster = _is_cluster(url, settings)
+        cluster = _is_cluster(field, url, settings)
     if asyncio:
         cls: Any = redis.asyncio.cluster.RedisCluster if cluster else redis.asyncio.Redis
     else:
@@ -120,7 +120,7 @@ def _check_url(field: str, url: object) -> None:
                                  + " (e.g. redis://localhost:6379/0)")
 
 
-def _is_cluster(url: str, settings: dict[str, Any]) -> bool:
+def _is_cluster(field: str, url: str, settings: dict[str, Any]) -> bool:
     """Whether the server at ``url`` is a cluster node: one short-lived sync connection.
 
     ``HELLO 2`` reports ``mode`` and is allowed to every authenticated user (the README's
@@ -128,8 +128,9 @@ def _is_cluster(url: str, settings: dict[str, Any]) -> bool:
     """
     probe_settings = {**settings, "retry": _no_retry(False), "protocol": 2,
                       "decode_responses": True, "single_connection_client": True}
-    probe = redis.Redis.from_url(url, **probe_settings)
+    probe = None
     try:
+        probe = redis.Redis.from_url(url, **probe_settings)   # connects here
         try:
             hello = probe.execute_command("HELLO", "2")
             reply = dict(zip(hello[::2], hello[1::2], strict=False))
@@ -140,6 +141,9 @@ def _is_cluster(url: str, settings: dict[str, Any]) -> bool:
             return bool(probe.info("cluster").get("cluster_enabled"))
     except redis.RedisError as exc:
         where = redact_url(url)
+        if isinstance(exc, redis.ResponseError) and "DB index is out of range" in str(exc):
+            raise ConfigError(field, f"{where}: {exc} (the server has fewer databases; a "
+                                     "cluster has database 0 only)") from exc
         if refused(exc):
             raise store_error(f"connect to {where}", exc) from exc
         if unavailable(exc):
@@ -148,7 +152,8 @@ def _is_cluster(url: str, settings: dict[str, Any]) -> bool:
                 "cluster=False (or True) to build the client without asking") from exc
         raise store_error(f"connect to {where}", exc) from exc
     finally:
-        probe.close()
+        if probe is not None:
+            probe.close()
 
 
 def connect_async(url: str | None = None, *, asyncio: bool = True, cluster: bool | None = None,
