@@ -5,6 +5,7 @@ consistent view of limits; every change to that state is one atomic Lua script
 run on the server's clock. ``distlb.aio`` has the same classes for asyncio.
 """
 
+from distlb._connect import connect
 from distlb._keys import DEFAULT_PREFIX
 from distlb.balancer import (
     BackendExists,
@@ -116,4 +117,5 @@ __all__ = [
     "UnknownBackend",
     "WeightedLeastConnectionsBalancer",
     "WeightedRoundRobinBalancer",
+    "connect",
 ]

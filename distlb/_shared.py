@@ -38,14 +38,17 @@ def check_client(client: Any, is_async: bool) -> Any:
     """
     execute = getattr(client, "execute_command", None)
     if isinstance(client, (str, bytes)) or not callable(getattr(client, "evalsha", None)):
-        hint = " (build one with redis.Redis.from_url(url))" if isinstance(client, str) else ""
+        builder = "distlb.aio.connect" if is_async else "distlb.connect"
+        hint = (f" (build one from a URL with {builder}(url), or {builder}() for "
+                f"$DISTLB_REDIS_URL)")
         raise ConfigError("client", f"must be a redis-py (or valkey-py) client, got "
                                     f"{type(client).__name__}{hint}")
     if callable(execute) and inspect.iscoroutinefunction(execute) != is_async:
         want, got = ("an asyncio", "a sync") if is_async else ("a sync", "an asyncio")
         raise ConfigError("client", f"must be {want} client (redis.asyncio.Redis for distlb.aio, "
                                     f"redis.Redis otherwise), got {got} "
-                                    f"{type(client).__name__}")
+                                    f"{type(client).__name__} (distlb.aio.connect(url) builds "
+                                    f"an asyncio one, distlb.connect(url) a sync one)")
     return client
 
 Clock = Callable[[], float]

@@ -7,6 +7,13 @@
   RESP2/RESP3 x decode_responses off/on.
 * ``prefix``: a fresh key prefix per test, so tests never see each other's keys
   and never need FLUSHALL on a shared server.
+
+``pytest --fakeredis`` runs the single-process tests of every primitive again on
+fakeredis (issue #14): ``client``, ``r`` and ``ar`` become ``fakeredis`` clients on one
+in-process ``FakeServer``, and only the tests that use one of them and no real server
+(``server_url``, ``own_server``, ``cluster``, ``rc``, ``target``; the ``multiprocess``,
+``cluster``, ``faults`` and ``real_server`` markers) are collected; the rest are
+deselected, not skipped. CI runs both.
 """
 
 from __future__ import annotations
@@ -21,6 +28,47 @@ import redis
 import redis.asyncio
 
 from distlb.embedded import EmbeddedCluster, EmbeddedServer
+
+#: Fixtures that mean a real server (or several processes on one): never faked.
+REAL_ONLY_FIXTURES = {"server_url", "own_server", "cluster", "rc", "target"}
+REAL_ONLY_MARKERS = {"multiprocess", "cluster", "faults", "real_server"}
+STORE_FIXTURES = {"client", "r", "ar"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fakeredis", action="store_true",
+                     help="run the single-process store tests on fakeredis instead of a server")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_server: cannot hold on fakeredis (says why); "
+                                       "left out of `pytest --fakeredis`")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--fakeredis"):
+        return
+    keep, drop = [], []
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        marks = {m.name for m in item.iter_markers()}
+        fakeable = (names & STORE_FIXTURES and not names & REAL_ONLY_FIXTURES
+                    and not marks & REAL_ONLY_MARKERS)
+        (keep if fakeable else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def fake_server(pytestconfig: pytest.Config) -> Any:
+    """The one in-process fakeredis server of a ``--fakeredis`` run, else None."""
+    if not pytestconfig.getoption("--fakeredis"):
+        return None
+    import fakeredis
+
+    return fakeredis.FakeServer()
+
 
 CLIENT_MODES = [(2, False), (2, True), (3, False), (3, True)]
 MODE_IDS = [f"resp{p}-{'str' if d else 'bytes'}" for p, d in CLIENT_MODES]
@@ -57,9 +105,16 @@ def _keys_without_ttl(c: redis.Redis) -> list[str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def every_key_has_a_ttl(server_url: str) -> Iterator[None]:
+def every_key_has_a_ttl(request: pytest.FixtureRequest, fake_server: Any) -> Iterator[None]:
+    # Looked up, not requested: a --fakeredis run must not start a real server for it.
+    url = None if fake_server is not None else request.getfixturevalue("server_url")
     yield
-    c = redis.Redis.from_url(server_url)
+    if url is None:
+        import fakeredis
+
+        c = fakeredis.FakeRedis(server=fake_server)
+    else:
+        c = redis.Redis.from_url(url)
     try:
         offenders = _keys_without_ttl(c)
         if offenders:
@@ -80,25 +135,39 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+def _store_client(request: pytest.FixtureRequest, fake_server: Any, *,
+                  is_async: bool = False, **kwargs: Any) -> Any:
+    """A client on the real server, or on the fake one in a ``--fakeredis`` run."""
+    if fake_server is not None:
+        import fakeredis
+        import fakeredis.aioredis
+
+        cls = fakeredis.aioredis.FakeRedis if is_async else fakeredis.FakeRedis
+        return cls(server=fake_server, **kwargs)
+    url = request.getfixturevalue("server_url")
+    return (redis.asyncio.Redis if is_async else redis.Redis).from_url(url, **kwargs)
+
+
 @pytest.fixture(params=CLIENT_MODES, ids=MODE_IDS)
-def client(request: pytest.FixtureRequest, server_url: str) -> Iterator[redis.Redis]:
+def client(request: pytest.FixtureRequest, fake_server: Any) -> Iterator[redis.Redis]:
     protocol, decode = request.param
-    c = redis.Redis.from_url(server_url, protocol=protocol, decode_responses=decode)
+    c = _store_client(request, fake_server, protocol=protocol, decode_responses=decode)
     yield c
     c.close()
 
 
 @pytest.fixture
-def r(server_url: str) -> Iterator[redis.Redis]:
+def r(request: pytest.FixtureRequest, fake_server: Any) -> Iterator[redis.Redis]:
     """A plain RESP2 bytes client, for tests that do not vary the reply mode."""
-    c = redis.Redis.from_url(server_url)
+    c = _store_client(request, fake_server)
     yield c
     c.close()
 
 
 @pytest.fixture
-async def ar(server_url: str) -> AsyncIterator[redis.asyncio.Redis]:
-    c = redis.asyncio.Redis.from_url(server_url)
+async def ar(request: pytest.FixtureRequest,
+             fake_server: Any) -> AsyncIterator[redis.asyncio.Redis]:
+    c = _store_client(request, fake_server, is_async=True)
     yield c
     await c.aclose()
 

@@ -228,6 +228,14 @@ def test_adaptive_trips_on_rate_after_min_calls(client: redis.Redis, prefix: str
     assert cb.state().state == "open"
 
 
+def to_next_bucket(r: redis.Redis, bucket_s: float) -> None:
+    """Sleep to just after the start of the next ``bucket_s`` bucket on the server clock,
+    so the calls that follow fill whole buckets however slow the store (fakeredis, a loaded
+    machine): a bucket holding only the first few calls would skew what it teaches."""
+    sec, usec = r.time()
+    time.sleep(bucket_s - (sec + usec / 1e6) % bucket_s + 0.002)
+
+
 def test_adaptive_threshold_follows_the_baseline(r: redis.Redis, prefix: str) -> None:
     cb = AdaptiveCircuitBreaker(r, "api", error_rate_threshold=0.1, window_s=0.4, buckets=4,
                                 min_calls=10, baseline_factor=2.0, baseline_alpha=0.2,
@@ -239,6 +247,7 @@ def test_adaptive_threshold_follows_the_baseline(r: redis.Redis, prefix: str) ->
             cb.record_result((i + 1) % one_error_in != 0)  # never above 1/n errors
             i += 1
 
+    to_next_bucket(r, 0.1)
     run(0.6, 12)     # normally ~8% errors: under the 10% floor, the baseline learns ~8%
     assert cb.state().state == "closed"
     assert 0.05 < float(r.hget(cb.key, "baseline")) < 0.12
@@ -312,6 +321,7 @@ def test_adaptive_incident_bucket_does_not_become_the_baseline(r: redis.Redis,
     for _ in range(5):
         cb.record_result(False)       # all failing, in one bucket
     time.sleep(0.26)                  # that bucket completes: it is an incident, not normal
+    to_next_bucket(r, 0.25)           # and the successes below share one bucket
     for _ in range(5):
         cb.record_result(True)
     assert cb.state().state == "open"

@@ -256,7 +256,7 @@ def test_a_url_or_the_wrong_flavour_of_client_is_a_config_error(r: redis.Redis) 
                   lambda c: aio.LoadBalancer(c, "pool")):
         with pytest.raises(ConfigError, match="must be an asyncio client"):
             amake(r)
-    with pytest.raises(ConfigError, match=r"redis\.Redis\.from_url"):
+    with pytest.raises(ConfigError, match=r"distlb\.connect\(url\)"):
         TrafficShaper("redis://localhost")
 
 

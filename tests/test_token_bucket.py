@@ -25,7 +25,8 @@ def test_burst_then_deny_with_accurate_retry_after(client: redis.Redis, prefix: 
     # One token takes 100 ms at 10/s, less what refilled while the six calls ran.
     assert 0.1 - elapsed - 0.001 < denied.retry_after_s <= 0.1
     assert 0.5 - elapsed - 0.001 < denied.reset_after_s <= 0.5
-    assert denied.remaining < 0.2
+    # What refilled while the calls ran, at 10/s (fakeredis or a loaded machine is slow).
+    assert denied.remaining <= 10 * elapsed + 1e-3
     assert "denied by api (10/s, burst 5" in denied.explanation
 
 

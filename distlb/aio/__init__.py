@@ -4,6 +4,7 @@ Pass a ``redis.asyncio`` client (``Redis``, ``RedisCluster`` or a Sentinel
 master). Results, errors and ``Limit`` are shared with the sync package.
 """
 
+from distlb._connect import connect_async as connect
 from distlb.aio.balancer import (
     BackendExists,
     BackendStats,
@@ -74,4 +75,5 @@ __all__ = [
     "TrafficShaper",
     "Transition",
     "UnknownBackend",
+    "connect",
 ]
