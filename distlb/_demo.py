@@ -205,7 +205,7 @@ def _worker(cfg: DemoConfig, index: int, barrier: Any, out: Any) -> None:
         cb = lb.breaker_for(b.id)
         assert cb is not None
         cb.add_listener(on_transition)
-        cb._run(cb._attempt())  # learn its state now
+        cb.can_attempt()  # learn its state now
     lock = threading.Lock()
     counts: dict[str, Any] = {"served": {}, "clients": dict.fromkeys(CLIENTS, 0),
                               "limited": 0, "failed": 0, "attempts": 0}

@@ -65,6 +65,11 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def events_channel(prefix: str) -> str:
+    """The pub/sub channel scripts publish shared-state events on: ``<prefix>:events``."""
+    return f"{prefix}:events"
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRef:
     """A parsed distlb key: what the CLI shows for each key it finds."""

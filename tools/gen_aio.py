@@ -23,10 +23,14 @@ MODULES = {"distlb/shaping.py": "distlb/aio/shaping.py",
            "distlb/balancer.py": "distlb/aio/balancer.py"}
 #: methods that stay sync in the asyncio shell (they do no I/O)
 SYNC_METHODS = {"with_global_limit", "__call__", "guard", "__init__", "connection",
-                "start_health_checks", "_renewer", "close"}
+                "start_health_checks", "_renewer", "close", "_new_breaker",
+                "__post_init__", "_run", "breaker_for"}
 #: plain renames, applied in order
 RENAMES = [
+    ("SyncShared", "AsyncShared"),
+    ("SyncRunner(guard, self.sleep)", "AsyncRunner(guard, sleep=self.sleep)"),
     ("SyncRunner", "AsyncRunner"),
+    ("SyncDrive", "AsyncDrive"),
     ("SyncBus", "AsyncBus"),
     ("SyncTicker", "AsyncTicker"),
     ("from distlb.breaker import", "from distlb.aio.breaker import"),

@@ -6,7 +6,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from distlb._scripts import Arg, Script
+from distlb._core.guard import StoreGuard
+from distlb._core.scripts import Arg, Script
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -25,6 +26,10 @@ class Call(Generic[T]):
     args: tuple[Arg, ...]
     parse: Callable[[Any], T]
     fallback: Callable[[], T]
+    #: The primitive whose call this is (its guard: the client to run it on, the failure
+    #: policy's bookkeeping). A pool that runs its shaper's admission runs it on the
+    #: shaper's client and guard. ``None``: the driving runner's own.
+    owner: StoreGuard | None = None
     #: The command as packed for the wire, filled once by the asyncio batcher
     #: (calls are reused, so packing is paid once, not per request).
     packed: list[bytes] = field(default_factory=list, compare=False, repr=False)
