@@ -187,8 +187,8 @@ class LoadBalancerCore(Subscriber, Shared):
         self.subscribe = bool(subscribe)
         self.channel = _keys.events_channel(self.prefix)
         k = self.key
-        self.keys = (k, f"{k}:backends", f"{k}:conns", f"{k}:leases", f"{k}:stats",
-                     f"{k}:since")
+        self.keys = (k, *(_keys.part(k, p) for p in ("backends", "conns", "leases", "stats",
+                                                       "since")))
         self._lock = threading.Lock()
         self._records: dict[str, pl.Record] = {}
         self._version = ""                # the registry token of the view; "" = none yet
@@ -480,7 +480,7 @@ class LoadBalancerCore(Subscriber, Shared):
         specs = [self.rate_limit.encode() if self.rate_limit else "-",
                  self.client_limit.encode() if self.client_limit and ctx.client_id else "-"]
         return self._plan("admit", [*args, *specs], self._local_state,
-                          (f"{self.key}:rl", f"{self.key}:rl:c:{client}"),
+                          (_keys.part(self.key, "rl"), _keys.part(self.key, "rl", "c", client)),
                           ghost=f"{backend_id}|{lease_id}")
 
     def _lease(self, ctx: Context | None, tried: set[str], admit: bool = True) -> Steps[Lease]:
@@ -631,7 +631,7 @@ class LoadBalancerCore(Subscriber, Shared):
     def _health_round(self, check: Callable[[Backend], Any], lease_s: float) -> Steps[int]:
         """If this process holds the checker role, probe every backend and publish changes.
         Returns how many backends changed health."""
-        elected: int = yield Call(script("elect"), (f"{self.key}:checker",),
+        elected: int = yield Call(script("elect"), (_keys.part(self.key, "checker"),),
                                   (self._checker_id, math.ceil(lease_s * 1000)), int,
                                   lambda: 0, self._guard)
         if not elected:

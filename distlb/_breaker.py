@@ -75,7 +75,7 @@ class BreakerBase(Subscriber, Shared):
         if not isinstance(subscribe, bool):
             raise ConfigError("subscribe", "must be True or False")
         self.subscribe = subscribe
-        self.keys = (self.key, f"{self.key}:probes", f"{self.key}:window")
+        self.keys = (self.key, _keys.part(self.key, "probes"), _keys.part(self.key, "window"))
         self.channel = _keys.events_channel(self.prefix)
         self._config = bk.Config(
             rule, f"{math.ceil(self.open_timeout_s * 1000)} {self.success_threshold} "

@@ -158,11 +158,11 @@ class LeakyBucketCore(_Limiter):
     """A leaky bucket shared by every process: output leaves evenly at ``rate_per_s``.
 
     ``capacity`` is how many units may wait for their slot; the longest wait is
-    ``capacity / rate_per_s`` seconds. Key: ``<prefix>:{lb:<name>}``, a hash with
+    ``capacity / rate_per_s`` seconds. Key: ``<prefix>:{lk:<name>}``, a hash with
     ``next_us``, ``rate``, ``capacity``.
     """
 
-    kind = "lb"
+    kind = "lk"
 
     def __init__(self, client: Any, name: str, *, rate_per_s: float, capacity: float,
                  prefix: str = _keys.DEFAULT_PREFIX, on_store_error: StorePolicy = "fail_open",
@@ -244,7 +244,7 @@ class TrafficShaperCore(_Limiter):
         super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
                          expected_processes=expected_processes,
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
-        self.limits_key = f"{self.key}:limits"
+        self.limits_key = _keys.part(self.key, "limits")
         self._conflict = bucket.warn_conflict_once(f"traffic shaper {name!r}")
 
     # -- planning -------------------------------------------------------------------------------
@@ -260,7 +260,8 @@ class TrafficShaperCore(_Limiter):
             if limit:
                 check_amount(amount, burst, "bytes" if "bandwidth" in label else "cost",
                              f"the {label} burst")
-            specs.append(bucket.BucketSpec(f"{self.key}:{part}", label, rate, burst, amount, field))
+            specs.append(bucket.BucketSpec(_keys.part(self.key, part), label, rate, burst, amount,
+                                           field))
 
         add("global", "global", self.global_limit, c, "global")
         if client_id is not None:
@@ -326,10 +327,10 @@ class TrafficShaperCore(_Limiter):
 
     def _reset_client(self, client_id: str) -> Op[int]:
         cid = _keys.escape(client_id, "client_id")
-        return self._delete([f"{self.key}:c:{cid}", f"{self.key}:cb:{cid}"])
+        return self._delete([_keys.part(self.key, "c", cid), _keys.part(self.key, "cb", cid)])
 
     def _reset(self) -> Op[int]:
-        return self._delete([f"{self.key}:global"])
+        return self._delete([_keys.part(self.key, "global")])
 
 
 def parse_limits(raw: Mapping[Any, Any]) -> dict[str, Limit]:
@@ -386,7 +387,8 @@ class PriorityLimiterCore(_Limiter):
         super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
                          expected_processes=expected_processes,
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
-        self.keys = (self.key, f"{self.key}:queue", f"{self.key}:leases", f"{self.key}:depth")
+        self.keys = (self.key, _keys.part(self.key, "queue"), _keys.part(self.key, "leases"),
+                     _keys.part(self.key, "depth"))
 
     def _call(self, mode: priority.Mode, ticket: str, level: int,
               cost: float) -> Call[PriorityDecision]:

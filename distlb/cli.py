@@ -238,8 +238,8 @@ def _describe(event: dict[str, Any], color: bool) -> str:
     return f"{stamp}  {json.dumps(event, sort_keys=True)}"
 
 
-RESETTABLE = {"bucket": "tb", "leaky": "lb", "shaper": "ts", "priority": "pq",
-              "breaker": "cb", "budget": "rb", "pool": "pool"}
+#: ``distlb reset`` word -> kind code, from the one table of kinds.
+RESETTABLE = {word: kind.code for word, kind in _keys.BY_COMMAND.items()}
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
@@ -256,13 +256,15 @@ def cmd_reset(args: argparse.Namespace) -> int:
     if isinstance(connected, int):
         return connected
     client, url = connected
-    kind = RESETTABLE[args.kind]
+    descriptor = _keys.BY_COMMAND[args.kind]
+    kind = descriptor.code
     entity = _keys.entity(args.prefix, kind, _keys.escape(args.name))
     # All of an entity's keys share its hash tag: one slot, so one node holds them all.
     found = sorted({k.decode() for k in client.scan_iter(match=f"{_glob(entity)}*")})
     # A shaper's shared overrides are configuration, not state: reset refills its buckets
     # and keeps them, as TrafficShaper.reset()/reset_client() do (remove_* deletes them).
-    kept = [k for k in found if kind == "ts" and k == f"{entity}:limits"]
+    kept = [k for k in found
+            if any(k == _keys.part(entity, p) for p in descriptor.kept_on_reset)]
     keys = [k for k in found if k not in kept]
     if not keys:
         print(f"nothing to reset: no keys for {args.kind} {args.name!r} under prefix "
@@ -276,7 +278,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("not reset")
             return 1
-    if kind == "cb":
+    if descriptor.reset == "close":
         from distlb.breaker import CircuitBreaker
         CircuitBreaker(client, args.name, prefix=args.prefix, subscribe=False).reset()
     else:
