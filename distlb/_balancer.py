@@ -292,6 +292,12 @@ class LoadBalancerCore(Subscriber, Shared):
                 r.since_us / 1e6 + self._offset_s, dict(r.metadata)))
         return tuple(out)
 
+    @property
+    def known_backends(self) -> tuple[Backend, ...]:
+        """The backends as this process last saw them (registry, connection counts,
+        statistics), without a round trip; ``backends()`` refreshes first."""
+        return self._snapshot
+
     def _on_event(self, event: dict[str, Any]) -> None:
         if str(event.get("version")) != self._version:
             self._stale = True

@@ -95,6 +95,12 @@ class BreakerBase(Subscriber, Shared):
         the subscriber thread), and the local twin's while the store is unreachable."""
         self._listeners.append(listener)
 
+    @property
+    def known_state(self) -> str | None:
+        """The state this process last saw (``"closed"``, ``"open"``, ``"half_open"``), without
+        a round trip; None before it saw any. ``state()`` reads the store."""
+        return self._view.state
+
     def _subscription(self) -> float | None:
         """The healthy subscription now, if this object already joined a bus (joins none)."""
         return self._bus.subscribed_since() if self._bus is not None else None

@@ -26,7 +26,7 @@ IO_LIBRARIES = {"redis", "valkey", "socket", "ssl", "asyncio", "selectors", "sub
 IO_MODULES = {"distlb._runtime", "distlb._scripts", "distlb._events", "distlb._background",
               "distlb._shell", "distlb.shaping", "distlb.breaker", "distlb.retry",
               "distlb.balancer", "distlb.aio", "distlb.embedded", "distlb.cli",
-              "distlb._demo", "distlb._inspect", "distlb.integrations", "distlb.metrics"}
+              "distlb.integrations", "distlb.metrics"}
 
 
 def _file(module: str) -> Path | None:

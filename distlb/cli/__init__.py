@@ -24,7 +24,7 @@ from typing import Any
 import redis
 
 from distlb import _keys
-from distlb._inspect import plural, redact_url
+from distlb.cli.inspect import plural, redact_url
 from distlb.errors import ConfigError
 
 WRONG_PASSWORD = "the server refused the password (check the URL's credentials)"
@@ -91,7 +91,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from distlb._demo import DemoConfig, run_backends, run_demo, run_worker
+    from distlb.cli.demo import DemoConfig, run_backends, run_demo, run_worker
 
     if args.role != "all" and not (args.prefix and _url(args)):
         return _fail("--role backends/worker need a shared server and prefix: "
@@ -124,7 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from distlb import _inspect
+    from distlb.cli import inspect as _inspect
 
     connected = _connect(args)
     if isinstance(connected, int):
@@ -164,7 +164,7 @@ def _positive_int(text: str) -> int:
 
 
 def _connect(args: argparse.Namespace) -> tuple[Any, str] | int:
-    from distlb import _inspect
+    from distlb.cli import inspect as _inspect
 
     url = _url(args)
     if not url:
@@ -296,7 +296,7 @@ def _glob(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from distlb import __version__
-    from distlb._demo import MAX_BACKENDS, MAX_WORKERS
+    from distlb.cli.demo import MAX_BACKENDS, MAX_WORKERS
 
     parser = argparse.ArgumentParser(
         prog="distlb", description="distlb: a demo of worker processes sharing one load "
@@ -373,7 +373,3 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -76,7 +76,7 @@ def connect(url: str, **kwargs: Any) -> Any:
     return r
 
 
-def _node_clients(client: Any) -> Iterator[Any]:
+def node_clients(client: Any) -> Iterator[Any]:
     if isinstance(client, redis.cluster.RedisCluster):
         for node in client.get_primaries():
             yield client.get_redis_connection(node)
@@ -91,7 +91,7 @@ def _s(v: Any) -> str:
 def scan(client: Any, prefix: str = _keys.DEFAULT_PREFIX, count: int = 500) -> list[Entity]:
     """Every distlb entity under ``prefix``, from SCAN on each primary."""
     grouped: dict[tuple[str, str], list[KeyState]] = {}
-    for node in _node_clients(client):
+    for node in node_clients(client):
         for raw in node.scan_iter(match=f"{prefix}:{{*", count=count):
             key = _s(raw)
             ref = _keys.parse(key)
@@ -107,7 +107,7 @@ def scan(client: Any, prefix: str = _keys.DEFAULT_PREFIX, count: int = 500) -> l
 
 
 def _server_time_us(client: Any) -> int:
-    node = next(_node_clients(client))
+    node = next(node_clients(client))
     sec, usec = node.time()
     return int(sec) * 1_000_000 + int(usec)
 
