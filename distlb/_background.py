@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distlb.strategies import Backend
 
 log = logging.getLogger("distlb")
 
@@ -80,3 +84,15 @@ class AsyncTicker:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+def tcp_check(timeout_s: float = 1.0) -> Callable[[Backend], bool]:
+    """A health check that opens (and closes) a TCP connection to the backend's address."""
+    def check(backend: Backend) -> bool:
+        host, _, port = backend.address.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+                return True
+        except OSError:
+            return False
+    return check

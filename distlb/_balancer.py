@@ -12,21 +12,20 @@ import functools
 import itertools
 import math
 import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any
 
 from distlb import _keys, _observe
-from distlb._breaker import BreakerBase, CircuitBreakerCore
+from distlb._breaker import BreakerBase
 from distlb._core import pool as pl
-from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, owned, steps
-from distlb._events import Subscriber, channel_for
+from distlb._core.bus import Subscriber
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
+from distlb._core.scripts import script
 from distlb._retry import RetryPolicyCore
-from distlb._scripts import script
 from distlb._shaping import Limit, TrafficShaperCore
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number
@@ -147,7 +146,6 @@ class LoadBalancerCore(Subscriber, Shared):
     """
 
     kind = "pool"
-    _breaker_type: ClassVar[type[CircuitBreakerCore]]
 
     def __init__(self, client: Any, name: str, strategy: Strategy | None = None, *,
                  rate_limit: Limit | None = None, client_limit: Limit | None = None,
@@ -187,10 +185,10 @@ class LoadBalancerCore(Subscriber, Shared):
         self.refresh_s = number("refresh_s", refresh_s, low_inclusive=True, high=3600)
         self.latency_alpha = number("latency_alpha", latency_alpha, high=1)
         self.subscribe = bool(subscribe)
-        self.channel = channel_for(self.prefix)
+        self.channel = _keys.events_channel(self.prefix)
         k = self.key
-        self.keys = (k, f"{k}:backends", f"{k}:conns", f"{k}:leases", f"{k}:stats",
-                     f"{k}:since")
+        self.keys = (k, *(_keys.part(k, p) for p in ("backends", "conns", "leases", "stats",
+                                                       "since")))
         self._lock = threading.Lock()
         self._records: dict[str, pl.Record] = {}
         self._version = ""                # the registry token of the view; "" = none yet
@@ -244,7 +242,7 @@ class LoadBalancerCore(Subscriber, Shared):
 
         return Call(script("pool"), self.keys + extra_keys,
                     (op, *args, *ghosts, len(ghosts), self._version, self.name, self.channel),
-                    parse, unavailable)
+                    parse, unavailable, self._guard)
 
     def _local_state(self) -> pl.PoolState:
         """The fallback while the store is unreachable: keep the last known view."""
@@ -294,6 +292,12 @@ class LoadBalancerCore(Subscriber, Shared):
                 r.since_us / 1e6 + self._offset_s, dict(r.metadata)))
         return tuple(out)
 
+    @property
+    def known_backends(self) -> tuple[Backend, ...]:
+        """The backends as this process last saw them (registry, connection counts,
+        statistics), without a round trip; ``backends()`` refreshes first."""
+        return self._snapshot
+
     def _on_event(self, event: dict[str, Any]) -> None:
         if str(event.get("version")) != self._version:
             self._stale = True
@@ -305,27 +309,38 @@ class LoadBalancerCore(Subscriber, Shared):
             return Done(None)
         return self._plan("snapshot", [], self._local_state)
 
-    def breaker_for(self, backend_id: str) -> BreakerBase | None:
-        """The circuit breaker of one backend (shared by every process), if the pool has them."""
+    def _breaker_of(self, backend_id: str) -> BreakerBase | None:
+        """The circuit breaker of one backend (shared by every process), if the pool has them
+        (the shells' public ``breaker_for`` types it as their own breaker class)."""
         if self.breaker_settings is None:
             return None
         with self._lock:
             cb = self._breakers.get(backend_id)
             if cb is None:
-                s = self.breaker_settings
-                cb = self._breakers[backend_id] = self._breaker_type(
-                    self.client, f"{self.name}/{backend_id}", failure_threshold=s.failure_threshold,
-                    open_timeout_s=s.open_timeout_s, success_threshold=s.success_threshold,
-                    half_open_max_requests=s.half_open_max_requests,
-                    probe_lease_s=s.probe_lease_s, failure_on=s.failure_on, ignore=s.ignore,
-                    slow_call_s=s.slow_call_s, prefix=self.prefix,
-                    on_store_error=self.on_store_error, clock=self.clock,
-                    subscribe=self.subscribe)
+                cb = self._breakers[backend_id] = self._new_breaker(
+                    f"{self.name}/{backend_id}", self.breaker_settings)
                 # The backend id is bound here, never recovered from the breaker's name
                 # (an id may itself contain "/").
                 cb.metrics_pool = self.name
                 cb.add_listener(functools.partial(self._on_breaker, backend_id))
             return cb
+
+    def _new_breaker(self, name: str, settings: BreakerSettings) -> BreakerBase:
+        """A backend's circuit breaker on this pool's client: the shell builds its own
+        flavour (``distlb.CircuitBreaker`` or ``distlb.aio.CircuitBreaker``)."""
+        raise NotImplementedError
+
+    def _breaker_options(self, settings: BreakerSettings) -> dict[str, Any]:
+        """The keyword arguments of a backend's breaker: the settings, and the pool's own
+        prefix, failure policy, clock and subscription."""
+        s = settings
+        return dict(failure_threshold=s.failure_threshold, open_timeout_s=s.open_timeout_s,
+                    success_threshold=s.success_threshold,
+                    half_open_max_requests=s.half_open_max_requests,
+                    probe_lease_s=s.probe_lease_s, failure_on=s.failure_on, ignore=s.ignore,
+                    slow_call_s=s.slow_call_s, prefix=self.prefix,
+                    on_store_error=self.on_store_error, clock=self.clock,
+                    subscribe=self.subscribe)
 
     def _on_breaker(self, backend_id: str, transition: Transition) -> None:
         if transition.to_state == "closed":
@@ -471,7 +486,7 @@ class LoadBalancerCore(Subscriber, Shared):
         specs = [self.rate_limit.encode() if self.rate_limit else "-",
                  self.client_limit.encode() if self.client_limit and ctx.client_id else "-"]
         return self._plan("admit", [*args, *specs], self._local_state,
-                          (f"{self.key}:rl", f"{self.key}:rl:c:{client}"),
+                          (_keys.part(self.key, "rl"), _keys.part(self.key, "rl", "c", client)),
                           ghost=f"{backend_id}|{lease_id}")
 
     def _lease(self, ctx: Context | None, tried: set[str], admit: bool = True) -> Steps[Lease]:
@@ -501,9 +516,9 @@ class LoadBalancerCore(Subscriber, Shared):
                           0.0, None, member)
             # The breaker is asked after admission and lease, so a half-open probe permit
             # is only ever taken by a call that will run (and return it).
-            cb = self.breaker_for(backend.id)
+            cb = self._breaker_of(backend.id)
             if cb is not None:
-                lease.attempt = yield from owned(cb._attempt(), cb._guard)
+                lease.attempt = yield from steps(cb._attempt())
                 if not lease.attempt.allowed:   # open, or half-open with its probes taken
                     self._open_ids.add(backend.id)
                     if lease.lease_id is not None:
@@ -524,7 +539,7 @@ class LoadBalancerCore(Subscriber, Shared):
         """Return a lease and record the outcome; ``duration_s`` is the call's own time
         (measured around the user's function), else the time since the lease was handed out."""
         duration = duration_s if duration_s is not None else self.clock() - lease.started_s
-        cb = self.breaker_for(lease.backend.id)
+        cb = self._breaker_of(lease.backend.id)
         verdict = cb.classify(error, duration) if cb is not None else (
             "failure" if error is not None else "success")
         with self._lock:
@@ -535,7 +550,7 @@ class LoadBalancerCore(Subscriber, Shared):
                                          repr(self.latency_alpha)], self._local_state,
                              ghost=lease.member if lease.lease_id is not None else None)
         if cb is not None:
-            yield from owned(cb._outcome(lease.attempt, verdict), cb._guard)
+            yield from steps(cb._outcome(lease.attempt, verdict))
         observe = getattr(self.strategy, "observe", None)
         if observe is not None:
             observe(lease.backend.id, duration, verdict != "failure")
@@ -549,9 +564,9 @@ class LoadBalancerCore(Subscriber, Shared):
         yield self._plan("release", [backend_id, "", f"{duration_s * 1000:.3f}",
                                      int(not success), repr(self.latency_alpha)],
                          self._local_state)
-        cb = self.breaker_for(backend_id)
+        cb = self._breaker_of(backend_id)
         if cb is not None:
-            yield from owned(cb._record(not success, None), cb._guard)
+            yield from steps(cb._record(not success, None))
 
     def _renew(self) -> Op[Any]:
         with self._lock:
@@ -570,7 +585,7 @@ class LoadBalancerCore(Subscriber, Shared):
         if self.traffic_shaper is None:
             return Done(None)
         call = self.traffic_shaper._call("take", ctx.client_id if ctx else None, 1, 0, None)
-        return owned(_admitted(call), self.traffic_shaper._guard)
+        return _admitted(call)
 
     def _attempt_once(self, fn: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any], ctx: Context | None,
@@ -622,9 +637,9 @@ class LoadBalancerCore(Subscriber, Shared):
     def _health_round(self, check: Callable[[Backend], Any], lease_s: float) -> Steps[int]:
         """If this process holds the checker role, probe every backend and publish changes.
         Returns how many backends changed health."""
-        elected: int = yield Call(script("elect"), (f"{self.key}:checker",),
+        elected: int = yield Call(script("elect"), (_keys.part(self.key, "checker"),),
                                   (self._checker_id, math.ceil(lease_s * 1000)), int,
-                                  lambda: 0)
+                                  lambda: 0, self._guard)
         if not elected:
             return 0
         yield from steps(self._refresh(force=True))
@@ -644,17 +659,5 @@ def _admitted(call: Call[Any]) -> Steps[None]:
         raise RateLimited(decision.explanation, decision.retry_after_s)
 
 
-def tcp_check(timeout_s: float = 1.0) -> Callable[[Backend], bool]:
-    """A health check that opens (and closes) a TCP connection to the backend's address."""
-    def check(backend: Backend) -> bool:
-        host, _, port = backend.address.rpartition(":")
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-                return True
-        except OSError:
-            return False
-    return check
-
-
 __all__ = ["BackendExists", "BackendStats", "BreakerSettings", "Lease",
-           "LoadBalancerCore", "Statistics", "UnknownBackend", "tcp_check"]
+           "LoadBalancerCore", "Statistics", "UnknownBackend"]

@@ -16,11 +16,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from distlb import _observe
+from distlb import _keys, _observe
 from distlb._core import breaker as bk
+from distlb._core.bus import Subscriber
+from distlb._core.guard import no_policy
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
-from distlb._events import Subscriber, channel_for
-from distlb._runtime import no_policy
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number, window
 from distlb.errors import CircuitOpen, ConfigError
@@ -75,8 +75,8 @@ class BreakerBase(Subscriber, Shared):
         if not isinstance(subscribe, bool):
             raise ConfigError("subscribe", "must be True or False")
         self.subscribe = subscribe
-        self.keys = (self.key, f"{self.key}:probes", f"{self.key}:window")
-        self.channel = channel_for(self.prefix)
+        self.keys = (self.key, _keys.part(self.key, "probes"), _keys.part(self.key, "window"))
+        self.channel = _keys.events_channel(self.prefix)
         self._config = bk.Config(
             rule, f"{math.ceil(self.open_timeout_s * 1000)} {self.success_threshold} "
                   f"{self.half_open_max_requests} {math.ceil(self.probe_lease_s * 1000)} "
@@ -94,6 +94,12 @@ class BreakerBase(Subscriber, Shared):
         its own calls make (even its first call), every other process's (through pub/sub, on
         the subscriber thread), and the local twin's while the store is unreachable."""
         self._listeners.append(listener)
+
+    @property
+    def known_state(self) -> str | None:
+        """The state this process last saw (``"closed"``, ``"open"``, ``"half_open"``), without
+        a round trip; None before it saw any. ``state()`` reads the store."""
+        return self._view.state
 
     def _subscription(self) -> float | None:
         """The healthy subscription now, if this object already joined a bus (joins none)."""
@@ -146,7 +152,8 @@ class BreakerBase(Subscriber, Shared):
             self._observe(st, changes, before if now == before else None)
 
         return bk.plan(op, self.keys, name=self.name, arg=arg, channel=self.channel,
-                       config=self._config, parse_hook=hook, fallback=fallback, shed=shed)
+                       config=self._config, parse_hook=hook, fallback=fallback, shed=shed,
+                       owner=self._guard)
 
     def _take_shed(self) -> int:
         """Requests shed locally since the last result sent (client-side throttling)."""

@@ -19,10 +19,31 @@ import redis.retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 
-from distlb._inspect import redact_url
 from distlb._runtime import refused, store_error, unavailable
 from distlb._validate import number
 from distlb.errors import ConfigError, StoreUnavailable
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` query) shown as ``***``.
+
+    Every URL the command line prints goes through this: a terminal, a log or a CI
+    transcript must never show the server's password.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user = parts.username or ""
+            netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
+        query = urllib.parse.urlencode(
+            [(k, "***" if k.lower() == "password" else v)
+             for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)],
+            safe="*")
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:           # not even a URL: show nothing that could be a secret
+        return "<unparsable URL>"
+
 
 #: The only environment variable distlb reads, and only in ``connect(url=None)``.
 ENV_VAR = "DISTLB_REDIS_URL"

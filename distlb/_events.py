@@ -21,16 +21,18 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
+from distlb import _keys
+from distlb._core.bus import Handler
 from distlb._runtime import refused
 
 log = logging.getLogger("distlb")
-Handler = Callable[[dict[str, Any]], None]
 
 
 def channel_for(prefix: str) -> str:
-    return f"{prefix}:events"
+    """The events channel of ``prefix`` (built by the key builder)."""
+    return _keys.events_channel(prefix)
 
 
 def decode(data: Any) -> dict[str, Any] | None:
@@ -290,58 +292,3 @@ async def _close(pubsub: Any) -> None:
         return
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await asyncio.wait_for(pubsub.aclose(), timeout=1.0)
-
-
-class Subscriber:
-    """Mixin for shared objects that follow their own events (breakers, pools).
-
-    The subclass provides ``subscribe``, ``channel``, ``client``, ``clock``,
-    ``kind``, ``name``, ``_bus_type`` (SyncBus or AsyncBus) and ``_on_event``.
-    """
-
-    subscribe: bool
-    channel: str
-    client: Any
-    clock: Callable[[], float]
-    kind: ClassVar[str]
-    name: str
-    _bus_type: ClassVar[type[SyncBus] | type[AsyncBus]]
-    _bus: SyncBus | AsyncBus | None = None
-    _leave: weakref.finalize[Any, Any] | None = None
-
-    def _on_event(self, event: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def _subscribed_since(self) -> float | None:
-        """Join the client's bus on first use; when its healthy subscription started."""
-        if not self.subscribe:
-            return None
-        bus = self._bus
-        if bus is None:
-            with _join_lock:
-                bus = self._bus
-                if bus is None:
-                    bus = self._bus_type.get(self.client, self.channel, self.clock)
-                    if bus is not None:
-                        bus.register(self.kind, self.name, self._on_event)
-                        # Leave the bus on close(), or when this object is garbage.
-                        self._leave = weakref.finalize(self, bus.release)
-                        self._bus = bus
-        return bus.subscribed_since() if bus is not None else None
-
-    def close(self) -> None:
-        """Leave the event bus (it stops when its last user leaves), then the rest."""
-        self._leave_bus()
-        super().close()  # type: ignore[misc]
-
-    def _leave_bus(self) -> None:
-        """Stop following events (the bus ends when its last user leaves); rejoined on use."""
-        with _join_lock:
-            leave, bus, self._leave, self._bus = self._leave, self._bus, None, None
-        if bus is not None:
-            bus.unregister(self.kind, self.name, self._on_event)
-        if leave is not None:
-            leave()
-
-
-_join_lock = threading.RLock()

@@ -26,16 +26,52 @@ MAX_NAME_CHARS = 256
 _SAFE = "._~@+=-"  # besides ASCII letters and digits, which quote() always keeps
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._~@+=:-]{1,64}$")
 
-#: Entity kinds and what they hold; the CLI uses this to label keys it finds.
-KINDS = {
-    "tb": "token bucket",
-    "lb": "leaky bucket",
-    "ts": "traffic shaper",
-    "pq": "priority limiter",
-    "cb": "circuit breaker",
-    "rb": "retry budget",
-    "pool": "load balancer pool",
-}
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One kind of shared entity: the single descriptor ``inspect``, ``reset``, the key
+    parser and the README's key table (checked by a test) all read.
+
+    ``parts`` are the entity's key parts as the README writes them (``""`` is the
+    entity's main key, ``<client>`` stands for an escaped name). ``kept_on_reset``
+    are parts that hold configuration, not state: ``reset`` leaves them.
+    ``reset`` says how state is cleared: ``"delete"`` (the keys go; the next call
+    starts afresh) or ``"close"`` (a breaker is closed by its own script, which also
+    clears a forced state and tells every process).
+    """
+
+    code: str                       #: the ``tb`` in ``distlb:{tb:api}``
+    label: str                      #: what people call it: "token bucket"
+    command: str                    #: its word on the command line: ``distlb reset bucket``
+    parts: tuple[str, ...]
+    summary: str                    #: what ``distlb inspect`` shows for it
+    kept_on_reset: tuple[str, ...] = ()
+    reset: str = "delete"
+
+
+#: Every kind of entity distlb stores. A new primitive adds one row here (and its
+#: README key table rows, which a test compares with ``parts``).
+KIND_TABLE: tuple[Kind, ...] = (
+    Kind("tb", "token bucket", "bucket", ("",), "tokens/burst @ rate"),
+    Kind("lk", "leaky bucket", "leaky", ("",), "queued/capacity @ rate, the wait"),
+    Kind("ts", "traffic shaper", "shaper",
+         ("global", "c:<client>", "cb:<client>", "bb:<backend>", "limits"),
+         "every bucket's tokens; the shared limits", kept_on_reset=("limits",)),
+    Kind("pq", "priority limiter", "priority", ("", "queue", "leases", "depth"),
+         "tokens; waiters"),
+    Kind("cb", "circuit breaker", "breaker", ("", "probes", "window"),
+         "state, failures, probes in flight (baseline for adaptive)", reset="close"),
+    Kind("rb", "retry budget", "budget", ("",), "requests and retries in the window"),
+    Kind("pool", "load balancer pool", "pool",
+         ("", "backends", "since", "conns", "leases", "stats", "rl", "rl:c:<client>",
+          "checker"),
+         "healthy backends, connections, leases, requests served"),
+)
+#: code -> descriptor.
+BY_CODE: dict[str, Kind] = {k.code: k for k in KIND_TABLE}
+#: command-line word -> descriptor.
+BY_COMMAND: dict[str, Kind] = {k.command: k for k in KIND_TABLE}
+#: Entity kinds and what they hold (code -> label); the CLI uses this to label keys.
+KINDS: dict[str, str] = {k.code: k.label for k in KIND_TABLE}
 
 
 def escape(value: str, field: str = "name") -> str:
@@ -63,6 +99,17 @@ def check_prefix(prefix: str) -> str:
             "prefix", "must be 1-64 characters of letters, digits and ._~@+=:- (no braces)"
         )
     return prefix
+
+
+def part(entity_key: str, *parts: str) -> str:
+    """A further key of an entity: ``part("distlb:{cb:api}", "probes")`` is
+    ``distlb:{cb:api}:probes``. Parts holding user names must be escaped already."""
+    return ":".join((entity_key, *parts))
+
+
+def events_channel(prefix: str) -> str:
+    """The pub/sub channel scripts publish shared-state events on: ``<prefix>:events``."""
+    return f"{prefix}:events"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from distlb import _observe
-from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep, Steps, owned, text
-from distlb._runtime import AsyncRunner, StoreGuard, SyncRunner
-from distlb._scripts import script
+from distlb._core.guard import StoreGuard
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep, Steps, steps, text
+from distlb._core.scripts import script
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number, window
 from distlb.errors import CircuitOpen, ConfigError, RetryBudgetExhausted
@@ -227,7 +227,8 @@ class RetryBudgetCore(Shared):
             ok = withdraw and self.on_store_error == "fail_open"
             return BudgetDecision(ok, 0, 0, math.inf if ok else 0.0, self.on_store_error)
 
-        return Call(script("budget"), (self.key,), (op, deposits, self._config), parse, fallback)
+        return Call(script("budget"), (self.key,), (op, deposits, self._config), parse, fallback,
+                    self._guard)
 
     def _deposit(self, n: int) -> Op[Any]:
         n = integer("n", n, low=0, high=10**9)
@@ -323,8 +324,6 @@ class RetryPolicyCore:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Any] | None = None
 
-    _runner: ClassVar[type[SyncRunner] | type[AsyncRunner]]
-
     def __post_init__(self) -> None:
         if not isinstance(self.backoff, Fixed | Exponential | ExponentialJitter
                           | DecorrelatedJitter):
@@ -338,7 +337,10 @@ class RetryPolicyCore:
                                           "predicate taking the exception")
         if self.budget is not None and not isinstance(self.budget, RetryBudgetCore):
             raise ConfigError("budget", "must be a RetryBudget or None")
-        if self.budget is not None and self.budget._runner is not self._runner:
+
+    def _check_budget_flavour(self, budget_type: type[RetryBudgetCore]) -> None:
+        """Called by the shells: a budget must be of the policy's own package."""
+        if self.budget is not None and not isinstance(self.budget, budget_type):
             raise ConfigError("budget", "must come from the same package as the policy "
                                         "(distlb.RetryBudget with distlb.RetryPolicy, "
                                         "distlb.aio.RetryBudget with distlb.aio.RetryPolicy)")
@@ -412,13 +414,12 @@ class RetryPolicyCore:
             out.append(previous)
         return out
 
-    def _run(self, op: Op[Any]) -> Any:
-        # The budget's client runs its calls; without one, no call is ever made.
-        client, guard = (self.budget.client, self.budget._guard) if self.budget is not None \
-            else (None, StoreGuard("retry policy", 1.0, self.clock))
-        runner = self._runner(client, guard) if self.sleep is None \
-            else self._runner(client, guard, sleep=self.sleep)
-        return runner.drive(op)
+    def _store_guard(self) -> StoreGuard:
+        """The guard a runner of this policy starts from: the budget's (its calls carry it as
+        their owner anyway); without a budget no call is ever made."""
+        if self.budget is not None:
+            return self.budget._guard
+        return StoreGuard("retry policy", 1.0, self.clock)
 
     def _execute(self, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Steps[Any]:
@@ -437,7 +438,7 @@ class RetryPolicyCore:
             if attempt == 1 and self.budget is not None:
                 # A request deposits once it was made: one refused before reaching a
                 # backend (rate limited: the attempt raised) must not earn retries.
-                yield from owned(self.budget._deposit(1), self.budget._guard)
+                yield from steps(self.budget._deposit(1))
             longest = max(longest, outcome.duration_s)
             error = outcome.error
             if error is None:
@@ -455,7 +456,7 @@ class RetryPolicyCore:
                 _observe.retry("gave_up")
                 return _give_up(outcome)
             if self.budget is not None:
-                decision = yield from owned(self.budget._withdraw(), self.budget._guard)
+                decision = yield from steps(self.budget._withdraw())
                 if not decision.allowed:
                     _observe.retry("budget_denied")
                     exhausted = RetryBudgetExhausted(self.budget.name, attempt, decision.balance)

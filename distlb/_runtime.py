@@ -15,16 +15,18 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio
 from redis import exceptions as rx
 
-from distlb import _observe
+from distlb._core.guard import Command, GuardStats, StoreGuard, no_policy
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep
 from distlb._scripts import is_noscript, run_async, run_sync, script
 from distlb.errors import StoreAuthError, StoreError, StoreUnavailable
+
+__all__ = ["AsyncRunner", "Command", "GuardStats", "StoreGuard", "StoreHealth", "SyncRunner",
+           "no_policy", "refused", "store_error", "unavailable"]
 
 log = logging.getLogger("distlb")
 T = TypeVar("T")
@@ -102,34 +104,6 @@ def store_error(what: str, exc: BaseException) -> StoreError:
             "password, the ACL user's permissions (see the README's minimal ACL) and the TLS "
             "certificates. No failure policy applies to this: it is configuration, not an outage")
     return StoreError(f"{what} failed: {exc}")
-
-
-def no_policy(what: str) -> Callable[[], NoReturn]:
-    """The fallback of a call that has no failure policy (a configuration change or read):
-    it raises StoreUnavailable, chained to the store error that led to it."""
-    def fallback() -> NoReturn:
-        raise StoreUnavailable(f"store unreachable: {what}")
-    return fallback
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """One plain command (not a script) with no failure policy, e.g. ``HGETALL`` of a
-    shared configuration hash: the shells run it with ``_run`` like an operation, and
-    an outage raises StoreUnavailable, never a raw redis error."""
-
-    args: tuple[Any, ...]
-    what: str
-
-
-@dataclass
-class GuardStats:
-    """Counters of one primitive's store health, readable as ``obj.store_stats``."""
-
-    calls: int = 0
-    store_errors: int = 0
-    fallbacks: int = 0
-    outages: int = 0
 
 
 class StoreHealth:
@@ -255,87 +229,25 @@ class StoreHealth:
             return
 
 
-class StoreGuard:
-    """Tracks whether the store is reachable and applies the failure policy.
-
-    After a failure the store is not tried again until it answers a probe of the
-    client's :class:`StoreHealth` (about 50 ms after the server is back), or at the
-    latest after ``retry_store_after_s`` (so an outage costs one timeout, not one
-    per request); success ends the outage. Outage start and end are logged at
-    WARNING; every fallback is counted and logged at DEBUG.
-    """
-
-    def __init__(self, what: str, retry_store_after_s: float,
-                 clock: Callable[[], float] = time.monotonic,
-                 health: StoreHealth | None = None) -> None:
-        self.what = what
-        self.retry_store_after_s = retry_store_after_s
-        self.clock = clock
-        self.health = health
-        self.stats = GuardStats()
-        self._down_until = 0.0
-        self._down = False
-        self._down_epoch = 0
-        self._lock = threading.Lock()
-
-    def skip(self) -> bool:
-        """Whether to go straight to the failure policy (the store failed moments ago
-        and has not answered a probe since)."""
-        if not self._down or self.clock() >= self._down_until:
-            return False
-        return self.health is None or self.health.epoch == self._down_epoch
-
-    def fallback(self, call: Call[T], exc: BaseException | None = None) -> T:
-        if exc is not None:
-            _observe.store_error(self.what)
-        with self._lock:
-            self.stats.fallbacks += 1
-            if exc is not None:
-                self.stats.store_errors += 1
-                self._down_until = self.clock() + self.retry_store_after_s
-                if self.health is not None:
-                    self._down_epoch = self.health.epoch
-                if not self._down:
-                    self._down = True
-                    self.stats.outages += 1
-                    log.warning("store unreachable for %s (%s: %s); applying failure "
-                                "policy until the store answers again", self.what,
-                                type(exc).__name__, exc)
-        if exc is not None and self.health is not None:
-            self.health.outage()
-        log.debug("fallback for %s", self.what)
-        result = call.fallback()
-        _observe.fallback(self.what, getattr(result, "source", "policy"))
-        return result
-
-    def succeeded(self) -> None:
-        self.stats.calls += 1
-        if self._down:
-            with self._lock:
-                if self._down:
-                    self._down = False
-                    log.warning("store reachable again for %s", self.what)
-
-
 #: A stand-in call for plain commands, so their outages are counted like every other.
 _POLICYLESS: Call[None] = Call(script("delete"), (), (), lambda _: None, lambda: None)
 
 
 class SyncRunner:
-    """Executes calls on a sync client; the failure policy is the guard's."""
+    """Drives operations on sync clients: each call on its owner's client under its owner's
+    guard (the failure policy), others (and calls without an owner) on ``guard``'s."""
 
-    def __init__(self, client: Any, guard: StoreGuard,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.client = client
+    def __init__(self, guard: StoreGuard, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.client = guard.client
         self.guard = guard
         self.sleep = sleep
 
     def call(self, call: Call[T]) -> T:
-        guard: StoreGuard = call.guard or self.guard
+        guard = call.owner or self.guard
         if guard.skip():
             return guard.fallback(call)
         try:
-            reply = run_sync(self.client, call.script, call.keys, call.args)
+            reply = run_sync(guard.client, call.script, call.keys, call.args)
         except rx.RedisError as exc:
             if unavailable(exc):
                 return guard.fallback(call, exc)
@@ -345,7 +257,7 @@ class SyncRunner:
         guard.succeeded()
         return call.parse(reply)
 
-    def command(self, cmd: Command) -> Any:
+    def command(self, cmd: Command[T]) -> T:
         """Run a plain command that has no failure policy (StoreUnavailable in an outage)."""
         try:
             reply = self.client.execute_command(*cmd.args)
@@ -355,14 +267,14 @@ class SyncRunner:
                 raise StoreUnavailable(f"store unreachable: {cmd.what}") from exc
             raise store_error(cmd.what, exc) from exc
         self.guard.succeeded()
-        return reply
+        return cmd.parse(reply)
 
-    def drive(self, op: Op[T] | Command) -> T:
+    def drive(self, op: Op[T] | Command[T]) -> T:
         """Run an operation to completion."""
         if isinstance(op, Call):
             return self.call(op)
         if isinstance(op, Command):
-            return self.command(op)  # type: ignore[no-any-return]
+            return self.command(op)
         if isinstance(op, Done):
             return op.value
         reply: Any = None
@@ -505,24 +417,25 @@ def _settle(fut: asyncio.Future[Any], value: Any = None, exc: BaseException | No
 
 
 class AsyncRunner:
-    """Executes calls on a ``redis.asyncio`` client, coalescing concurrent calls."""
+    """Drives operations on ``redis.asyncio`` clients (each call on its owner's client and
+    guard, as :class:`SyncRunner`), coalescing concurrent calls on ``guard``'s client."""
 
-    def __init__(self, client: Any, guard: StoreGuard, *, auto_pipeline: bool = True,
+    def __init__(self, guard: StoreGuard, *, auto_pipeline: bool = True,
                  sleep: Callable[[float], Any] = asyncio.sleep) -> None:
-        self.client = client
+        self.client = guard.client
         self.guard = guard
         self.sleep = sleep
-        self._batcher = _Batcher(client) if auto_pipeline else None
+        self._batcher = _Batcher(self.client) if auto_pipeline else None
 
     async def call(self, call: Call[T]) -> T:
-        guard: StoreGuard = call.guard or self.guard
+        guard = call.owner or self.guard
         if guard.skip():
             return guard.fallback(call)
         try:
-            if self._batcher is not None:
+            if self._batcher is not None and guard.client is self.client:
                 reply = await self._batcher.submit(call)
             else:
-                reply = await run_async(self.client, call.script, call.keys, call.args)
+                reply = await run_async(guard.client, call.script, call.keys, call.args)
         except (TimeoutError, rx.RedisError, OSError) as exc:
             if unavailable(exc):
                 return guard.fallback(call, exc)
@@ -530,7 +443,7 @@ class AsyncRunner:
         guard.succeeded()
         return call.parse(reply)
 
-    async def command(self, cmd: Command) -> Any:
+    async def command(self, cmd: Command[T]) -> T:
         """Run a plain command that has no failure policy (StoreUnavailable in an outage)."""
         try:
             reply = await self.client.execute_command(*cmd.args)
@@ -540,13 +453,13 @@ class AsyncRunner:
                 raise StoreUnavailable(f"store unreachable: {cmd.what}") from exc
             raise store_error(cmd.what, exc) from exc
         self.guard.succeeded()
-        return reply
+        return cmd.parse(reply)
 
-    async def drive(self, op: Op[T] | Command) -> T:
+    async def drive(self, op: Op[T] | Command[T]) -> T:
         if isinstance(op, Call):
             return await self.call(op)
         if isinstance(op, Command):
-            return await self.command(op)  # type: ignore[no-any-return]
+            return await self.command(op)
         if isinstance(op, Done):
             return op.value
         reply: Any = None

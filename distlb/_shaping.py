@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 from distlb import _keys
 from distlb._core import bucket, leaky, priority
+from distlb._core.guard import Command, no_policy
 from distlb._core.local import LocalState
 from distlb._core.ops import Call, Op, Sleep, Steps
-from distlb._runtime import Command, no_policy
-from distlb._scripts import script
+from distlb._core.scripts import script
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number
 from distlb._validate import check_cost as check_amount
@@ -134,7 +134,7 @@ class TokenBucketCore(_Limiter):
         specs = [bucket.BucketSpec(self.key, self.name, self.limit.rate_per_s, self.limit.burst, c)]
         call = bucket.plan(mode, specs, limits_key=None, limits_ttl_ms=0,
                            fallback=self._bucket_fallback(mode, specs),
-                           on_conflict=self._conflict)
+                           on_conflict=self._conflict, owner=self._guard)
         if len(self._calls) >= 256:
             self._calls.clear()
         self._calls[memo] = call
@@ -158,11 +158,11 @@ class LeakyBucketCore(_Limiter):
     """A leaky bucket shared by every process: output leaves evenly at ``rate_per_s``.
 
     ``capacity`` is how many units may wait for their slot; the longest wait is
-    ``capacity / rate_per_s`` seconds. Key: ``<prefix>:{lb:<name>}``, a hash with
+    ``capacity / rate_per_s`` seconds. Key: ``<prefix>:{lk:<name>}``, a hash with
     ``next_us``, ``rate``, ``capacity``.
     """
 
-    kind = "lb"
+    kind = "lk"
 
     def __init__(self, client: Any, name: str, *, rate_per_s: float, capacity: float,
                  prefix: str = _keys.DEFAULT_PREFIX, on_store_error: StorePolicy = "fail_open",
@@ -188,7 +188,7 @@ class LeakyBucketCore(_Limiter):
             return LeakyDecision(False, 0.0, 0.0, self._guard.retry_store_after_s, "fail_closed")
 
         return leaky.plan(mode, self.key, self.rate_per_s, self.capacity, c,
-                          fallback=fallback, on_conflict=self._conflict)
+                          fallback=fallback, on_conflict=self._conflict, owner=self._guard)
 
     def _try_acquire(self, cost: float) -> Op[LeakyDecision]:
         return self._call("take", cost)
@@ -244,7 +244,7 @@ class TrafficShaperCore(_Limiter):
         super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
                          expected_processes=expected_processes,
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
-        self.limits_key = f"{self.key}:limits"
+        self.limits_key = _keys.part(self.key, "limits")
         self._conflict = bucket.warn_conflict_once(f"traffic shaper {name!r}")
 
     # -- planning -------------------------------------------------------------------------------
@@ -260,7 +260,8 @@ class TrafficShaperCore(_Limiter):
             if limit:
                 check_amount(amount, burst, "bytes" if "bandwidth" in label else "cost",
                              f"the {label} burst")
-            specs.append(bucket.BucketSpec(f"{self.key}:{part}", label, rate, burst, amount, field))
+            specs.append(bucket.BucketSpec(_keys.part(self.key, part), label, rate, burst, amount,
+                                           field))
 
         add("global", "global", self.global_limit, c, "global")
         if client_id is not None:
@@ -281,7 +282,7 @@ class TrafficShaperCore(_Limiter):
         return bucket.plan(mode, specs, limits_key=self.limits_key,
                            limits_ttl_ms=self.config_ttl_ms,
                            fallback=self._bucket_fallback(mode, specs),
-                           on_conflict=self._conflict)
+                           on_conflict=self._conflict, owner=self._guard)
 
     def _try_acquire(self, client_id: str | None, cost: float, nbytes: float,
                      backend: str | None) -> Op[Decision]:
@@ -304,7 +305,8 @@ class TrafficShaperCore(_Limiter):
 
         # No failure policy: a change the fleet never saw must not look like a limit.
         call = Call(script("config"), (self.limits_key,), (op, field, value, self.config_ttl_ms),
-                    parse, no_policy(f"shaper {self.name!r}: limit {field!r} not changed"))
+                    parse, no_policy(f"shaper {self.name!r}: limit {field!r} not changed"),
+                    self._guard)
         return call
 
     def _set(self, prefix: str, ident: str, field: str, rate_per_s: float,
@@ -318,16 +320,17 @@ class TrafficShaperCore(_Limiter):
     def _set_global(self, rate_per_s: float, burst: float) -> Op[bool]:
         return self._config("set", "global", Limit(rate_per_s, burst).encode())
 
-    def _limits(self) -> Command:
+    def _limits(self) -> Command[dict[str, Limit]]:
         """Read the shared overrides: StoreUnavailable in an outage (no policy applies)."""
-        return Command(("HGETALL", self.limits_key), f"limits of shaper {self.name!r}")
+        return Command(("HGETALL", self.limits_key), f"limits of shaper {self.name!r}",
+                       parse_limits)
 
     def _reset_client(self, client_id: str) -> Op[int]:
         cid = _keys.escape(client_id, "client_id")
-        return self._delete([f"{self.key}:c:{cid}", f"{self.key}:cb:{cid}"])
+        return self._delete([_keys.part(self.key, "c", cid), _keys.part(self.key, "cb", cid)])
 
     def _reset(self) -> Op[int]:
-        return self._delete([f"{self.key}:global"])
+        return self._delete([_keys.part(self.key, "global")])
 
 
 def parse_limits(raw: Mapping[Any, Any]) -> dict[str, Limit]:
@@ -384,7 +387,8 @@ class PriorityLimiterCore(_Limiter):
         super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
                          expected_processes=expected_processes,
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
-        self.keys = (self.key, f"{self.key}:queue", f"{self.key}:leases", f"{self.key}:depth")
+        self.keys = (self.key, _keys.part(self.key, "queue"), _keys.part(self.key, "leases"),
+                     _keys.part(self.key, "depth"))
 
     def _call(self, mode: priority.Mode, ticket: str, level: int,
               cost: float) -> Call[PriorityDecision]:
@@ -403,7 +407,8 @@ class PriorityLimiterCore(_Limiter):
         return priority.plan(mode, self.keys, ticket=ticket, level=level,
                              rate_per_s=self.limit.rate_per_s, burst=self.limit.burst, cost=cost,
                              max_depth=self.max_queue_depth[level], aging_s=self.aging_s,
-                             lease_ms=int(self.lease_s * 1000), fallback=fallback)
+                             lease_ms=int(self.lease_s * 1000), fallback=fallback,
+                             owner=self._guard)
 
     def _check(self, priority_: int, cost: float) -> tuple[int, float]:
         level = integer("priority", priority_, low=0, high=self.levels - 1)

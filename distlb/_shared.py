@@ -1,31 +1,22 @@
-"""The base of every shared primitive: name, keys, store failure policy, runner.
+"""The base of every shared primitive: name, keys, store failure policy (pure).
 
 Subclasses say what ``kind`` of entity they are (the ``tb`` in
-``distlb:{tb:api}``); the sync and asyncio shells set ``_runner``.
+``distlb:{tb:api}``). The I/O (client check, runner, the client's health) is bound
+by the shells' ``_bind`` (``distlb._shell``): nothing here imports a client library.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from distlb import _keys
-from distlb._core.ops import Call, Op
-from distlb._events import wait_closed
-from distlb._runtime import (
-    AsyncRunner,
-    Command,
-    GuardStats,
-    StoreGuard,
-    StoreHealth,
-    SyncRunner,
-    no_policy,
-)
-from distlb._scripts import script
+from distlb._core.guard import GuardStats, StoreGuard, no_policy
+from distlb._core.ops import Call
+from distlb._core.scripts import script
 from distlb._validate import StorePolicy, number, store_policy
 from distlb.errors import ConfigError
 
@@ -68,8 +59,8 @@ class Shared:
     """
 
     kind: ClassVar[str] = ""
-    #: Set by the shells: SyncRunner (sync classes) or AsyncRunner (distlb.aio).
-    _runner: ClassVar[type[SyncRunner] | type[AsyncRunner]]
+    #: The redis-py client (bound by the shell; opaque to the core).
+    client: Any
 
     def __init__(self, client: Any, name: str, *, prefix: str = _keys.DEFAULT_PREFIX,
                  on_store_error: StorePolicy, retry_store_after_s: float = 1.0,
@@ -81,17 +72,16 @@ class Shared:
         self.on_store_error = store_policy(on_store_error)
         retry = number("retry_store_after_s", retry_store_after_s, high=3600)
         self.clock = clock
-        is_async = self._runner is AsyncRunner
-        self.client = check_client(client, is_async)
-        health = StoreHealth.acquire(client, is_async)
-        # The client's health is shared by every object on it; the last one to go (close()
-        # or garbage collection) stops its prober.
-        self._release_health = weakref.finalize(self, health.release)
-        self._guard = StoreGuard(f"{_keys.KINDS[self.kind]} {name!r}", retry, clock, health)
-        runner = self._runner(client, self._guard) if sleep is None \
-            else self._runner(client, self._guard, sleep=sleep)
-        # Sync shells get results, asyncio shells awaitables: typed per shell (see pyproject).
-        self._run: Callable[[Op[Any] | Command], Any] = runner.drive
+        self._guard = StoreGuard(f"{_keys.KINDS[self.kind]} {name!r}", retry, clock)
+        self._release_health: Callable[[], Any] = _nothing
+        self._bind(client, sleep)
+
+    def _bind(self, client: Any, sleep: Callable[[float], Any] | None) -> None:
+        """Bind the I/O: check ``client``, set ``self.client``, give the guard the client
+        and its health, build the runner (``self._run``). Done by the shells
+        (``distlb._shell.SyncShared`` / ``AsyncShared``), the only place I/O is bound."""
+        raise TypeError(f"{type(self).__name__} is a core class: use distlb.{type(self).__name__}"
+                        f" or distlb.aio.{type(self).__name__}")
 
     def __repr__(self) -> str:
         return f"{type(self).__module__}.{type(self).__name__}({self.name!r}, key={self.key!r})"
@@ -104,7 +94,7 @@ class Shared:
     def _delete(self, keys: Sequence[str]) -> Call[int]:
         # No failure policy: a reset that silently did nothing would mislead.
         return Call(script("delete"), tuple(keys), (), int,
-                    no_policy(f"{_keys.KINDS[self.kind]} {self.name!r} not reset"))
+                    no_policy(f"{_keys.KINDS[self.kind]} {self.name!r} not reset"), self._guard)
 
     # -- lifetime -------------------------------------------------------------------------------
 
@@ -121,14 +111,7 @@ class Shared:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    async def aclose(self) -> None:
-        """``close()``, then wait (briefly) until released event subscriptions are closed."""
-        self.close()
-        await wait_closed()
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
+def _nothing() -> None:
+    return None

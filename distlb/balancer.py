@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from distlb import _balancer
-from distlb._background import SyncTicker
+from distlb._background import SyncTicker, tcp_check
 from distlb._balancer import (
     BackendExists,
     BackendStats,
@@ -19,8 +19,7 @@ from distlb._balancer import (
     Statistics,
     UnknownBackend,
 )
-from distlb._events import SyncBus
-from distlb._runtime import SyncRunner
+from distlb._shell import SyncShared
 from distlb.breaker import CircuitBreaker
 from distlb.strategies import Backend, Context
 
@@ -31,12 +30,17 @@ __all__ = ["BackendExists", "BackendStats", "BreakerSettings", "ConnectionGuard"
 LoadBalancerContext = Context
 
 
-class LoadBalancer(_balancer.LoadBalancerCore):
+class LoadBalancer(SyncShared, _balancer.LoadBalancerCore):
     __doc__ = _balancer.LoadBalancerCore.__doc__
 
-    _runner = SyncRunner
-    _bus_type = SyncBus
-    _breaker_type = CircuitBreaker
+    def _new_breaker(self, name: str, settings: BreakerSettings) -> CircuitBreaker:
+        return CircuitBreaker(self.client, name, **self._breaker_options(settings))
+
+    def breaker_for(self, backend_id: str) -> CircuitBreaker | None:
+        """The circuit breaker of one backend (shared by every process), if the pool has them."""
+        cb = self._breaker_of(backend_id)
+        assert cb is None or isinstance(cb, CircuitBreaker)
+        return cb
 
     def add_backend(self, backend: Backend) -> None:
         """Add a backend to the shared registry; ``BackendExists`` if the id is taken."""
@@ -96,7 +100,7 @@ class LoadBalancer(_balancer.LoadBalancerCore):
                             interval_s: float = 5.0) -> None:
         """Probe backends every ``interval_s`` (TCP connect by default) and mark them up or
         down for the whole fleet; one process at a time does it."""
-        probe = check if check is not None else _balancer.tcp_check()
+        probe = check if check is not None else tcp_check()
         self._checker = SyncTicker(f"distlb-health-{self.name}", interval_s,
                                    lambda: self.check_health(probe, interval_s * 3))
         self._checker.ensure()

@@ -12,8 +12,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from distlb import _breaker
-from distlb._events import SyncBus
-from distlb._runtime import SyncRunner
+from distlb._shell import SyncShared
 from distlb.errors import CircuitOpen
 from distlb.results import Attempt, BreakerState, Transition
 
@@ -21,11 +20,8 @@ __all__ = ["AdaptiveCircuitBreaker", "BreakerGuard", "CircuitBreaker", "Transiti
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Shell(_breaker.BreakerBase):
+class _Shell(SyncShared, _breaker.BreakerBase):
     """The methods both breakers share."""
-
-    _runner = SyncRunner
-    _bus_type = SyncBus
 
     def can_attempt(self) -> Attempt:
         """Whether a call may go to the backend now (no round trip while known closed)."""

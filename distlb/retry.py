@@ -20,6 +20,7 @@ from distlb._retry import (
     set_testing,
 )
 from distlb._runtime import SyncRunner
+from distlb._shell import SyncDrive, SyncShared
 
 __all__ = [
     "BudgetDecision",
@@ -35,10 +36,8 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class RetryBudget(_retry.RetryBudgetCore):
+class RetryBudget(SyncShared, _retry.RetryBudgetCore):
     __doc__ = _retry.RetryBudgetCore.__doc__
-
-    _runner = SyncRunner
 
     def deposit(self, n: int = 1) -> None:
         """Count ``n`` requests (batched: usually no round trip)."""
@@ -64,7 +63,16 @@ class RetryBudget(_retry.RetryBudgetCore):
 class RetryPolicy(_retry.RetryPolicyCore):
     __doc__ = _retry.RetryPolicyCore.__doc__
 
-    _runner = SyncRunner
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_budget_flavour(RetryBudget)
+
+    @property
+    def _run(self) -> SyncDrive:
+        """A runner for one call: the budget's calls run on the budget's client and guard."""
+        guard = self._store_guard()
+        runner = SyncRunner(guard) if self.sleep is None else SyncRunner(guard, self.sleep)
+        return runner.drive
 
     def execute(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call ``fn(*args, **kwargs)``, retrying as the policy says."""

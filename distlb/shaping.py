@@ -10,17 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from distlb import _shaping
-from distlb._runtime import SyncRunner
 from distlb._shaping import Limit
+from distlb._shell import SyncShared
 from distlb.results import Decision, LeakyDecision, PriorityDecision
 
 __all__ = ["LeakyBucket", "Limit", "PriorityLimiter", "TokenBucket", "TrafficShaper"]
 
 
-class TokenBucket(_shaping.TokenBucketCore):
+class TokenBucket(SyncShared, _shaping.TokenBucketCore):
     __doc__ = _shaping.TokenBucketCore.__doc__
-
-    _runner = SyncRunner
 
     def try_acquire(self, cost: float = 1) -> Decision:
         """Take ``cost`` tokens if available now; never waits."""
@@ -39,10 +37,8 @@ class TokenBucket(_shaping.TokenBucketCore):
         self._run(self._reset())
 
 
-class LeakyBucket(_shaping.LeakyBucketCore):
+class LeakyBucket(SyncShared, _shaping.LeakyBucketCore):
     __doc__ = _shaping.LeakyBucketCore.__doc__
-
-    _runner = SyncRunner
 
     def try_acquire(self, cost: float = 1) -> LeakyDecision:
         """Reserve a departure slot; the caller waits ``delay_s`` itself before proceeding."""
@@ -61,10 +57,8 @@ class LeakyBucket(_shaping.LeakyBucketCore):
         self._run(self._reset())
 
 
-class TrafficShaper(_shaping.TrafficShaperCore):
+class TrafficShaper(SyncShared, _shaping.TrafficShaperCore):
     __doc__ = _shaping.TrafficShaperCore.__doc__
-
-    _runner = SyncRunner
 
     @classmethod
     def with_global_limit(cls, client: Any, rate_per_s: float, burst: float,
@@ -111,7 +105,7 @@ class TrafficShaper(_shaping.TrafficShaperCore):
 
     def limits(self) -> dict[str, Limit]:
         """The shared overrides in force, e.g. ``{"c:alice": Limit(100.0, 50.0)}``."""
-        return _shaping.parse_limits(self._run(self._limits()))
+        return self._run(self._limits())
 
     def reset_client(self, client_id: str) -> None:
         """Refill one client's buckets for every process; its shared overrides stay."""
@@ -127,10 +121,8 @@ class TrafficShaper(_shaping.TrafficShaperCore):
         self._run(self._reset())
 
 
-class PriorityLimiter(_shaping.PriorityLimiterCore):
+class PriorityLimiter(SyncShared, _shaping.PriorityLimiterCore):
     __doc__ = _shaping.PriorityLimiterCore.__doc__
-
-    _runner = SyncRunner
 
     def try_acquire(self, priority: int = 0, *, cost: float = 1) -> PriorityDecision:
         """Take tokens now only if nobody with a better place is waiting; never queues."""

@@ -191,7 +191,7 @@ def test_health_checks_mark_backends_for_everyone_with_one_checker(
         server_url: str, prefix: str, tcp: list[TcpBackend]) -> None:
     a = pool(redis.Redis.from_url(server_url), prefix, tcp)
     b = LoadBalancer(redis.Redis.from_url(server_url), "api", prefix=prefix)
-    from distlb._balancer import tcp_check
+    from distlb._background import tcp_check
     tcp[1].kill()
     assert a.check_health(tcp_check(0.5)) == 1      # a holds the checker role
     assert b.check_health(tcp_check(0.5)) == 0      # b does not: no double probing

@@ -31,6 +31,7 @@ from distlb import (
     UnknownBackend,
 )
 from distlb.embedded import EmbeddedServer, free_port
+from tests.clock import FakeClock
 from tests.test_multiprocess import ctx
 
 pytestmark = pytest.mark.lua
@@ -259,16 +260,6 @@ def test_acquire_that_timed_out_but_ran_is_given_back(own_server: EmbeddedServer
 
 
 # -- item 12: latency statistics measure the backend, not the breaker ----------------------------
-
-class FakeClock:
-    """Seconds that pass only when the store is called: one second per script call."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 def slow_store_client(url: str, clock: FakeClock) -> redis.Redis:
     class Client(redis.Redis):

@@ -52,7 +52,7 @@ def populate(client: Any, prefix: str) -> None:
 
 def check_inventory(doc: dict[str, Any]) -> None:
     by_name = {(e["kind"], e["name"]): e for e in doc["entities"]}
-    assert set(by_name) == {("tb", "api"), ("ts", "edge"), ("lb", "out"), ("pq", "jobs"),
+    assert set(by_name) == {("tb", "api"), ("ts", "edge"), ("lk", "out"), ("pq", "jobs"),
                             ("cb", "node1")}
     assert by_name[("cb", "node1")]["summary"].startswith("open (forced open)")
     api = by_name[("tb", "api")]
@@ -63,7 +63,7 @@ def check_inventory(doc: dict[str, Any]) -> None:
     edge = by_name[("ts", "edge")]
     assert {k["part"] for k in edge["keys"]} == {"global", "c:ali%3Ace", "limits"}
     assert "client ali:ce 0.05/s burst 5" in edge["summary"]
-    assert "queued" in by_name[("lb", "out")]["summary"]
+    assert "queued" in by_name[("lk", "out")]["summary"]
 
 
 def test_inspect_standalone(server_url: str, prefix: str) -> None:

@@ -10,14 +10,7 @@ import pytest
 from distlb._core.bucket import BucketSpec, LocalBuckets
 from distlb._core.leaky import LocalLeaky
 from distlb._core.local import LocalState
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import FakeClock
 
 
 def spec(cost: float = 1, rate: float = 10, burst: float = 4, key: str = "k") -> BucketSpec:

@@ -197,7 +197,7 @@ def test_bucket_script_survives_unrepresentable_input(r: redis.Redis, prefix: st
 
 
 def test_leaky_script_survives_unrepresentable_input(r: redis.Redis, prefix: str) -> None:
-    key = f"{prefix}:{{lb:raw}}"
+    key = f"{prefix}:{{lk:raw}}"
     reply = _eval(r, "leaky", [key], ["take", "1e-12", "1e12", "2"])
     assert reply.split()[0] == b"1"
     next_us = float(r.hget(key, "next_us") or b"nan")

@@ -15,19 +15,7 @@ import pytest
 import redis
 
 from distlb import PriorityLimiter, RateLimited, TokenBucket
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+from tests.clock import FakeClock
 
 
 def test_acquire_deadline_uses_the_injected_clock_and_sleep() -> None:

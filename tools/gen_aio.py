@@ -22,12 +22,15 @@ MODULES = {"distlb/shaping.py": "distlb/aio/shaping.py",
            "distlb/retry.py": "distlb/aio/retry.py",
            "distlb/balancer.py": "distlb/aio/balancer.py"}
 #: methods that stay sync in the asyncio shell (they do no I/O)
-SYNC_METHODS = {"with_global_limit", "__call__", "guard", "__init__", "connection",
-                "start_health_checks", "_renewer", "close"}
+SYNC_METHODS = {"__call__", "guard", "__init__", "connection",
+                "start_health_checks", "_renewer", "close", "_new_breaker",
+                "__post_init__", "_run", "breaker_for"}
 #: plain renames, applied in order
 RENAMES = [
+    ("SyncShared", "AsyncShared"),
+    ("SyncRunner(guard, self.sleep)", "AsyncRunner(guard, sleep=self.sleep)"),
     ("SyncRunner", "AsyncRunner"),
-    ("SyncBus", "AsyncBus"),
+    ("SyncDrive", "AsyncDrive"),
     ("SyncTicker", "AsyncTicker"),
     ("from distlb.breaker import", "from distlb.aio.breaker import"),
     ("def __enter__(self", "def __aenter__(self"),
@@ -37,7 +40,9 @@ RENAMES = [
 ]
 
 
-def generate(source: str, origin: str) -> str:
+def generate(source: str, origin: str, used: set[str] | None = None) -> str:
+    """The asyncio twin of ``source``; ``used`` collects the rules that applied."""
+    used = set() if used is None else used
     out = source
     out = re.sub(r'^"""(.*?)"""', lambda m: '"""Asyncio twin of ``' + origin.replace("/", ".")[:-3]
                  + "``: the same classes and methods, awaited.\n\nUse a ``redis.asyncio`` client."
@@ -46,10 +51,15 @@ def generate(source: str, origin: str) -> str:
                  f"GENERATED from {origin} by tools/gen_aio.py: do not edit.\n" + '"""',
                  out, count=1, flags=re.S)
     for old, new in RENAMES:
+        if old in out:
+            used.add(old)
         out = out.replace(old, new)
 
     def asyncify(m: re.Match[str]) -> str:
-        return m.group(0) if m.group(1) in SYNC_METHODS else f"    async def {m.group(1)}(self"
+        if m.group(1) in SYNC_METHODS:
+            used.add(m.group(1))
+            return m.group(0)
+        return f"    async def {m.group(1)}(self"
 
     out = re.sub(r"^    def (\w+)\(self", asyncify, out, flags=re.M)
     out = re.sub(r"\bself\.((?:breaker|balancer)\.)?_run\(", r"await self.\1_run(", out)
@@ -59,14 +69,20 @@ def generate(source: str, origin: str) -> str:
 
 def main(argv: list[str]) -> int:
     stale = []
+    used: set[str] = set()
     for src, dst in MODULES.items():
-        text = generate((ROOT / src).read_text(), src)
+        text = generate((ROOT / src).read_text(), src, used)
         target = ROOT / dst
         if target.exists() and target.read_text() == text:
             continue
         stale.append(dst)
         if "--check" not in argv:
             target.write_text(text)
+    unused = [old for old, _ in RENAMES if old not in used] + sorted(SYNC_METHODS - used)
+    if unused:
+        # A rule that matches nothing is a rule someone forgot to update: say so.
+        print("unused rules in tools/gen_aio.py (remove or fix them):", *unused)
+        return 1
     if stale and "--check" in argv:
         print("stale generated files (run python tools/gen_aio.py):", *stale)
         return 1

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from distlb._core.guard import StoreGuard
 from distlb._core.ops import Call, text
-from distlb._scripts import script
+from distlb._core.scripts import script
 from distlb.results import Attempt, BreakerState, Transition
 
 BreakerOp = Literal["attempt", "success", "failure", "state", "force"]
@@ -42,7 +43,8 @@ def parse_transitions(field: str) -> tuple[Change, ...]:
 
 def plan(op: BreakerOp, keys: tuple[str, str, str], *, name: str, arg: str, channel: str,
          config: Config, parse_hook: Callable[[BreakerState, tuple[Change, ...]], None],
-         fallback: Callable[[], BreakerState], shed: int = 0) -> Call[BreakerState]:
+         fallback: Callable[[], BreakerState], shed: int = 0,
+         owner: StoreGuard | None = None) -> Call[BreakerState]:
     def parse(reply: Any) -> BreakerState:
         f = text(reply).split()
         st = BreakerState(
@@ -55,7 +57,7 @@ def plan(op: BreakerOp, keys: tuple[str, str, str], *, name: str, arg: str, chan
         return st
 
     args = (op, arg, channel, name, config.rule, config.timing, shed)
-    return Call(script("breaker"), keys, args, parse, fallback)
+    return Call(script("breaker"), keys, args, parse, fallback, owner)
 
 
 class View:

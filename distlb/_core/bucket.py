@@ -9,9 +9,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from distlb import _observe
+from distlb._core.guard import StoreGuard
 from distlb._core.local import LocalState
 from distlb._core.ops import Call, text
-from distlb._scripts import Arg, script
+from distlb._core.scripts import Arg, script
 from distlb.results import Decision, LimitState
 
 log = logging.getLogger("distlb")
@@ -38,7 +39,7 @@ class BucketSpec:
 
 def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
          limits_ttl_ms: int, fallback: Callable[[], Decision],
-         on_conflict: Callable[[], None]) -> Call[Decision]:
+         on_conflict: Callable[[], None], owner: StoreGuard | None = None) -> Call[Decision]:
     """The ``bucket.lua`` call checking (and with ``take``, charging) every spec at once."""
     keys = [s.key for s in specs]
     args: list[Arg] = [f"{mode} {limits_ttl_ms if limits_key else 0}".encode()]
@@ -67,7 +68,7 @@ def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
                           decision.limit)
         return decision
 
-    return Call(script("bucket"), tuple(keys), tuple(args), parse, fallback)
+    return Call(script("bucket"), tuple(keys), tuple(args), parse, fallback, owner)
 
 
 def warn_conflict_once(what: str) -> Callable[[], None]:

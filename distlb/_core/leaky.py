@@ -6,15 +6,17 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from distlb import _observe
+from distlb._core.guard import StoreGuard
 from distlb._core.local import LocalState
 from distlb._core.ops import Call, text
-from distlb._scripts import script
+from distlb._core.scripts import script
 from distlb.results import LeakyDecision
 
 
 def plan(mode: Literal["take", "peek"], key: str, rate_per_s: float, capacity: float,
          cost: float, *, fallback: Callable[[], LeakyDecision],
-         on_conflict: Callable[[], None]) -> Call[LeakyDecision]:
+         on_conflict: Callable[[], None],
+         owner: StoreGuard | None = None) -> Call[LeakyDecision]:
     def parse(reply: Any) -> LeakyDecision:
         f = text(reply).split()
         if f[4] == "1":
@@ -24,7 +26,7 @@ def plan(mode: Literal["take", "peek"], key: str, rate_per_s: float, capacity: f
         return decision
 
     args = (mode, repr(rate_per_s), repr(capacity), repr(cost))
-    return Call(script("leaky"), (key,), args, parse, fallback)
+    return Call(script("leaky"), (key,), args, parse, fallback, owner)
 
 
 class LocalLeaky:

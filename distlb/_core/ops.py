@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from distlb._scripts import Arg, Script
+from distlb._core.guard import StoreGuard
+from distlb._core.scripts import Arg, Script
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -25,15 +26,13 @@ class Call(Generic[T]):
     args: tuple[Arg, ...]
     parse: Callable[[Any], T]
     fallback: Callable[[], T]
+    #: The primitive whose call this is (its guard: the client to run it on, the failure
+    #: policy's bookkeeping). A pool that runs its shaper's admission runs it on the
+    #: shaper's client and guard. ``None``: the driving runner's own.
+    owner: StoreGuard | None = None
     #: The command as packed for the wire, filled once by the asyncio batcher
     #: (calls are reused, so packing is paid once, not per request).
     packed: list[bytes] = field(default_factory=list, compare=False, repr=False)
-    #: The failure-policy state (a ``StoreGuard``) of the entity this call belongs to,
-    #: when an operation of one object runs another's calls (a pool its breakers', its
-    #: shaper's, its budget's): each entity's outage is then its own, so one shard's
-    #: failure on a cluster never stops calls to entities on healthy shards. ``None``:
-    #: the runner's own guard.
-    guard: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,28 +85,6 @@ def text(value: Any) -> str:
 def num(value: Any) -> float:
     """A reply number sent as a string (Lua truncates numbers in replies)."""
     return float(text(value))
-
-
-def owned(op: Op[R], guard: Any) -> Steps[R]:
-    """``steps(op)`` with each script call marked as ``guard``'s (see ``Call.guard``):
-    for an operation of one object embedded in another's."""
-    if isinstance(op, Done):
-        return op.value
-    if isinstance(op, Call):
-        return (yield replace(op, guard=guard) if op.guard is None else op)  # type: ignore[no-any-return]
-    try:
-        step = next(op)
-        while True:
-            if isinstance(step, Call) and step.guard is None:
-                step = replace(step, guard=guard)
-            try:
-                reply = yield step
-            except BaseException as exc:    # an error of the step goes back into ``op``
-                step = op.throw(exc)
-            else:
-                step = op.send(reply)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
 
 
 def steps(op: Op[R]) -> Steps[R]:

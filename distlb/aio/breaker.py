@@ -15,8 +15,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from distlb import _breaker
-from distlb._events import AsyncBus
-from distlb._runtime import AsyncRunner
+from distlb._shell import AsyncShared
 from distlb.errors import CircuitOpen
 from distlb.results import Attempt, BreakerState, Transition
 
@@ -24,11 +23,8 @@ __all__ = ["AdaptiveCircuitBreaker", "BreakerGuard", "CircuitBreaker", "Transiti
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Shell(_breaker.BreakerBase):
+class _Shell(AsyncShared, _breaker.BreakerBase):
     """The methods both breakers share."""
-
-    _runner = AsyncRunner
-    _bus_type = AsyncBus
 
     async def can_attempt(self) -> Attempt:
         """Whether a call may go to the backend now (no round trip while known closed)."""

@@ -24,6 +24,7 @@ from distlb._retry import (
     set_testing,
 )
 from distlb._runtime import AsyncRunner
+from distlb._shell import AsyncDrive, AsyncShared
 
 __all__ = [
     "BudgetDecision",
@@ -39,10 +40,8 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class RetryBudget(_retry.RetryBudgetCore):
+class RetryBudget(AsyncShared, _retry.RetryBudgetCore):
     __doc__ = _retry.RetryBudgetCore.__doc__
-
-    _runner = AsyncRunner
 
     async def deposit(self, n: int = 1) -> None:
         """Count ``n`` requests (batched: usually no round trip)."""
@@ -68,7 +67,16 @@ class RetryBudget(_retry.RetryBudgetCore):
 class RetryPolicy(_retry.RetryPolicyCore):
     __doc__ = _retry.RetryPolicyCore.__doc__
 
-    _runner = AsyncRunner
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_budget_flavour(RetryBudget)
+
+    @property
+    def _run(self) -> AsyncDrive:
+        """A runner for one call: the budget's calls run on the budget's client and guard."""
+        guard = self._store_guard()
+        runner = AsyncRunner(guard) if self.sleep is None else AsyncRunner(guard, sleep=self.sleep)
+        return runner.drive
 
     async def execute(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call ``fn(*args, **kwargs)``, retrying as the policy says."""

@@ -12,17 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from distlb import _shaping
-from distlb._runtime import AsyncRunner
 from distlb._shaping import Limit
+from distlb._shell import AsyncShared
 from distlb.results import Decision, LeakyDecision, PriorityDecision
 
 __all__ = ["LeakyBucket", "Limit", "PriorityLimiter", "TokenBucket", "TrafficShaper"]
 
 
-class TokenBucket(_shaping.TokenBucketCore):
+class TokenBucket(AsyncShared, _shaping.TokenBucketCore):
     __doc__ = _shaping.TokenBucketCore.__doc__
-
-    _runner = AsyncRunner
 
     async def try_acquire(self, cost: float = 1) -> Decision:
         """Take ``cost`` tokens if available now; never waits."""
@@ -41,10 +39,8 @@ class TokenBucket(_shaping.TokenBucketCore):
         await self._run(self._reset())
 
 
-class LeakyBucket(_shaping.LeakyBucketCore):
+class LeakyBucket(AsyncShared, _shaping.LeakyBucketCore):
     __doc__ = _shaping.LeakyBucketCore.__doc__
-
-    _runner = AsyncRunner
 
     async def try_acquire(self, cost: float = 1) -> LeakyDecision:
         """Reserve a departure slot; the caller waits ``delay_s`` itself before proceeding."""
@@ -63,10 +59,8 @@ class LeakyBucket(_shaping.LeakyBucketCore):
         await self._run(self._reset())
 
 
-class TrafficShaper(_shaping.TrafficShaperCore):
+class TrafficShaper(AsyncShared, _shaping.TrafficShaperCore):
     __doc__ = _shaping.TrafficShaperCore.__doc__
-
-    _runner = AsyncRunner
 
     @classmethod
     def with_global_limit(cls, client: Any, rate_per_s: float, burst: float,
@@ -113,7 +107,7 @@ class TrafficShaper(_shaping.TrafficShaperCore):
 
     async def limits(self) -> dict[str, Limit]:
         """The shared overrides in force, e.g. ``{"c:alice": Limit(100.0, 50.0)}``."""
-        return _shaping.parse_limits(await self._run(self._limits()))
+        return await self._run(self._limits())
 
     async def reset_client(self, client_id: str) -> None:
         """Refill one client's buckets for every process; its shared overrides stay."""
@@ -129,10 +123,8 @@ class TrafficShaper(_shaping.TrafficShaperCore):
         await self._run(self._reset())
 
 
-class PriorityLimiter(_shaping.PriorityLimiterCore):
+class PriorityLimiter(AsyncShared, _shaping.PriorityLimiterCore):
     __doc__ = _shaping.PriorityLimiterCore.__doc__
-
-    _runner = AsyncRunner
 
     async def try_acquire(self, priority: int = 0, *, cost: float = 1) -> PriorityDecision:
         """Take tokens now only if nobody with a better place is waiting; never queues."""

@@ -31,11 +31,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from distlb import _balancer as lbcore
-from distlb._inspect import _node_clients as node_clients
-from distlb._inspect import connect, redact_url
+from distlb._connect import redact_url
 from distlb._validate import integer, number
-from distlb.balancer import LoadBalancer, LoadBalancerContext
+from distlb.balancer import BreakerSettings, LoadBalancer, LoadBalancerContext
+from distlb.cli.inspect import connect, node_clients
 from distlb.embedded import tie_to_parent
 from distlb.errors import ConfigError, RateLimited
 from distlb.retry import RetryBudget, RetryPolicy
@@ -184,7 +183,7 @@ def make_balancer(cfg: DemoConfig, client: Any) -> LoadBalancer:
         client, "demo", strategy, prefix=cfg.prefix,
         rate_limit=Limit(cfg.rate_per_s, cfg.burst), client_limit=cfg.client_limit,
         retry_policy=RetryPolicy.fixed(0.0, max_attempts=3).with_budget(budget),
-        breaker=lbcore.BreakerSettings(failure_threshold=5, open_timeout_s=cfg.open_timeout_s,
+        breaker=BreakerSettings(failure_threshold=5, open_timeout_s=cfg.open_timeout_s,
                                        success_threshold=3, half_open_max_requests=3),
         refresh_s=0.5)
 
@@ -205,7 +204,7 @@ def _worker(cfg: DemoConfig, index: int, barrier: Any, out: Any) -> None:
         cb = lb.breaker_for(b.id)
         assert cb is not None
         cb.add_listener(on_transition)
-        cb._run(cb._attempt())  # learn its state now
+        cb.can_attempt()  # learn its state now
     lock = threading.Lock()
     counts: dict[str, Any] = {"served": {}, "clients": dict.fromkeys(CLIENTS, 0),
                               "limited": 0, "failed": 0, "attempts": 0}
@@ -246,9 +245,9 @@ def _worker(cfg: DemoConfig, index: int, barrier: Any, out: Any) -> None:
     while any(t.is_alive() for t in threads):
         time.sleep(REPORT_EVERY_S)
         states = {}
-        for b in lb._snapshot:
+        for b in lb.known_backends:
             cb = lb.breaker_for(b.id)
-            states[b.id] = (cb._view.state or "closed") if cb is not None else "-"
+            states[b.id] = (cb.known_state or "closed") if cb is not None else "-"
         with lock:
             out.put((index, {**counts, "served": dict(counts["served"]),
                              "clients": dict(counts["clients"]), "states": states,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,27 +40,6 @@ class Entity:
                 "keys": [asdict(k) for k in self.keys]}
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password (in the user part or a ``password=`` query) shown as ``***``.
-
-    Every URL the command line prints goes through this: a terminal, a log or a CI
-    transcript must never show the server's password.
-    """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            user = parts.username or ""
-            netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
-        query = urllib.parse.urlencode(
-            [(k, "***" if k.lower() == "password" else v)
-             for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)],
-            safe="*")
-        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:           # not even a URL: show nothing that could be a secret
-        return "<unparsable URL>"
-
-
 def plural(n: int, word: str, many: str | None = None) -> str:
     """``1 key``, ``3 keys``: a count with its noun in the right number."""
     return f"{n} {word if n == 1 else many or word + 's'}"
@@ -76,7 +54,7 @@ def connect(url: str, **kwargs: Any) -> Any:
     return r
 
 
-def _node_clients(client: Any) -> Iterator[Any]:
+def node_clients(client: Any) -> Iterator[Any]:
     if isinstance(client, redis.cluster.RedisCluster):
         for node in client.get_primaries():
             yield client.get_redis_connection(node)
@@ -91,7 +69,7 @@ def _s(v: Any) -> str:
 def scan(client: Any, prefix: str = _keys.DEFAULT_PREFIX, count: int = 500) -> list[Entity]:
     """Every distlb entity under ``prefix``, from SCAN on each primary."""
     grouped: dict[tuple[str, str], list[KeyState]] = {}
-    for node in _node_clients(client):
+    for node in node_clients(client):
         for raw in node.scan_iter(match=f"{prefix}:{{*", count=count):
             key = _s(raw)
             ref = _keys.parse(key)
@@ -107,7 +85,7 @@ def scan(client: Any, prefix: str = _keys.DEFAULT_PREFIX, count: int = 500) -> l
 
 
 def _server_time_us(client: Any) -> int:
-    node = next(_node_clients(client))
+    node = next(node_clients(client))
     sec, usec = node.time()
     return int(sec) * 1_000_000 + int(usec)
 

@@ -24,7 +24,8 @@ from typing import Any
 import redis
 
 from distlb import _keys
-from distlb._inspect import plural, redact_url
+from distlb._connect import redact_url
+from distlb.cli.inspect import plural
 from distlb.errors import ConfigError
 
 WRONG_PASSWORD = "the server refused the password (check the URL's credentials)"
@@ -91,7 +92,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from distlb._demo import DemoConfig, run_backends, run_demo, run_worker
+    from distlb.cli.demo import DemoConfig, run_backends, run_demo, run_worker
 
     if args.role != "all" and not (args.prefix and _url(args)):
         return _fail("--role backends/worker need a shared server and prefix: "
@@ -124,7 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from distlb import _inspect
+    from distlb.cli import inspect as _inspect
 
     connected = _connect(args)
     if isinstance(connected, int):
@@ -164,7 +165,7 @@ def _positive_int(text: str) -> int:
 
 
 def _connect(args: argparse.Namespace) -> tuple[Any, str] | int:
-    from distlb import _inspect
+    from distlb.cli import inspect as _inspect
 
     url = _url(args)
     if not url:
@@ -238,8 +239,8 @@ def _describe(event: dict[str, Any], color: bool) -> str:
     return f"{stamp}  {json.dumps(event, sort_keys=True)}"
 
 
-RESETTABLE = {"bucket": "tb", "leaky": "lb", "shaper": "ts", "priority": "pq",
-              "breaker": "cb", "budget": "rb", "pool": "pool"}
+#: ``distlb reset`` word -> kind code, from the one table of kinds.
+RESETTABLE = {word: kind.code for word, kind in _keys.BY_COMMAND.items()}
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
@@ -256,13 +257,15 @@ def cmd_reset(args: argparse.Namespace) -> int:
     if isinstance(connected, int):
         return connected
     client, url = connected
-    kind = RESETTABLE[args.kind]
+    descriptor = _keys.BY_COMMAND[args.kind]
+    kind = descriptor.code
     entity = _keys.entity(args.prefix, kind, _keys.escape(args.name))
     # All of an entity's keys share its hash tag: one slot, so one node holds them all.
     found = sorted({k.decode() for k in client.scan_iter(match=f"{_glob(entity)}*")})
     # A shaper's shared overrides are configuration, not state: reset refills its buckets
     # and keeps them, as TrafficShaper.reset()/reset_client() do (remove_* deletes them).
-    kept = [k for k in found if kind == "ts" and k == f"{entity}:limits"]
+    kept = [k for k in found
+            if any(k == _keys.part(entity, p) for p in descriptor.kept_on_reset)]
     keys = [k for k in found if k not in kept]
     if not keys:
         print(f"nothing to reset: no keys for {args.kind} {args.name!r} under prefix "
@@ -276,7 +279,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("not reset")
             return 1
-    if kind == "cb":
+    if descriptor.reset == "close":
         from distlb.breaker import CircuitBreaker
         CircuitBreaker(client, args.name, prefix=args.prefix, subscribe=False).reset()
     else:
@@ -294,7 +297,7 @@ def _glob(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from distlb import __version__
-    from distlb._demo import MAX_BACKENDS, MAX_WORKERS
+    from distlb.cli.demo import MAX_BACKENDS, MAX_WORKERS
 
     parser = argparse.ArgumentParser(
         prog="distlb", description="distlb: a demo of worker processes sharing one load "
@@ -371,7 +374,3 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,122 @@
+"""A scripted store for the core: the core's objects with a fake runner bound in.
+
+``bind(CoreClass, store, ...)`` builds a core object (``TokenBucketCore``,
+``LoadBalancerCore`` ...) whose ``_run`` drives operations against ``store``, a
+:class:`ScriptedStore` that answers each script call from a function of the
+call (or raises :class:`StoreDown`). The drive loop follows the real runners'
+contract step for step: each call on its owner's guard, the failure policy on an
+outage, errors thrown back into the operation, Sleep on the fake clock,
+Invoke timed by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from distlb._core.guard import Command, StoreGuard
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep
+from tests.clock import FakeClock
+
+T = TypeVar("T")
+Answer = Callable[[Call[Any]], Any]
+
+
+class StoreDown(ConnectionError):
+    """The store did not answer (what the real runner maps redis' ConnectionError to)."""
+
+
+class ScriptedStore:
+    """Answers script calls by script name; records every call with the guard it ran under."""
+
+    def __init__(self, **answers: Answer) -> None:
+        self.answers: dict[str, Answer] = dict(answers)
+        self.calls: list[tuple[str, Call[Any], StoreGuard]] = []
+        self.down = False
+
+    def answer(self, call: Call[Any], guard: StoreGuard) -> Any:
+        self.calls.append((call.script.name, call, guard))
+        if self.down:
+            raise StoreDown("scripted outage")
+        return self.answers[call.script.name](call)
+
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.calls]
+
+
+class FakeRunner:
+    """What ``distlb._runtime.SyncRunner`` does, against a :class:`ScriptedStore`."""
+
+    def __init__(self, guard: StoreGuard, store: ScriptedStore, clock: FakeClock) -> None:
+        self.guard = guard
+        self.store = store
+        self.clock = clock
+
+    def call(self, call: Call[T]) -> T:
+        guard = call.owner or self.guard
+        if guard.skip():
+            return guard.fallback(call)
+        try:
+            reply = self.store.answer(call, guard)
+        except StoreDown as exc:
+            return guard.fallback(call, exc)
+        guard.succeeded()
+        return call.parse(reply)
+
+    def drive(self, op: Op[T] | Command[T]) -> T:
+        if isinstance(op, Call):
+            return self.call(op)
+        if isinstance(op, Done):
+            return op.value
+        if isinstance(op, Command):
+            raise AssertionError("plain commands are not scripted here")
+        reply: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                step = op.throw(error) if error is not None else op.send(reply)
+                error = None
+                try:
+                    if isinstance(step, Sleep):
+                        self.clock.sleep(step.seconds)
+                        reply = None
+                    elif isinstance(step, Invoke):
+                        start = self.clock()
+                        try:
+                            value = step.fn(*step.args, **step.kwargs)
+                        except Exception as exc:
+                            reply = Outcome(None, exc, self.clock() - start)
+                        else:
+                            reply = Outcome(value, None, self.clock() - start)
+                    else:
+                        reply = self.call(step)
+                except BaseException as exc:
+                    error = exc
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+C = TypeVar("C")
+
+
+def bind(cls: type[C], store: ScriptedStore, clock: Any, *args: Any, **kwargs: Any) -> C:
+    """An instance of the core class ``cls`` driven by ``store`` (no client, no bus)."""
+
+    def _bind(self: Any, client: Any, sleep: Any) -> None:
+        self.client = client
+        self._guard.client = client
+        self._run = FakeRunner(self._guard, store, clock).drive
+
+    def _open_bus(self: Any) -> None:
+        return None
+
+    def _new_breaker(self: Any, name: str, settings: Any) -> Any:
+        from distlb._breaker import CircuitBreakerCore
+        options = self._breaker_options(settings)
+        return bind(CircuitBreakerCore, store, options.pop("clock"), name, **options)
+
+    fake = type(f"Fake{cls.__name__}", (cls,), {"_bind": _bind, "_open_bus": _open_bus,
+                                                 "_new_breaker": _new_breaker,
+                                                 "__module__": __name__})
+    kwargs.setdefault("clock", clock)
+    return fake(object(), *args, **kwargs)  # type: ignore[no-any-return]
