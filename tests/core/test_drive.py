@@ -17,7 +17,8 @@ from tests.core.fake import FakeRunner, ScriptedStore, bind
 
 
 def bucket_reply(allowed: bool, retry_after_s: float = 0.0) -> Any:
-    return lambda call: (f"{int(allowed)} 0 1 {int(allowed)} 0 {retry_after_s} 0 10 5")
+    # "<allowed> <conflict>" then per bucket "<i> <ok> <remaining> <retry_after_s> <rate> <burst>"
+    return lambda call: (f"{int(allowed)} 0 1 {int(allowed)} 0 {retry_after_s} 10 5")
 
 
 def test_acquire_waits_the_replied_retry_after_on_the_clock() -> None:

@@ -47,7 +47,7 @@ def test_bucket_plan_and_parse(shape: Any) -> None:
     assert call.script == script("bucket") and call.owner is owner
     assert call.keys == ("p:{ts:a}", "p:{ts:a}:c:bob", "p:{ts:a}:limits")
     assert call.args == (b"take 7", b"10.0 5.0 1.0", b"2.0 3.0 1.0 c:bob")
-    d = call.parse(shape("0 1 1 1 4 0 0.1 10 5 2 0 0 0.5 1.5 2 3"))
+    d = call.parse(shape("0 1 1 1 4 0 10 5 2 0 0 0.5 2 3"))
     assert not d.allowed and d.limit == "client:bob" and d.retry_after_s == 0.5
     assert [s.allowed for s in d.limits] == [True, False] and conflicts == [1]
 
