@@ -51,7 +51,7 @@ class Kind:
 #: Every kind of entity distlb stores. A new primitive adds one row here (and its
 #: README key table rows, which a test compares with ``parts``).
 KIND_TABLE: tuple[Kind, ...] = (
-    Kind("tb", "token bucket", "bucket", ("",), "tokens/burst @ rate"),
+    Kind("tb", "token bucket", "bucket", ("", "r<n>"), "tokens/burst @ rate"),
     Kind("lk", "leaky bucket", "leaky", ("",), "queued/capacity @ rate, the wait"),
     Kind("ts", "traffic shaper", "shaper",
          ("global", "c:<client>", "cb:<client>", "bb:<backend>", "limits"),

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from distlb import _keys
 from distlb._core import bucket, leaky, priority
@@ -21,6 +21,7 @@ from distlb._core.guard import Command, no_policy
 from distlb._core.local import LocalState
 from distlb._core.ops import Call, Op, Sleep, Steps
 from distlb._core.scripts import script
+from distlb._rates import parse_rates
 from distlb._shared import Clock, Shared
 from distlb._validate import StorePolicy, integer, number
 from distlb._validate import check_cost as check_amount
@@ -52,6 +53,25 @@ class Limit:
 
     def encode(self) -> str:
         return f"{self.rate_per_s!r} {self.burst!r}"
+
+    @classmethod
+    def parse(cls, text: str) -> Limit:
+        """One limit from a rate string: ``Limit.parse("100/second")`` is
+        ``Limit(100, 100)``; ``"1000/hour burst 50"`` refills 1000 an hour and holds 50.
+        The grammar (``limits``' rate strings plus an optional burst) is in
+        ``distlb._rates``; ``N/period`` holds a burst of ``N`` unless told otherwise."""
+        limits = cls.parse_many(text)
+        if len(limits) != 1:
+            raise ConfigError("rate", f"must be one rate, got {len(limits)}: use parse_many")
+        return limits[0]
+
+    @classmethod
+    def parse_many(cls, text: str) -> tuple[Limit, ...]:
+        """Every limit of ``"10/second; 1000/hour"`` (separated by ``;``, ``,`` or ``|``)."""
+        return tuple(cls(rate, burst) for rate, burst in parse_rates(text))
+
+    def __str__(self) -> str:
+        return f"{self.rate_per_s:g}/s burst {self.burst:g}"
 
 
 class _Limiter(Shared):
@@ -105,6 +125,10 @@ class TokenBucketCore(_Limiter):
     """A token bucket shared by every process: ``rate_per_s`` refill, ``burst`` capacity.
 
     Key: ``<prefix>:{tb:<name>}``, a hash with ``tokens``, ``ts_us``, ``rate``, ``burst``.
+    Several rates on one name (``TokenBucket.from_rates(r, "api", "10/s; 1000/hour")``)
+    are several buckets under the same hash tag (``:r2``, ``:r3``, ...), checked and
+    charged together, all or nothing, in one script call: a request is admitted only
+    when every rate has room, and a denial charges none of them.
     """
 
     kind = "tb"
@@ -120,6 +144,44 @@ class TokenBucketCore(_Limiter):
                          retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
         self._conflict = bucket.warn_conflict_once(f"token bucket {name!r}")
         self._calls: dict[tuple[str, type, float], Call[Decision]] = {}
+        #: Every rate this bucket enforces; the first is ``limit`` (see ``from_rates``).
+        self.limits: tuple[Limit, ...] = (self.limit,)
+
+    @classmethod
+    def from_rates(cls, client: Any, name: str, rates: str | Sequence[Limit],
+                   **options: Any) -> Self:
+        """A bucket enforcing several rates at once, e.g. ``"10/second; 1000/hour"`` (a
+        rate string, see ``Limit.parse_many``) or a sequence of ``Limit``: a request is
+        admitted only when every rate has room, checked and charged in one script call.
+        ``options`` are the constructor's other keyword arguments."""
+        limits = Limit.parse_many(rates) if isinstance(rates, str) else tuple(rates)
+        if not limits or not all(isinstance(lim, Limit) for lim in limits):
+            raise ConfigError("rates", "must be a rate string or a non-empty sequence of Limit")
+        bucket_ = cls(client, name, rate_per_s=limits[0].rate_per_s, burst=limits[0].burst,
+                      **options)
+        bucket_._with_rates(limits)
+        return bucket_
+
+    def _with_rates(self, limits: tuple[Limit, ...]) -> None:
+        """Enforce ``limits`` (at most 16) together under this bucket's name."""
+        if not 1 <= len(limits) <= 16:
+            raise ConfigError("rates", f"must hold 1 to 16 rates, got {len(limits)}")
+        self.limit, self.limits = limits[0], limits
+        self._calls.clear()
+
+    def _keys_of(self) -> list[str]:
+        return [self.key] + [_keys.part(self.key, f"r{i}") for i in range(2, len(self.limits) + 1)]
+
+    def _specs(self, cost: float) -> list[bucket.BucketSpec]:
+        if len(self.limits) == 1:
+            c = check_cost(cost, self.limit.burst)
+            return [bucket.BucketSpec(self.key, self.name, self.limit.rate_per_s,
+                                      self.limit.burst, c)]
+        c = check_cost(cost, min(lim.burst for lim in self.limits), burst_field="smallest burst")
+        for lim in self.limits:
+            check_amount(c, lim.burst, "cost", "burst")
+        return [bucket.BucketSpec(key, f"{self.name} ({lim})", lim.rate_per_s, lim.burst, c)
+                for key, lim in zip(self._keys_of(), self.limits, strict=True)]
 
     def _call(self, mode: bucket.Mode, cost: float) -> Call[Decision]:
         # Calls are immutable: reuse them per (mode, cost), so the hot path builds nothing.
@@ -130,8 +192,7 @@ class TokenBucketCore(_Limiter):
             call = None
         if call is not None:
             return call
-        c = check_cost(cost, self.limit.burst)
-        specs = [bucket.BucketSpec(self.key, self.name, self.limit.rate_per_s, self.limit.burst, c)]
+        specs = self._specs(cost)
         call = bucket.plan(mode, specs, limits_key=None, limits_ttl_ms=0,
                            fallback=self._bucket_fallback(mode, specs),
                            on_conflict=self._conflict, owner=self._guard)
@@ -151,7 +212,7 @@ class TokenBucketCore(_Limiter):
                                     lambda d: d.limit or self.name)
 
     def _reset(self) -> Op[int]:
-        return self._delete([self.key])
+        return self._delete(self._keys_of())
 
 
 class LeakyBucketCore(_Limiter):

@@ -36,7 +36,8 @@ def test_every_kind_parses_back_and_has_one_command_word() -> None:
     assert len({k.command for k in _keys.KIND_TABLE}) == len(_keys.KIND_TABLE)
     for kind in _keys.KIND_TABLE:
         for part in kind.parts:
-            concrete = part.replace("<client>", "a%3Ab").replace("<backend>", "n1")
+            concrete = (part.replace("<client>", "a%3Ab").replace("<backend>", "n1")
+                        .replace("<n>", "2"))
             key = _keys.entity("p", kind.code, "x%7By")
             if concrete:
                 key = _keys.part(key, concrete)
