@@ -12,12 +12,24 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from distlb import Backend, LoadBalancer, _keys
+from distlb import (
+    AdaptiveCircuitBreaker,
+    Backend,
+    LeakyBucket,
+    LoadBalancer,
+    RetryBudget,
+    TokenBucket,
+    TrafficShaper,
+    _keys,
+)
 from tests import cluster_workers as cw
 
 ctx = mp.get_context("spawn")
-KIND_OF = {"bucket": "tb", "leaky": "lb", "shaper": "ts", "breaker": "cb", "budget": "rb",
-           "pool": "pool"}
+#: Each primitive's key kind, from the classes themselves (so a renamed kind cannot move an
+#: entity off the shard a test means to kill).
+KIND_OF = {"bucket": TokenBucket.kind, "leaky": LeakyBucket.kind, "shaper": TrafficShaper.kind,
+           "breaker": AdaptiveCircuitBreaker.kind, "budget": RetryBudget.kind,
+           "pool": LoadBalancer.kind}
 
 
 def slot_of(prefix: str, kind: str, name: str) -> int:
