@@ -1,7 +1,11 @@
 """Expose distlb's Prometheus metrics while a token bucket works.
 
     pip install 'distlb[metrics,embedded]'
-    python examples/metrics_server.py     # then: curl localhost:9100/metrics | grep distlb
+    python examples/metrics_server.py
+
+It serves the metrics on http://localhost:9100/metrics while the bucket works (about 3 s:
+`curl -s localhost:9100/metrics | grep distlb` from another shell meanwhile), then prints
+them once and exits.
 """
 
 import time
