@@ -88,7 +88,7 @@ class BackendStats:
 
 @dataclass(frozen=True, slots=True)
 class Statistics:
-    """The pool at a glance. ``str()`` gives the seed's one-liner."""
+    """The pool at a glance. ``str()`` is a one-line summary."""
 
     backends: int
     healthy: int

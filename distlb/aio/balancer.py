@@ -29,7 +29,7 @@ from distlb.strategies import Backend, Context
 __all__ = ["BackendExists", "BackendStats", "BreakerSettings", "ConnectionGuard",
            "LoadBalancer", "LoadBalancerContext", "Statistics", "UnknownBackend"]
 
-#: The seed's name for a request context: ``LoadBalancerContext.with_key("user123")``.
+#: Another name for a request context: ``LoadBalancerContext.with_key("user123")``.
 LoadBalancerContext = Context
 
 

@@ -102,5 +102,5 @@ class AdaptiveCircuitBreaker(_Shell, _breaker.AdaptiveCircuitBreakerCore):
     __doc__ = _breaker.AdaptiveCircuitBreakerCore.__doc__
 
     async def record_result(self, success: bool, attempt: Attempt | None = None) -> None:
-        """Count one call's outcome in the shared window (the seed's ``record_result``)."""
+        """Count one call's outcome in the shared window ."""
         await self._run(self._record(not success, attempt))

@@ -144,7 +144,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
               f"(is the prefix right? keys look like {args.prefix}:{{tb:name}})")
         return 0
     rows = [(_keys.KINDS.get(e.kind, e.kind), e.name, str(len(e.keys)),
-             _inspect.human_ttl(max((k.ttl_s or 0) for k in e.keys)), e.summary)
+             _inspect.human_ttl(_longest_ttl(e.keys)), e.summary)
             for e in entities]
     head = ("KIND", "NAME", "KEYS", "TTL", "STATE")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
@@ -374,3 +374,11 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
+
+
+def _longest_ttl(keys: list[Any]) -> float | None:
+    """The entity's TTL column: its longest-lived key; ``None`` ("none") when a key has no
+    TTL at all (a forced breaker holds until reset)."""
+    ttls = [k.ttl_s for k in keys]
+    return None if any(t is None for t in ttls) else max((t for t in ttls if t is not None),
+                                                         default=None)

@@ -14,7 +14,7 @@ from distlb._validate import integer, number
 from distlb.errors import ConfigError
 from distlb.strategies.base import Backend, Base, Context
 
-#: ``AdaptiveBalancer``'s modes: the seed's adaptive, predictive and latency-aware.
+#: ``AdaptiveBalancer``'s modes: adaptive, predictive and latency-aware.
 ADAPTIVE_MODES = ("adaptive", "predictive", "latency_aware")
 
 
@@ -50,7 +50,7 @@ class AdaptiveBalancer(Base):
     Low latency, few errors, few connections and high throughput score low; a heavier
     backend's score shrinks in proportion. Ties go to a random one among the best.
 
-    ``mode`` chooses one of the seed's three modes, one to one:
+    ``mode`` chooses one of three modes:
 
     * ``"adaptive"`` (default): the score above, on the snapshot's latencies.
     * ``"predictive"`` (or ``predictive=True``): each backend's latency is replaced by its
