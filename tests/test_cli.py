@@ -71,6 +71,8 @@ def test_inspect_standalone(server_url: str, prefix: str) -> None:
     check_inventory(inspect_json(server_url, prefix))
     table = distlb("inspect", "--redis-url", server_url, "--prefix", prefix).stdout
     assert "token bucket" in table and "client ali:ce" in table
+    forced = next(line for line in table.splitlines() if "node1" in line)
+    assert forced.split()[4] == "none"      # a forced breaker has no TTL (not "0.0s")
 
 
 @pytest.mark.cluster
