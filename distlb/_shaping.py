@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from distlb import _keys
 from distlb._core import bucket, leaky, priority
@@ -21,10 +20,10 @@ from distlb._core.guard import Command, no_policy
 from distlb._core.local import LocalState
 from distlb._core.ops import Call, Op, Sleep, Steps
 from distlb._core.scripts import script
-from distlb._shared import Clock, Shared
-from distlb._validate import StorePolicy, integer, number
+from distlb._shared import Shared, StoreKeywords, StoreOptions
 from distlb._validate import check_cost as check_amount
 from distlb._validate import cost as check_cost
+from distlb._validate import integer, number
 from distlb._validate import limit as check_limit
 from distlb.errors import ConfigError, RateLimited
 from distlb.results import Decision, LeakyDecision, PriorityDecision
@@ -60,14 +59,12 @@ class _Limiter(Shared):
     wait-until-admitted loop of the blocking ``acquire`` helpers.
     """
 
-    def __init__(self, client: Any, name: str, *, prefix: str, on_store_error: StorePolicy,
-                 expected_processes: int, retry_store_after_s: float,
-                 clock: Clock, sleep: Callable[[float], Any] | None) -> None:
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+    def __init__(self, client: Any, name: str, *, expected_processes: int,
+                 options: StoreOptions | None, **store: Unpack[StoreKeywords]) -> None:
+        super().__init__(client, name, options=options, **store)
         self.expected_processes = integer("expected_processes", expected_processes,
                                           low=1, high=100_000)
-        self._local = LocalState(clock)
+        self._local = LocalState(self.clock)
         self._twin = bucket.LocalBuckets(self.expected_processes, self._local)
 
     def _deadline(self, timeout_s: float) -> float:
@@ -110,14 +107,11 @@ class TokenBucketCore(_Limiter):
     kind = "tb"
 
     def __init__(self, client: Any, name: str, *, rate_per_s: float, burst: float,
-                 prefix: str = _keys.DEFAULT_PREFIX, on_store_error: StorePolicy = "fail_open",
-                 expected_processes: int = 1, retry_store_after_s: float = 1.0,
-                 clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
+                 expected_processes: int = 1, options: StoreOptions | None = None,
+                 **store: Unpack[StoreKeywords]) -> None:
         self.limit = Limit(rate_per_s, burst)
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         expected_processes=expected_processes,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        super().__init__(client, name, expected_processes=expected_processes,
+                         options=options, **store)
         self._conflict = bucket.warn_conflict_once(f"token bucket {name!r}")
         self._calls: dict[tuple[str, type, float], Call[Decision]] = {}
 
@@ -165,15 +159,12 @@ class LeakyBucketCore(_Limiter):
     kind = "lk"
 
     def __init__(self, client: Any, name: str, *, rate_per_s: float, capacity: float,
-                 prefix: str = _keys.DEFAULT_PREFIX, on_store_error: StorePolicy = "fail_open",
-                 expected_processes: int = 1, retry_store_after_s: float = 1.0,
-                 clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
+                 expected_processes: int = 1, options: StoreOptions | None = None,
+                 **store: Unpack[StoreKeywords]) -> None:
         self.rate_per_s, self.capacity = check_limit("rate_per_s", rate_per_s,
                                                      "capacity", capacity)
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         expected_processes=expected_processes,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        super().__init__(client, name, expected_processes=expected_processes,
+                         options=options, **store)
         self._leaky_twin = leaky.LocalLeaky(self.expected_processes, self._local)
         self._conflict = bucket.warn_conflict_once(f"leaky bucket {name!r}")
 
@@ -224,10 +215,8 @@ class TrafficShaperCore(_Limiter):
     def __init__(self, client: Any, name: str = "default", *, global_limit: Limit | None = None,
                  client_limit: Limit | None = None, client_bandwidth: Limit | None = None,
                  backend_bandwidth: Limit | None = None, config_ttl_s: float = 7 * 86400,
-                 prefix: str = _keys.DEFAULT_PREFIX, on_store_error: StorePolicy = "fail_open",
-                 expected_processes: int = 1, retry_store_after_s: float = 1.0,
-                 clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
+                 expected_processes: int = 1, options: StoreOptions | None = None,
+                 **store: Unpack[StoreKeywords]) -> None:
         for field, value in (("global_limit", global_limit), ("client_limit", client_limit),
                              ("client_bandwidth", client_bandwidth),
                              ("backend_bandwidth", backend_bandwidth)):
@@ -241,9 +230,8 @@ class TrafficShaperCore(_Limiter):
         # At least 1 s: a TTL that rounds to 0 ms would delete the overrides as they are set.
         self.config_ttl_ms = math.ceil(number("config_ttl_s", config_ttl_s, low=1,
                                               low_inclusive=True, high=365 * 86400) * 1000)
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         expected_processes=expected_processes,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        super().__init__(client, name, expected_processes=expected_processes,
+                         options=options, **store)
         self.limits_key = _keys.part(self.key, "limits")
         self._conflict = bucket.warn_conflict_once(f"traffic shaper {name!r}")
 
@@ -366,10 +354,8 @@ class PriorityLimiterCore(_Limiter):
 
     def __init__(self, client: Any, name: str, *, rate_per_s: float, burst: float, levels: int = 10,
                  max_queue_depth: int | Sequence[int] = 1000, aging_s: float = 1.0,
-                 lease_s: float = 2.0, prefix: str = _keys.DEFAULT_PREFIX,
-                 on_store_error: StorePolicy = "fail_open", expected_processes: int = 1,
-                 retry_store_after_s: float = 1.0, clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
+                 lease_s: float = 2.0, expected_processes: int = 1,
+                 options: StoreOptions | None = None, **store: Unpack[StoreKeywords]) -> None:
         self.limit = Limit(rate_per_s, burst)
         self.levels = integer("levels", levels, low=1, high=1000)
         if isinstance(max_queue_depth, int):
@@ -384,9 +370,8 @@ class PriorityLimiterCore(_Limiter):
                                      for d in depths)
         self.aging_s = number("aging_s", aging_s, low=0.001, high=86400)
         self.lease_s = number("lease_s", lease_s, low=0.05, high=3600)
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         expected_processes=expected_processes,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        super().__init__(client, name, expected_processes=expected_processes,
+                         options=options, **store)
         self.keys = (self.key, _keys.part(self.key, "queue"), _keys.part(self.key, "leases"),
                      _keys.part(self.key, "depth"))
 
