@@ -121,6 +121,18 @@ class LoadBalancerCore(Subscriber, Shared):
       and lease are one round trip. A ``traffic_shaper`` (shared beyond one pool,
       with its own hash tag) costs one more.
 
+    ``strategy``: how a backend is selected (default ``RoundRobinBalancer()``).
+    ``breaker``: the ``BreakerSettings`` every backend's breaker gets as they are,
+    with this pool's ``options`` (``None``: no breakers). ``lease_ttl_s``: seconds a
+    lease lives without renewal, in [0.1, 86400]. ``refresh_s``: the longest the
+    local view goes without a snapshot, seconds in [0, 3600]. ``latency_alpha``: the
+    weight of each call in the latency and error-rate moving averages, in (0, 1].
+    ``subscribe``: follow registry changes (and, for the breakers, state changes) by
+    pub/sub; ``False``: poll every ``refresh_s``.
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
+
     ``on_store_error``: ``"fail_open"`` (and ``"local"``) keep balancing on the last
     known view without leases or statistics; ``"fail_closed"`` refuses calls.
     Registry changes always need the store and raise ``StoreUnavailable`` without it.

@@ -359,6 +359,14 @@ class CircuitBreakerCore(BreakerBase):
     every change is pushed to every process by pub/sub, and without a healthy
     subscription the local view is trusted for at most ``max_staleness_s``.
 
+    ``settings``: a ``BreakerSettings`` (``failure_threshold``, ``open_timeout_s``,
+    ``success_threshold``, ``half_open_max_requests``, ``probe_lease_s``,
+    ``failure_on``, ``ignore``, ``slow_call_s``, ``max_staleness_s``, ``subscribe``,
+    ``ttl_s``: see there), or those fields as keywords.
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
+
     Keys: ``<prefix>:{cb:<name>}`` (hash: state, forced, failures, successes,
     opened_us, version) and ``:probes`` (zset of probe permits).
     """
@@ -397,6 +405,17 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
     count those shed (sent along with the next recorded result). Healthy: nothing
     is shed; at 100% errors nearly everything is, yet a trickle still probes the
     backend; in between, shedding follows the error rate.
+
+    ``error_rate_threshold``: in (0, 1]; ``window_s``: seconds, in [0.01, 86400], in
+    ``buckets`` (at least 1 ms each); ``min_calls``: at least 1; ``baseline_factor``:
+    in [1, 1000]; ``baseline_alpha``: in (0, 1]; ``throttle_k``: in [1, 100] or
+    ``None`` (no throttling); ``rng``: a ``random.Random`` for the shedding draws
+    (tests). ``settings``: a ``BreakerSettings`` for the open and half-open states,
+    as ``CircuitBreaker`` (its ``failure_threshold`` does not apply and is refused),
+    or its fields as keywords.
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
 
     Keys: as ``CircuitBreaker``, plus ``:window`` (hash ``<bucket>:c`` calls,
     ``<bucket>:e`` errors, ``<bucket>:t`` shed requests).

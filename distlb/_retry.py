@@ -178,6 +178,10 @@ class RetryBudgetCore(Shared):
     them, ``"local"`` keeps a budget in-process (the minimum divided by
     ``expected_processes``). Key: ``<prefix>:{rb:<name>}``, a hash of
     ``<bucket>:d`` deposits and ``<bucket>:w`` withdrawals.
+
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
     """
 
     kind = "rb"

@@ -101,6 +101,14 @@ class _Limiter(Shared):
 class TokenBucketCore(_Limiter):
     """A token bucket shared by every process: ``rate_per_s`` refill, ``burst`` capacity.
 
+    ``rate_per_s``: tokens per second; ``burst``: capacity (both in [1e-9, 1e12], refill
+    time ``burst / rate_per_s`` at most 10 years).
+    ``expected_processes``: how many processes share it, in [1, 100000]; only the
+    ``"local"`` failure policy uses it (each process then allows its share).
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
+
     Key: ``<prefix>:{tb:<name>}``, a hash with ``tokens``, ``ts_us``, ``rate``, ``burst``.
     """
 
@@ -154,6 +162,12 @@ class LeakyBucketCore(_Limiter):
     ``capacity`` is how many units may wait for their slot; the longest wait is
     ``capacity / rate_per_s`` seconds. Key: ``<prefix>:{lk:<name>}``, a hash with
     ``next_us``, ``rate``, ``capacity``.
+
+    ``expected_processes``: how many processes share it, in [1, 100000]; only the
+    ``"local"`` failure policy uses it (each process then allows its share).
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
     """
 
     kind = "lk"
@@ -208,6 +222,17 @@ class TrafficShaperCore(_Limiter):
     Keys (all under the hash tag ``{ts:<name>}``, so one slot on a cluster):
     ``:global``, ``:c:<client>``, ``:cb:<client>``, ``:bb:<backend>`` (bucket
     hashes) and ``:limits`` (shared overrides).
+
+    ``global_limit``, ``client_limit`` (each ``client_id``'s default),
+    ``client_bandwidth`` and ``backend_bandwidth`` (bytes per second, checked when a
+    request passes ``bytes=``): ``Limit(rate_per_s, burst)`` or ``None`` for none.
+    ``config_ttl_s``: seconds the shared ``set_*`` overrides live after their last
+    change, in [1, 365 days].
+    ``expected_processes``: how many processes share it, in [1, 100000]; only the
+    ``"local"`` failure policy uses it (each process then allows its share).
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
     """
 
     kind = "ts"
@@ -348,6 +373,17 @@ class PriorityLimiterCore(_Limiter):
 
     Keys (hash tag ``{pq:<name>}``): the bucket hash, ``:queue`` (zset),
     ``:leases`` (zset), ``:depth`` (hash level -> waiters).
+
+    ``rate_per_s``, ``burst``: the bucket, as ``TokenBucket``. ``levels``: how many
+    priorities, in [1, 1000]. ``max_queue_depth``: waiters allowed per level (an int
+    for all, or one per level), in [0, 1e7]. ``aging_s``: seconds of waiting worth one
+    level, in [0.001, 86400]. ``lease_s``: seconds a waiter's place is kept without
+    its process renewing it (a dead process leaves the queue), in [0.05, 3600].
+    ``expected_processes``: how many processes share it, in [1, 100000]; only the
+    ``"local"`` failure policy uses it (each process then allows its share).
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
     """
 
     kind = "pq"
