@@ -7,6 +7,7 @@ run on the server's clock. ``distlb.aio`` has the same classes for asyncio.
 
 from distlb._connect import connect
 from distlb._keys import DEFAULT_PREFIX
+from distlb._shared import StoreOptions
 from distlb.balancer import (
     BackendExists,
     BackendStats,
@@ -109,6 +110,7 @@ __all__ = [
     "Statistics",
     "StoreAuthError",
     "StoreError",
+    "StoreOptions",
     "StoreUnavailable",
     "Strategy",
     "TokenBucket",

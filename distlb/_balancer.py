@@ -13,22 +13,21 @@ import itertools
 import math
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Unpack
 
 from distlb import _keys, _observe
-from distlb._breaker import BreakerBase
+from distlb._breaker import BreakerBase, BreakerSettings
 from distlb._core import pool as pl
 from distlb._core.bus import Subscriber
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._core.scripts import script
 from distlb._retry import RetryPolicyCore
 from distlb._shaping import Limit, TrafficShaperCore
-from distlb._shared import Clock, Shared
-from distlb._validate import StorePolicy, integer, number
+from distlb._shared import Shared, StoreKeywords, StoreOptions
+from distlb._validate import integer, number
 from distlb.errors import (
     ConfigError,
     DistlbError,
@@ -53,20 +52,6 @@ class BackendExists(DistlbError, LookupError):
 
 class UnknownBackend(DistlbError, LookupError):
     """An operation named a backend the pool does not have."""
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerSettings:
-    """The per-backend circuit breakers a pool creates (see ``CircuitBreaker``)."""
-
-    failure_threshold: int = 5
-    open_timeout_s: float = 30.0
-    success_threshold: int = 3
-    half_open_max_requests: int = 5
-    probe_lease_s: float = 30.0
-    failure_on: Any = Exception
-    ignore: Any = ()
-    slow_call_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +121,18 @@ class LoadBalancerCore(Subscriber, Shared):
       and lease are one round trip. A ``traffic_shaper`` (shared beyond one pool,
       with its own hash tag) costs one more.
 
+    ``strategy``: how a backend is selected (default ``RoundRobinBalancer()``).
+    ``breaker``: the ``BreakerSettings`` every backend's breaker gets as they are,
+    with this pool's ``options`` (``None``: no breakers). ``lease_ttl_s``: seconds a
+    lease lives without renewal, in [0.1, 86400]. ``refresh_s``: the longest the
+    local view goes without a snapshot, seconds in [0, 3600]. ``latency_alpha``: the
+    weight of each call in the latency and error-rate moving averages, in (0, 1].
+    ``subscribe``: follow registry changes (and, for the breakers, state changes) by
+    pub/sub; ``False``: poll every ``refresh_s``.
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
+
     ``on_store_error``: ``"fail_open"`` (and ``"local"``) keep balancing on the last
     known view without leases or statistics; ``"fail_closed"`` refuses calls.
     Registry changes always need the store and raise ``StoreUnavailable`` without it.
@@ -151,14 +148,11 @@ class LoadBalancerCore(Subscriber, Shared):
                  rate_limit: Limit | None = None, client_limit: Limit | None = None,
                  traffic_shaper: TrafficShaperCore | None = None,
                  retry_policy: RetryPolicyCore | None = None,
-                 breaker: BreakerSettings | None = BreakerSettings(),
+                 breaker: BreakerSettings | None = BreakerSettings(),  # noqa: B008 (frozen)
                  lease_ttl_s: float = 30.0, refresh_s: float = 1.0, latency_alpha: float = 0.1,
-                 subscribe: bool = True, prefix: str = "distlb",
-                 on_store_error: StorePolicy = "fail_open", retry_store_after_s: float = 1.0,
-                 clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+                 subscribe: bool = True, options: StoreOptions | None = None,
+                 **store: Unpack[StoreKeywords]) -> None:
+        super().__init__(client, name, options=options, **store)
         if len(name) > MAX_POOL_NAME_CHARS:
             # Each backend's breaker is named "<pool>/<backend id>": that must fit too.
             raise ConfigError("name", f"a pool name must be at most {MAX_POOL_NAME_CHARS} "
@@ -317,8 +311,11 @@ class LoadBalancerCore(Subscriber, Shared):
         with self._lock:
             cb = self._breakers.get(backend_id)
             if cb is None:
+                settings = self.breaker_settings
+                if not self.subscribe:    # a pool that polls: its breakers poll too
+                    settings = settings.replace(subscribe=False)
                 cb = self._breakers[backend_id] = self._new_breaker(
-                    f"{self.name}/{backend_id}", self.breaker_settings)
+                    f"{self.name}/{backend_id}", settings)
                 # The backend id is bound here, never recovered from the breaker's name
                 # (an id may itself contain "/").
                 cb.metrics_pool = self.name
@@ -326,21 +323,10 @@ class LoadBalancerCore(Subscriber, Shared):
             return cb
 
     def _new_breaker(self, name: str, settings: BreakerSettings) -> BreakerBase:
-        """A backend's circuit breaker on this pool's client: the shell builds its own
-        flavour (``distlb.CircuitBreaker`` or ``distlb.aio.CircuitBreaker``)."""
+        """A backend's circuit breaker on this pool's client, with ``settings`` and the pool's
+        own ``options`` (prefix, failure policy, retry interval, clock, sleep): the shell
+        builds its own flavour (``distlb.CircuitBreaker`` or ``distlb.aio.CircuitBreaker``)."""
         raise NotImplementedError
-
-    def _breaker_options(self, settings: BreakerSettings) -> dict[str, Any]:
-        """The keyword arguments of a backend's breaker: the settings, and the pool's own
-        prefix, failure policy, clock and subscription."""
-        s = settings
-        return dict(failure_threshold=s.failure_threshold, open_timeout_s=s.open_timeout_s,
-                    success_threshold=s.success_threshold,
-                    half_open_max_requests=s.half_open_max_requests,
-                    probe_lease_s=s.probe_lease_s, failure_on=s.failure_on, ignore=s.ignore,
-                    slow_call_s=s.slow_call_s, prefix=self.prefix,
-                    on_store_error=self.on_store_error, clock=self.clock,
-                    subscribe=self.subscribe)
 
     def _on_breaker(self, backend_id: str, transition: Transition) -> None:
         if transition.to_state == "closed":

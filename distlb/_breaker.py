@@ -7,22 +7,23 @@ every transition is one ``breaker.lua`` call on the server clock.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 import threading
-import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict, Unpack
 
 from distlb import _keys, _observe
 from distlb._core import breaker as bk
 from distlb._core.bus import Subscriber
 from distlb._core.guard import no_policy
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
-from distlb._shared import Clock, Shared
-from distlb._validate import StorePolicy, integer, number, window
+from distlb._shared import Shared, StoreKeywords, StoreOptions, merge, store_options
+from distlb._validate import integer, number, window
 from distlb.errors import CircuitOpen, ConfigError
 from distlb.results import Attempt, BreakerState, Transition
 
@@ -35,6 +36,110 @@ def _exception_types(field: str, value: object) -> tuple[type[BaseException], ..
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
         raise ConfigError(field, "must be an exception class or a tuple of them")
     return types
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    """A circuit breaker's own configuration, validated once; the store settings
+    (prefix, failure policy, ...) are ``StoreOptions``.
+
+    ``CircuitBreaker(r, "api", settings=BreakerSettings(...))`` or the same fields as
+    keywords (giving a field both ways is a ``ConfigError`` naming it); a
+    ``LoadBalancer(breaker=BreakerSettings(...))`` gives them to every backend's
+    breaker as they are.
+
+    * ``failure_threshold``: consecutive failures (fleet-wide) that open a
+      ``CircuitBreaker``, in [1, 1e6]. ``AdaptiveCircuitBreaker`` trips on its error
+      rate instead and refuses a non-default value.
+    * ``open_timeout_s``: seconds open before turning half-open, in [0.001, 86400].
+    * ``success_threshold``: half-open probe successes that close it, in [1, 10000].
+    * ``half_open_max_requests``: probe calls allowed in total, fleet-wide, per
+      half-open period, in [success_threshold, 10000].
+    * ``probe_lease_s``: seconds after which the slot of a probe whose process died
+      is given back, in [0.001, 86400].
+    * ``failure_on``, ``ignore``: exception classes (or tuples) counted as failures,
+      and never counted at all (``ignore`` wins), for ``call``/``guard``/decorator.
+    * ``slow_call_s``: a call that succeeds but takes longer counts as a failure;
+      ``None`` (default): no slow-call rule. Seconds, in (0, 86400].
+    * ``max_staleness_s``: without a healthy pub/sub subscription, how long (seconds,
+      in [0, 3600]) the local view of a closed breaker is trusted without a round trip.
+    * ``subscribe``: follow changes by pub/sub (``False``: poll within ``max_staleness_s``).
+    * ``ttl_s``: seconds an idle breaker's keys live, at least
+      ``open_timeout_s + probe_lease_s`` and at most a year.
+    """
+
+    failure_threshold: int = 5
+    open_timeout_s: float = 30.0
+    success_threshold: int = 3
+    half_open_max_requests: int = 5
+    probe_lease_s: float = 30.0
+    failure_on: Any = Exception
+    ignore: Any = ()
+    slow_call_s: float | None = None
+    max_staleness_s: float = 1.0
+    subscribe: bool = True
+    ttl_s: float = 86400.0
+
+    def __post_init__(self) -> None:
+        # The one validation of the breaker's options (frozen: checked values set directly).
+        def put(field: str, value: object) -> None:
+            object.__setattr__(self, field, value)
+
+        put("failure_threshold", integer("failure_threshold", self.failure_threshold,
+                                         low=1, high=1_000_000))
+        put("open_timeout_s", number("open_timeout_s", self.open_timeout_s,
+                                     low=0.001, high=86400))
+        put("success_threshold", integer("success_threshold", self.success_threshold,
+                                         low=1, high=10_000))
+        put("half_open_max_requests", integer("half_open_max_requests",
+                                              self.half_open_max_requests,
+                                              low=self.success_threshold, high=10_000))
+        put("probe_lease_s", number("probe_lease_s", self.probe_lease_s, low=0.001, high=86400))
+        put("failure_on", _exception_types("failure_on", self.failure_on))
+        put("ignore", _exception_types("ignore", self.ignore))
+        put("slow_call_s", None if self.slow_call_s is None
+            else number("slow_call_s", self.slow_call_s, high=86400))
+        put("max_staleness_s", number("max_staleness_s", self.max_staleness_s,
+                                      low_inclusive=True, high=3600))
+        if not isinstance(self.subscribe, bool):
+            raise ConfigError("subscribe", "must be True or False")
+        put("ttl_s", number("ttl_s", self.ttl_s, low=self.open_timeout_s + self.probe_lease_s,
+                            high=365 * 86400))
+
+    def replace(self, **changes: Unpack[BreakerKeywords]) -> BreakerSettings:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+class BreakerKeywords(TypedDict, total=False):
+    """The fields of ``BreakerSettings`` as constructor keywords (for type checkers; a
+    test keeps the two lists equal)."""
+
+    failure_threshold: int
+    open_timeout_s: float
+    success_threshold: int
+    half_open_max_requests: int
+    probe_lease_s: float
+    failure_on: Any
+    ignore: Any
+    slow_call_s: float | None
+    max_staleness_s: float
+    subscribe: bool
+    ttl_s: float
+
+
+class BreakerAndStoreKeywords(BreakerKeywords, StoreKeywords, total=False):
+    """A breaker constructor's keywords: its settings' fields and the store's."""
+
+
+def _split(settings: BreakerSettings | None, options: StoreOptions | None,
+           keywords: dict[str, Any]) -> tuple[BreakerSettings, StoreOptions]:
+    """The breaker's settings and store options, from the objects or the keywords."""
+    breaker_fields = {f.name for f in dataclasses.fields(BreakerSettings)}
+    mine = {k: v for k, v in keywords.items() if k in breaker_fields}
+    store = {k: v for k, v in keywords.items() if k not in breaker_fields}
+    return (merge(BreakerSettings, settings, "settings", mine),
+            store_options(options, store))
 
 
 class BreakerBase(Subscriber, Shared):
@@ -51,30 +156,21 @@ class BreakerBase(Subscriber, Shared):
     metrics_pool: str | None = None
 
     def __init__(self, client: Any, name: str, *, rule: str, local_threshold: int,
-                 open_timeout_s: float, success_threshold: int, half_open_max_requests: int,
-                 probe_lease_s: float, failure_on: Any, ignore: Any, slow_call_s: float | None,
-                 max_staleness_s: float, subscribe: bool, ttl_s: float, prefix: str,
-                 on_store_error: StorePolicy, retry_store_after_s: float, clock: Clock,
-                 sleep: Callable[[float], Any] | None) -> None:
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
-        self.open_timeout_s = number("open_timeout_s", open_timeout_s, low=0.001, high=86400)
-        self.success_threshold = integer("success_threshold", success_threshold,
-                                         low=1, high=10_000)
-        self.half_open_max_requests = integer("half_open_max_requests", half_open_max_requests,
-                                              low=self.success_threshold, high=10_000)
-        self.probe_lease_s = number("probe_lease_s", probe_lease_s, low=0.001, high=86400)
-        self.failure_on = _exception_types("failure_on", failure_on)
-        self.ignore = _exception_types("ignore", ignore)
-        self.slow_call_s = None if slow_call_s is None else number("slow_call_s", slow_call_s,
-                                                                   high=86400)
-        self.max_staleness_s = number("max_staleness_s", max_staleness_s, low_inclusive=True,
-                                      high=3600)
-        ttl = number("ttl_s", ttl_s, low=self.open_timeout_s + self.probe_lease_s,
-                     high=365 * 86400)
-        if not isinstance(subscribe, bool):
-            raise ConfigError("subscribe", "must be True or False")
-        self.subscribe = subscribe
+                 settings: BreakerSettings, options: StoreOptions) -> None:
+        super().__init__(client, name, options=options)
+        self.settings = settings
+        # The settings' fields, as attributes (the public names since the first release).
+        self.open_timeout_s = settings.open_timeout_s
+        self.success_threshold = settings.success_threshold
+        self.half_open_max_requests = settings.half_open_max_requests
+        self.probe_lease_s = settings.probe_lease_s
+        self.failure_on: tuple[type[BaseException], ...] = settings.failure_on
+        self.ignore: tuple[type[BaseException], ...] = settings.ignore
+        self.slow_call_s = settings.slow_call_s
+        self.max_staleness_s = settings.max_staleness_s
+        self.subscribe = settings.subscribe
+        ttl = settings.ttl_s
+        clock = self.clock
         self.keys = (self.key, _keys.part(self.key, "probes"), _keys.part(self.key, "window"))
         self.channel = _keys.events_channel(self.prefix)
         self._config = bk.Config(
@@ -263,28 +359,25 @@ class CircuitBreakerCore(BreakerBase):
     every change is pushed to every process by pub/sub, and without a healthy
     subscription the local view is trusted for at most ``max_staleness_s``.
 
+    ``settings``: a ``BreakerSettings`` (``failure_threshold``, ``open_timeout_s``,
+    ``success_threshold``, ``half_open_max_requests``, ``probe_lease_s``,
+    ``failure_on``, ``ignore``, ``slow_call_s``, ``max_staleness_s``, ``subscribe``,
+    ``ttl_s``: see there), or those fields as keywords.
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
+
     Keys: ``<prefix>:{cb:<name>}`` (hash: state, forced, failures, successes,
     opened_us, version) and ``:probes`` (zset of probe permits).
     """
 
-    def __init__(self, client: Any, name: str, *, failure_threshold: int = 5,
-                 open_timeout_s: float = 30.0, success_threshold: int = 3,
-                 half_open_max_requests: int = 5, probe_lease_s: float = 30.0,
-                 failure_on: Any = Exception, ignore: Any = (), slow_call_s: float | None = None,
-                 max_staleness_s: float = 1.0, subscribe: bool = True, ttl_s: float = 86400.0,
-                 prefix: str = "distlb", on_store_error: StorePolicy = "fail_open",
-                 retry_store_after_s: float = 1.0, clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
-        threshold = integer("failure_threshold", failure_threshold, low=1, high=1_000_000)
-        self.failure_threshold = threshold
+    def __init__(self, client: Any, name: str, *, settings: BreakerSettings | None = None,
+                 options: StoreOptions | None = None,
+                 **keywords: Unpack[BreakerAndStoreKeywords]) -> None:
+        settings, options = _split(settings, options, dict(keywords))
+        self.failure_threshold = threshold = settings.failure_threshold
         super().__init__(client, name, rule=f"count {threshold}", local_threshold=threshold,
-                         open_timeout_s=open_timeout_s, success_threshold=success_threshold,
-                         half_open_max_requests=half_open_max_requests,
-                         probe_lease_s=probe_lease_s, failure_on=failure_on, ignore=ignore,
-                         slow_call_s=slow_call_s, max_staleness_s=max_staleness_s,
-                         subscribe=subscribe, ttl_s=ttl_s, prefix=prefix,
-                         on_store_error=on_store_error, retry_store_after_s=retry_store_after_s,
-                         clock=clock, sleep=sleep)
+                         settings=settings, options=options)
 
 
 class AdaptiveCircuitBreakerCore(BreakerBase):
@@ -313,6 +406,17 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
     is shed; at 100% errors nearly everything is, yet a trickle still probes the
     backend; in between, shedding follows the error rate.
 
+    ``error_rate_threshold``: in (0, 1]; ``window_s``: seconds, in [0.01, 86400], in
+    ``buckets`` (at least 1 ms each); ``min_calls``: at least 1; ``baseline_factor``:
+    in [1, 1000]; ``baseline_alpha``: in (0, 1]; ``throttle_k``: in [1, 100] or
+    ``None`` (no throttling); ``rng``: a ``random.Random`` for the shedding draws
+    (tests). ``settings``: a ``BreakerSettings`` for the open and half-open states,
+    as ``CircuitBreaker`` (its ``failure_threshold`` does not apply and is refused),
+    or its fields as keywords.
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
+
     Keys: as ``CircuitBreaker``, plus ``:window`` (hash ``<bucket>:c`` calls,
     ``<bucket>:e`` errors, ``<bucket>:t`` shed requests).
     """
@@ -321,13 +425,13 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
                  window_s: float = 60.0, buckets: int = 10, min_calls: int = 20,
                  baseline_factor: float = 2.0, baseline_alpha: float = 0.05,
                  throttle_k: float | None = None, rng: random.Random | None = None,
-                 open_timeout_s: float = 30.0, success_threshold: int = 3,
-                 half_open_max_requests: int = 5, probe_lease_s: float = 30.0,
-                 failure_on: Any = Exception, ignore: Any = (), slow_call_s: float | None = None,
-                 max_staleness_s: float = 1.0, subscribe: bool = True, ttl_s: float = 86400.0,
-                 prefix: str = "distlb", on_store_error: StorePolicy = "fail_open",
-                 retry_store_after_s: float = 1.0, clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
+                 settings: BreakerSettings | None = None, options: StoreOptions | None = None,
+                 **keywords: Unpack[BreakerAndStoreKeywords]) -> None:
+        settings, options = _split(settings, options, dict(keywords))
+        if settings.failure_threshold != BreakerSettings().failure_threshold:
+            raise ConfigError("failure_threshold",
+                              "an AdaptiveCircuitBreaker trips on its error rate "
+                              "(error_rate_threshold, min_calls), not on a count: leave it unset")
         self.error_rate_threshold = number("error_rate_threshold", error_rate_threshold, high=1)
         self.window_s = number("window_s", window_s, low=0.01, high=86400)
         self.buckets = integer("buckets", buckets, low=1, high=1000)
@@ -348,13 +452,7 @@ class AdaptiveCircuitBreakerCore(BreakerBase):
                 f"{self.buckets} {self.min_calls} {self.baseline_factor!r} "
                 f"{self.baseline_alpha!r}")
         super().__init__(client, name, rule=rule, local_threshold=self.min_calls,
-                         open_timeout_s=open_timeout_s, success_threshold=success_threshold,
-                         half_open_max_requests=half_open_max_requests,
-                         probe_lease_s=probe_lease_s, failure_on=failure_on, ignore=ignore,
-                         slow_call_s=slow_call_s, max_staleness_s=max_staleness_s,
-                         subscribe=subscribe, ttl_s=ttl_s, prefix=prefix,
-                         on_store_error=on_store_error, retry_store_after_s=retry_store_after_s,
-                         clock=clock, sleep=sleep)
+                         settings=settings, options=options)
 
     def _result_is_news(self, failed: bool, attempt: Attempt | None) -> bool:
         return True  # every result feeds the shared window

@@ -16,14 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 from distlb import _observe
 from distlb._core.guard import StoreGuard
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep, Steps, steps, text
 from distlb._core.scripts import script
-from distlb._shared import Clock, Shared
-from distlb._validate import StorePolicy, integer, number, window
+from distlb._shared import Shared, StoreKeywords, StoreOptions
+from distlb._validate import integer, number, window
 from distlb.errors import CircuitOpen, ConfigError, RetryBudgetExhausted
 
 # -- backoff strategies ------------------------------------------------------------------------
@@ -178,6 +178,10 @@ class RetryBudgetCore(Shared):
     them, ``"local"`` keeps a budget in-process (the minimum divided by
     ``expected_processes``). Key: ``<prefix>:{rb:<name>}``, a hash of
     ``<bucket>:d`` deposits and ``<bucket>:w`` withdrawals.
+
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
     """
 
     kind = "rb"
@@ -185,12 +189,9 @@ class RetryBudgetCore(Shared):
     def __init__(self, client: Any, name: str, *, ratio: float = 0.2,
                  min_retries_per_s: float = 10.0, window_s: float = 10.0, buckets: int = 10,
                  deposit_batch: int = 10, deposit_flush_s: float = 0.1,
-                 expected_processes: int = 1, prefix: str = "distlb",
-                 on_store_error: StorePolicy = "fail_open", retry_store_after_s: float = 1.0,
-                 clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+                 expected_processes: int = 1, options: StoreOptions | None = None,
+                 **store: Unpack[StoreKeywords]) -> None:
+        super().__init__(client, name, options=options, **store)
         self.ratio = number("ratio", ratio, low=0, low_inclusive=True, high=100)
         self.min_retries_per_s = number("min_retries_per_s", min_retries_per_s, low=0,
                                         low_inclusive=True, high=1e6)
@@ -207,7 +208,7 @@ class RetryBudgetCore(Shared):
                         f"{self.window_s * 1000!r} {self.buckets}")
         self._lock = threading.Lock()
         self._pending = 0
-        self._flushed_at = clock()
+        self._flushed_at = self.clock()
         self._twin = _LocalBudget(self)
 
     def _take_pending(self) -> int:

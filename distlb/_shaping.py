@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 from distlb import _keys
 from distlb._core import bucket, leaky, priority
@@ -22,10 +21,10 @@ from distlb._core.local import LocalState
 from distlb._core.ops import Call, Op, Sleep, Steps
 from distlb._core.scripts import script
 from distlb._rates import parse_rates
-from distlb._shared import Clock, Shared
-from distlb._validate import StorePolicy, integer, number
+from distlb._shared import Shared, StoreKeywords, StoreOptions
 from distlb._validate import check_cost as check_amount
 from distlb._validate import cost as check_cost
+from distlb._validate import integer, number
 from distlb._validate import limit as check_limit
 from distlb.errors import ConfigError, RateLimited
 from distlb.results import Decision, LeakyDecision, PriorityDecision
@@ -80,14 +79,12 @@ class _Limiter(Shared):
     wait-until-admitted loop of the blocking ``acquire`` helpers.
     """
 
-    def __init__(self, client: Any, name: str, *, prefix: str, on_store_error: StorePolicy,
-                 expected_processes: int, retry_store_after_s: float,
-                 clock: Clock, sleep: Callable[[float], Any] | None) -> None:
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+    def __init__(self, client: Any, name: str, *, expected_processes: int,
+                 options: StoreOptions | None, **store: Unpack[StoreKeywords]) -> None:
+        super().__init__(client, name, options=options, **store)
         self.expected_processes = integer("expected_processes", expected_processes,
                                           low=1, high=100_000)
-        self._local = LocalState(clock)
+        self._local = LocalState(self.clock)
         self._twin = bucket.LocalBuckets(self.expected_processes, self._local)
 
     def _deadline(self, timeout_s: float) -> float:
@@ -124,6 +121,14 @@ class _Limiter(Shared):
 class TokenBucketCore(_Limiter):
     """A token bucket shared by every process: ``rate_per_s`` refill, ``burst`` capacity.
 
+    ``rate_per_s``: tokens per second; ``burst``: capacity (both in [1e-9, 1e12], refill
+    time ``burst / rate_per_s`` at most 10 years).
+    ``expected_processes``: how many processes share it, in [1, 100000]; only the
+    ``"local"`` failure policy uses it (each process then allows its share).
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
+
     Key: ``<prefix>:{tb:<name>}``, a hash with ``tokens``, ``ts_us``, ``rate``, ``burst``.
     Several rates on one name (``TokenBucket.from_rates(r, "api", "10/s; 1000/hour")``)
     are several buckets under the same hash tag (``:r2``, ``:r3``, ...), checked and
@@ -134,14 +139,11 @@ class TokenBucketCore(_Limiter):
     kind = "tb"
 
     def __init__(self, client: Any, name: str, *, rate_per_s: float, burst: float,
-                 prefix: str = _keys.DEFAULT_PREFIX, on_store_error: StorePolicy = "fail_open",
-                 expected_processes: int = 1, retry_store_after_s: float = 1.0,
-                 clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
+                 expected_processes: int = 1, options: StoreOptions | None = None,
+                 **store: Unpack[StoreKeywords]) -> None:
         self.limit = Limit(rate_per_s, burst)
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         expected_processes=expected_processes,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        super().__init__(client, name, expected_processes=expected_processes,
+                         options=options, **store)
         self._conflict = bucket.warn_conflict_once(f"token bucket {name!r}")
         self._calls: dict[tuple[str, type, float], Call[Decision]] = {}
         #: Every rate this bucket enforces; the first is ``limit`` (see ``from_rates``).
@@ -149,16 +151,16 @@ class TokenBucketCore(_Limiter):
 
     @classmethod
     def from_rates(cls, client: Any, name: str, rates: str | Sequence[Limit],
-                   **options: Any) -> Self:
+                   **kwargs: Any) -> Self:
         """A bucket enforcing several rates at once, e.g. ``"10/second; 1000/hour"`` (a
         rate string, see ``Limit.parse_many``) or a sequence of ``Limit``: a request is
         admitted only when every rate has room, checked and charged in one script call.
-        ``options`` are the constructor's other keyword arguments."""
+        ``kwargs`` are the constructor's other keyword arguments (``options=``, ...)."""
         limits = Limit.parse_many(rates) if isinstance(rates, str) else tuple(rates)
         if not limits or not all(isinstance(lim, Limit) for lim in limits):
             raise ConfigError("rates", "must be a rate string or a non-empty sequence of Limit")
         bucket_ = cls(client, name, rate_per_s=limits[0].rate_per_s, burst=limits[0].burst,
-                      **options)
+                      **kwargs)
         bucket_._with_rates(limits)
         return bucket_
 
@@ -221,20 +223,23 @@ class LeakyBucketCore(_Limiter):
     ``capacity`` is how many units may wait for their slot; the longest wait is
     ``capacity / rate_per_s`` seconds. Key: ``<prefix>:{lk:<name>}``, a hash with
     ``next_us``, ``rate``, ``capacity``.
+
+    ``expected_processes``: how many processes share it, in [1, 100000]; only the
+    ``"local"`` failure policy uses it (each process then allows its share).
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
     """
 
     kind = "lk"
 
     def __init__(self, client: Any, name: str, *, rate_per_s: float, capacity: float,
-                 prefix: str = _keys.DEFAULT_PREFIX, on_store_error: StorePolicy = "fail_open",
-                 expected_processes: int = 1, retry_store_after_s: float = 1.0,
-                 clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
+                 expected_processes: int = 1, options: StoreOptions | None = None,
+                 **store: Unpack[StoreKeywords]) -> None:
         self.rate_per_s, self.capacity = check_limit("rate_per_s", rate_per_s,
                                                      "capacity", capacity)
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         expected_processes=expected_processes,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        super().__init__(client, name, expected_processes=expected_processes,
+                         options=options, **store)
         self._leaky_twin = leaky.LocalLeaky(self.expected_processes, self._local)
         self._conflict = bucket.warn_conflict_once(f"leaky bucket {name!r}")
 
@@ -278,6 +283,17 @@ class TrafficShaperCore(_Limiter):
     Keys (all under the hash tag ``{ts:<name>}``, so one slot on a cluster):
     ``:global``, ``:c:<client>``, ``:cb:<client>``, ``:bb:<backend>`` (bucket
     hashes) and ``:limits`` (shared overrides).
+
+    ``global_limit``, ``client_limit`` (each ``client_id``'s default),
+    ``client_bandwidth`` and ``backend_bandwidth`` (bytes per second, checked when a
+    request passes ``bytes=``): ``Limit(rate_per_s, burst)`` or ``None`` for none.
+    ``config_ttl_s``: seconds the shared ``set_*`` overrides live after their last
+    change, in [1, 365 days].
+    ``expected_processes``: how many processes share it, in [1, 100000]; only the
+    ``"local"`` failure policy uses it (each process then allows its share).
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
     """
 
     kind = "ts"
@@ -285,10 +301,8 @@ class TrafficShaperCore(_Limiter):
     def __init__(self, client: Any, name: str = "default", *, global_limit: Limit | None = None,
                  client_limit: Limit | None = None, client_bandwidth: Limit | None = None,
                  backend_bandwidth: Limit | None = None, config_ttl_s: float = 7 * 86400,
-                 prefix: str = _keys.DEFAULT_PREFIX, on_store_error: StorePolicy = "fail_open",
-                 expected_processes: int = 1, retry_store_after_s: float = 1.0,
-                 clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
+                 expected_processes: int = 1, options: StoreOptions | None = None,
+                 **store: Unpack[StoreKeywords]) -> None:
         for field, value in (("global_limit", global_limit), ("client_limit", client_limit),
                              ("client_bandwidth", client_bandwidth),
                              ("backend_bandwidth", backend_bandwidth)):
@@ -302,9 +316,8 @@ class TrafficShaperCore(_Limiter):
         # At least 1 s: a TTL that rounds to 0 ms would delete the overrides as they are set.
         self.config_ttl_ms = math.ceil(number("config_ttl_s", config_ttl_s, low=1,
                                               low_inclusive=True, high=365 * 86400) * 1000)
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         expected_processes=expected_processes,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        super().__init__(client, name, expected_processes=expected_processes,
+                         options=options, **store)
         self.limits_key = _keys.part(self.key, "limits")
         self._conflict = bucket.warn_conflict_once(f"traffic shaper {name!r}")
 
@@ -421,16 +434,25 @@ class PriorityLimiterCore(_Limiter):
 
     Keys (hash tag ``{pq:<name>}``): the bucket hash, ``:queue`` (zset),
     ``:leases`` (zset), ``:depth`` (hash level -> waiters).
+
+    ``rate_per_s``, ``burst``: the bucket, as ``TokenBucket``. ``levels``: how many
+    priorities, in [1, 1000]. ``max_queue_depth``: waiters allowed per level (an int
+    for all, or one per level), in [0, 1e7]. ``aging_s``: seconds of waiting worth one
+    level, in [0.001, 86400]. ``lease_s``: seconds a waiter's place is kept without
+    its process renewing it (a dead process leaves the queue), in [0.05, 3600].
+    ``expected_processes``: how many processes share it, in [1, 100000]; only the
+    ``"local"`` failure policy uses it (each process then allows its share).
+    ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
+    ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
+    those fields as keywords; a field given both ways is a ``ConfigError``.
     """
 
     kind = "pq"
 
     def __init__(self, client: Any, name: str, *, rate_per_s: float, burst: float, levels: int = 10,
                  max_queue_depth: int | Sequence[int] = 1000, aging_s: float = 1.0,
-                 lease_s: float = 2.0, prefix: str = _keys.DEFAULT_PREFIX,
-                 on_store_error: StorePolicy = "fail_open", expected_processes: int = 1,
-                 retry_store_after_s: float = 1.0, clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
+                 lease_s: float = 2.0, expected_processes: int = 1,
+                 options: StoreOptions | None = None, **store: Unpack[StoreKeywords]) -> None:
         self.limit = Limit(rate_per_s, burst)
         self.levels = integer("levels", levels, low=1, high=1000)
         if isinstance(max_queue_depth, int):
@@ -445,9 +467,8 @@ class PriorityLimiterCore(_Limiter):
                                      for d in depths)
         self.aging_s = number("aging_s", aging_s, low=0.001, high=86400)
         self.lease_s = number("lease_s", lease_s, low=0.05, high=3600)
-        super().__init__(client, name, prefix=prefix, on_store_error=on_store_error,
-                         expected_processes=expected_processes,
-                         retry_store_after_s=retry_store_after_s, clock=clock, sleep=sleep)
+        super().__init__(client, name, expected_processes=expected_processes,
+                         options=options, **store)
         self.keys = (self.key, _keys.part(self.key, "queue"), _keys.part(self.key, "leases"),
                      _keys.part(self.key, "depth"))
 

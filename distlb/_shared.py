@@ -7,11 +7,13 @@ by the shells' ``_bind`` (``distlb._shell``): nothing here imports a client libr
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypedDict, TypeVar, Unpack
 
 from distlb import _keys
 from distlb._core.guard import GuardStats, StoreGuard, no_policy
@@ -43,40 +45,129 @@ def check_client(client: Any, is_async: bool) -> Any:
     return client
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Any]
+D = TypeVar("D")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """The store settings every shared primitive takes, validated once, shared freely.
+
+    Build one and hand it to every primitive of an application
+    (``TokenBucket(r, "api", rate_per_s=10, burst=5, options=opts)``); the same
+    fields are also accepted as keywords of every constructor (they build the
+    options; giving a field both ways is a ``ConfigError`` naming it).
+
+    * ``prefix``: the first part of every key, ``<prefix>:{<kind>:<name>}``, and of
+      the event channel ``<prefix>:events``; 1-64 characters of letters, digits and
+      ``._~@+=:-``. Processes share state only under the same prefix.
+    * ``on_store_error``: what a primitive does while the store is unreachable:
+      ``"fail_open"``, ``"fail_closed"`` or ``"local"`` (each primitive documents
+      what the three mean for it). A store that refuses the client (password, ACL,
+      TLS) raises ``StoreAuthError`` whatever the policy.
+    * ``retry_store_after_s``: seconds, in (0, 3600]: the longest a primitive skips
+      the store after an error before trying it again (it resumes sooner, as soon
+      as the client's probe sees the store answer).
+    * ``clock``: monotonic seconds; ``sleep(seconds)``: how local waits sleep (a
+      coroutine function for ``distlb.aio``; ``None``: ``time.sleep`` /
+      ``asyncio.sleep``). Both are for tests: they time only local waiting, never
+      shared state, which runs on the server's clock.
+    """
+
+    prefix: str = _keys.DEFAULT_PREFIX
+    on_store_error: StorePolicy = "fail_open"
+    retry_store_after_s: float = 1.0
+    clock: Clock = time.monotonic
+    sleep: Sleep | None = None
+
+    def __post_init__(self) -> None:
+        # The one validation of these fields (frozen: the checked values are set directly).
+        object.__setattr__(self, "prefix", _keys.check_prefix(self.prefix))
+        object.__setattr__(self, "on_store_error", store_policy(self.on_store_error))
+        object.__setattr__(self, "retry_store_after_s",
+                           number("retry_store_after_s", self.retry_store_after_s, high=3600))
+        if not callable(self.clock):
+            raise ConfigError("clock", f"must be a callable returning monotonic seconds, got "
+                                       f"{type(self.clock).__name__}")
+        if self.sleep is not None and not callable(self.sleep):
+            raise ConfigError("sleep", f"must be a callable taking seconds, or None, got "
+                                       f"{type(self.sleep).__name__}")
+
+    def replace(self, **changes: Unpack[StoreKeywords]) -> StoreOptions:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+class StoreKeywords(TypedDict, total=False):
+    """The fields of ``StoreOptions`` as constructor keywords (for type checkers; a test
+    keeps the two lists equal)."""
+
+    prefix: str
+    on_store_error: StorePolicy
+    retry_store_after_s: float
+    clock: Clock
+    sleep: Sleep | None
+
+
+def merge(kind: type[D], value: D | None, argument: str, keywords: Mapping[str, Any]) -> D:
+    """``value`` (an options object given as ``argument=``), or one built from ``keywords``.
+
+    The keywords build the object when ``value`` is None; with both, a field given
+    both ways is a ConfigError naming it (there is no silent precedence).
+    """
+    names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    unknown = sorted(set(keywords) - names)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    if value is None:
+        return kind(**keywords)
+    if not isinstance(value, kind):
+        raise ConfigError(argument, f"must be a distlb.{kind.__name__} or None, got "
+                                    f"{type(value).__name__}")
+    if keywords:
+        field = sorted(keywords)[0]
+        raise ConfigError(field, f"given both as a keyword and in {argument}=: give it once "
+                                 f"(as a keyword, or with {argument}.replace({field}=...))")
+    return value
+
+
+def store_options(options: StoreOptions | None, keywords: Mapping[str, Any]) -> StoreOptions:
+    """The options of a constructor: ``options=`` or the store keywords (see ``merge``)."""
+    return merge(StoreOptions, options, "options", keywords)
 
 
 class Shared:
     """A primitive whose state lives in the store under ``<prefix>:{<kind>:<name>}``.
 
-    ``on_store_error`` says what happens while the store is unreachable (each
-    primitive documents its three policies); the primitive resumes by itself as
-    soon as the store answers the client's probe (every 50 ms during an outage),
-    or at the latest after ``retry_store_after_s`` seconds. A store that refuses
-    the client (password, ACL, TLS) raises StoreAuthError: no policy applies.
-    ``close()`` (or ``with``/``async with``) releases background work.
-    ``clock`` (seconds, monotonic) and ``sleep`` are injectable for tests; they
-    only ever time local waiting, never shared state.
+    The store settings (``prefix``, ``on_store_error``, ``retry_store_after_s``,
+    ``clock``, ``sleep``) come from ``options=StoreOptions(...)`` or from the same
+    keywords, validated once by ``StoreOptions``. ``on_store_error`` says what
+    happens while the store is unreachable (each primitive documents its three
+    policies); the primitive resumes by itself as soon as the store answers the
+    client's probe (every 50 ms during an outage), or at the latest after
+    ``retry_store_after_s`` seconds. A store that refuses the client (password,
+    ACL, TLS) raises StoreAuthError: no policy applies. ``close()`` (or
+    ``with``/``async with``) releases background work.
     """
 
     kind: ClassVar[str] = ""
     #: The redis-py client (bound by the shell; opaque to the core).
     client: Any
 
-    def __init__(self, client: Any, name: str, *, prefix: str = _keys.DEFAULT_PREFIX,
-                 on_store_error: StorePolicy, retry_store_after_s: float = 1.0,
-                 clock: Clock = time.monotonic,
-                 sleep: Callable[[float], Any] | None = None) -> None:
+    def __init__(self, client: Any, name: str, *, options: StoreOptions | None = None,
+                 **store: Unpack[StoreKeywords]) -> None:
+        opts = self.options = store_options(options, store)
         self.name = name
-        self.prefix = _keys.check_prefix(prefix)
+        self.prefix = opts.prefix
         self.key = _keys.entity(self.prefix, self.kind, _keys.escape(name, "name"))
-        self.on_store_error = store_policy(on_store_error)
-        retry = number("retry_store_after_s", retry_store_after_s, high=3600)
-        self.clock = clock
-        self._guard = StoreGuard(f"{_keys.KINDS[self.kind]} {name!r}", retry, clock)
+        self.on_store_error: StorePolicy = opts.on_store_error
+        self.clock = opts.clock
+        self._guard = StoreGuard(f"{_keys.KINDS[self.kind]} {name!r}",
+                                 opts.retry_store_after_s, opts.clock)
         self._release_health: Callable[[], Any] = _nothing
-        self._bind(client, sleep)
+        self._bind(client, opts.sleep)
 
-    def _bind(self, client: Any, sleep: Callable[[float], Any] | None) -> None:
+    def _bind(self, client: Any, sleep: Sleep | None) -> None:
         """Bind the I/O: check ``client``, set ``self.client``, give the guard the client
         and its health, build the runner (``self._run``). Done by the shells
         (``distlb._shell.SyncShared`` / ``AsyncShared``), the only place I/O is bound."""

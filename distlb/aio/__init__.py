@@ -5,6 +5,7 @@ master). Results, errors and ``Limit`` are shared with the sync package.
 """
 
 from distlb._connect import connect_async as connect
+from distlb._shared import StoreOptions
 from distlb.aio.balancer import (
     BackendExists,
     BackendStats,
@@ -70,6 +71,7 @@ __all__ = [
     "Statistics",
     "StoreAuthError",
     "StoreError",
+    "StoreOptions",
     "StoreUnavailable",
     "TokenBucket",
     "TrafficShaper",

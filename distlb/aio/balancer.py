@@ -37,7 +37,7 @@ class LoadBalancer(AsyncShared, _balancer.LoadBalancerCore):
     __doc__ = _balancer.LoadBalancerCore.__doc__
 
     def _new_breaker(self, name: str, settings: BreakerSettings) -> CircuitBreaker:
-        return CircuitBreaker(self.client, name, **self._breaker_options(settings))
+        return CircuitBreaker(self.client, name, settings=settings, options=self.options)
 
     def breaker_for(self, backend_id: str) -> CircuitBreaker | None:
         """The circuit breaker of one backend (shared by every process), if the pool has them."""

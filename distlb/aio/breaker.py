@@ -15,11 +15,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from distlb import _breaker
+from distlb._breaker import BreakerSettings
 from distlb._shell import AsyncShared
 from distlb.errors import CircuitOpen
 from distlb.results import Attempt, BreakerState, Transition
 
-__all__ = ["AdaptiveCircuitBreaker", "BreakerGuard", "CircuitBreaker", "Transition"]
+__all__ = ["AdaptiveCircuitBreaker", "BreakerGuard", "BreakerSettings", "CircuitBreaker",
+           "Transition"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -112,11 +112,12 @@ def bind(cls: type[C], store: ScriptedStore, clock: Any, *args: Any, **kwargs: A
 
     def _new_breaker(self: Any, name: str, settings: Any) -> Any:
         from distlb._breaker import CircuitBreakerCore
-        options = self._breaker_options(settings)
-        return bind(CircuitBreakerCore, store, options.pop("clock"), name, **options)
+        return bind(CircuitBreakerCore, store, self.clock, name, settings=settings,
+                    options=self.options)
 
     fake = type(f"Fake{cls.__name__}", (cls,), {"_bind": _bind, "_open_bus": _open_bus,
                                                  "_new_breaker": _new_breaker,
                                                  "__module__": __name__})
-    kwargs.setdefault("clock", clock)
+    if "options" not in kwargs:
+        kwargs.setdefault("clock", clock)
     return fake(object(), *args, **kwargs)  # type: ignore[no-any-return]
