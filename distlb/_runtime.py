@@ -248,6 +248,8 @@ class SyncRunner:
         guard = call.owner or self.guard
         if guard.skip():
             return guard.fallback(call)
+        observe = call.observe
+        sent = guard.clock() if observe is not None else 0.0
         try:
             reply = run_sync(guard.client, call.script, call.keys, call.args)
         except rx.RedisError as exc:
@@ -257,7 +259,10 @@ class SyncRunner:
         except OSError as exc:  # raw socket errors some clients let through
             return guard.fallback(call, exc)
         guard.succeeded()
-        return call.parse(reply)
+        result = call.parse(reply)
+        if observe is not None:
+            observe(result, sent)
+        return result
 
     def command(self, cmd: Command[T]) -> T:
         """Run a plain command that has no failure policy (StoreUnavailable in an outage)."""
@@ -479,6 +484,8 @@ class AsyncRunner:
         guard = call.owner or self.guard
         if guard.skip():
             return guard.fallback(call)
+        observe = call.observe
+        sent = guard.clock() if observe is not None else 0.0
         try:
             if self.auto_pipeline:
                 batcher = self._batcher(guard.client)
@@ -490,7 +497,10 @@ class AsyncRunner:
                 return guard.fallback(call, exc)
             raise store_error(f"{call.script.name}.lua", exc) from exc
         guard.succeeded()
-        return call.parse(reply)
+        result = call.parse(reply)
+        if observe is not None:
+            observe(result, sent)
+        return result
 
     async def command(self, cmd: Command[T]) -> T:
         """Run a plain command that has no failure policy (StoreUnavailable in an outage)."""

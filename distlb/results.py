@@ -1,8 +1,10 @@
 """Decisions: what every limiter returns. A denial is a value, not an exception.
 
 ``source`` tells where a decision came from: ``"store"`` (the shared state in
-Redis), or, while the store is unreachable, the limiter's failure policy:
-``"fail_open"``, ``"fail_closed"`` or ``"local"`` (an in-process twin).
+Redis), ``"cache"`` (a denial the store gave this process earlier and that still
+holds: a token bucket only refills with time, so no round trip was needed), or,
+while the store is unreachable, the limiter's failure policy: ``"fail_open"``,
+``"fail_closed"`` or ``"local"`` (an in-process twin).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Decision:
     @property
     def explanation(self) -> str:
         """One line for logs and error pages: what decided, and when to retry."""
-        if self.source != "store":
+        if self.source not in ("store", "cache"):
             verdict = "allowed" if self.allowed else "denied"
             return f"{verdict} by failure policy {self.source} (store unreachable)"
         if self.allowed:
