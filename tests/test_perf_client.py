@@ -129,3 +129,23 @@ async def test_asyncio_denials_are_cached_too(ar: redis.asyncio.Redis, prefix: s
     assert (await tb.try_acquire()).source == "store"
     ds = await asyncio.gather(*[tb.try_acquire() for _ in range(50)])
     assert all(not d.allowed and d.source == "cache" for d in ds)
+
+
+@pytest.mark.parametrize("reply", [b"1 0 1 1 4.5 0 2 10", "1 0 1 0 0.25 0.375 2 10",
+                                   b"1 1 1 1 3 0 0.5 3"])
+def test_the_lean_single_bucket_parse_equals_the_general_one(reply: Any) -> None:
+    from distlb._core import bucket
+    conflicts: list[int] = []
+    spec = bucket.BucketSpec("k", "api", 2.0, 10.0, 1.0)
+    one = bucket.plan("take", [spec], limits_key=None, limits_ttl_ms=0,
+                      fallback=lambda: bucket.fixed(True, 1, "fail_open"),
+                      on_conflict=lambda: conflicts.append(1))
+    two = bucket.plan("take", [spec, bucket.BucketSpec("k2", "other", 1.0, 1.0, 1.0)],
+                      limits_key=None, limits_ttl_ms=0,
+                      fallback=lambda: bucket.fixed(True, 1, "fail_open"),
+                      on_conflict=lambda: conflicts.append(1))
+    lean = one.parse(reply)
+    general = two.parse(reply)  # (the same reply names bucket 1 only)
+    assert lean == general and lean.limits == general.limits
+    assert hash(lean) == hash(general) and repr(lean) == repr(general)
+    assert len(conflicts) == (2 if "1 1 1 1" in str(reply) else 0)

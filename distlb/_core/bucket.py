@@ -13,7 +13,7 @@ from distlb._core.guard import StoreGuard
 from distlb._core.local import LocalState
 from distlb._core.ops import Call, text
 from distlb._core.scripts import Arg, script
-from distlb.results import Decision, LimitState
+from distlb.results import Decision, LimitState, one_limit_decision
 
 log = logging.getLogger("distlb")
 Mode = Literal["take", "peek"]
@@ -69,6 +69,23 @@ def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
                           decision.limit)
         return decision
 
+    if len(specs) == 1:  # the common case (a TokenBucket, a global-only shaper), kept lean
+        label, kind = labels[0], kinds[labels[0]]
+
+        def parse_one(reply: Any) -> Decision:
+            f = (reply.decode() if type(reply) is bytes else str(reply)).split()
+            if len(f) != 8:  # the bucket was skipped (no limit): the general path says so
+                return parse(reply)
+            if f[1] == "1":
+                on_conflict()
+            allowed = f[3] == "1"
+            remaining, rate, burst = float(f[4]), float(f[6]), float(f[7])
+            _observe.decision("bucket", allowed, kind, label)
+            return one_limit_decision(label, allowed, remaining, float(f[5]),
+                                      (burst - remaining) / rate, rate, burst)
+
+        return Call(script("bucket"), tuple(keys), tuple(args), parse_one, fallback, owner,
+                    observe)
     return Call(script("bucket"), tuple(keys), tuple(args), parse, fallback, owner, observe)
 
 
