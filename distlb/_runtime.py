@@ -377,7 +377,7 @@ class _Batcher:
             self.flushing = False
 
     async def _send(self, batch: list[tuple[Call[Any], asyncio.Future[Any]]]) -> None:
-        if len(batch) == 1 and not self.direct:
+        if len(batch) == 1:  # alone: redis-py's own path (its retry on a stale connection)
             call, fut = batch[0]
             try:
                 reply = await run_async(self.client, call.script, call.keys, call.args)
