@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -246,6 +248,8 @@ class SyncRunner:
         guard = call.owner or self.guard
         if guard.skip():
             return guard.fallback(call)
+        observe = call.observe
+        sent = guard.clock() if observe is not None else 0.0
         try:
             reply = run_sync(guard.client, call.script, call.keys, call.args)
         except rx.RedisError as exc:
@@ -255,7 +259,10 @@ class SyncRunner:
         except OSError as exc:  # raw socket errors some clients let through
             return guard.fallback(call, exc)
         guard.succeeded()
-        return call.parse(reply)
+        result = call.parse(reply)
+        if observe is not None:
+            observe(result, sent)
+        return result
 
     def command(self, cmd: Command[T]) -> T:
         """Run a plain command that has no failure policy (StoreUnavailable in an outage)."""
@@ -308,26 +315,57 @@ class SyncRunner:
 class _Batcher:
     """Coalesces concurrent calls on one asyncio client into pipelines.
 
-    While one pipeline is in flight, new calls queue up; they leave together in
-    the next pipeline. Under load a single round trip carries many decisions,
+    There is one batcher per client and event loop (:meth:`of`), shared by every
+    object on that client: while one pipeline is in flight, new calls of any
+    object queue up and leave together in the next write. Under load a single
+    round trip carries many decisions, of many buckets, shapers and balancers,
     which is how asyncio throughput beats the one-call-per-RTT limit. Each call
     is still its own atomic script.
     """
 
+    #: client -> event loop -> its batcher. Weak both ways: a batcher holds its client
+    #: only weakly, so neither a dropped client nor a closed loop is kept alive here.
+    _registry: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[
+        asyncio.AbstractEventLoop, _Batcher]] = weakref.WeakKeyDictionary()
+
     def __init__(self, client: Any) -> None:
-        self.client = client
+        try:
+            self._client: Callable[[], Any] = weakref.ref(client)
+        except TypeError:  # not weakly referenceable: hold it (the runner does anyway)
+            self._client = lambda: client
         self.pending: list[tuple[Call[Any], asyncio.Future[Any]]] = []
         self.flushing = False
         # A plain redis.asyncio.Redis (Sentinel masters included) gets the direct
         # path; clusters and other clients go through their own pipeline.
         self.direct = isinstance(client, redis.asyncio.Redis)
 
-    def submit(self, call: Call[Any]) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    @property
+    def client(self) -> Any:
+        client = self._client()
+        if client is None:  # pragma: no cover - a call in flight holds its client
+            raise StoreUnavailable("the client was garbage collected")
+        return client
+
+    @classmethod
+    def of(cls, client: Any, loop: asyncio.AbstractEventLoop) -> _Batcher:
+        """The batcher of ``client`` on ``loop`` (made on first use)."""
+        try:
+            per_loop = cls._registry.get(client)
+            if per_loop is None:
+                per_loop = cls._registry[client] = weakref.WeakKeyDictionary()
+        except TypeError:  # a client that cannot be weakly referenced: its own batcher
+            return cls(client)
+        batcher = per_loop.get(loop)
+        if batcher is None:
+            batcher = per_loop[loop] = cls(client)
+        return batcher
+
+    def submit(self, call: Call[Any], loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = loop.create_future()
         self.pending.append((call, fut))
         if not self.flushing:
             self.flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            loop.create_task(self._flush())
         return fut
 
     async def _flush(self) -> None:
@@ -339,7 +377,7 @@ class _Batcher:
             self.flushing = False
 
     async def _send(self, batch: list[tuple[Call[Any], asyncio.Future[Any]]]) -> None:
-        if len(batch) == 1:
+        if len(batch) == 1:  # alone: redis-py's own path (its retry on a stale connection)
             call, fut = batch[0]
             try:
                 reply = await run_async(self.client, call.script, call.keys, call.args)
@@ -394,11 +432,14 @@ class _Batcher:
                 packed.append(call.packed[0])
             await conn.send_packed_command(packed)
             replies: list[Any] = []
-            for _ in batch:
-                try:
-                    replies.append(await conn.read_response())
-                except rx.ResponseError as exc:  # one script's error; the stream stays in sync
-                    replies.append(exc)
+            # One timer for the whole batch (the connection's socket timeout), not one
+            # armed and cancelled per reply: math.inf tells redis-py not to arm its own.
+            async with asyncio.timeout(conn.socket_timeout):
+                for _ in batch:
+                    try:
+                        replies.append(await conn.read_response(timeout=math.inf))
+                    except rx.ResponseError as exc:  # one script's error; the stream stays
+                        replies.append(exc)  # in sync
             return replies
         except BaseException:
             await conn.disconnect()
@@ -425,15 +466,30 @@ class AsyncRunner:
         self.client = guard.client
         self.guard = guard
         self.sleep = sleep
-        self._batcher = _Batcher(self.client) if auto_pipeline else None
+        self.auto_pipeline = auto_pipeline
+        # The last (client, loop) -> batcher looked up: the hot path skips the registry.
+        self._last: tuple[Any, asyncio.AbstractEventLoop | None, _Batcher | None] = (
+            None, None, None)
+
+    def _batcher(self, client: Any) -> _Batcher:
+        loop = asyncio.get_running_loop()
+        last_client, last_loop, batcher = self._last
+        if last_client is client and last_loop is loop and batcher is not None:
+            return batcher
+        batcher = _Batcher.of(client, loop)
+        self._last = (client, loop, batcher)
+        return batcher
 
     async def call(self, call: Call[T]) -> T:
         guard = call.owner or self.guard
         if guard.skip():
             return guard.fallback(call)
+        observe = call.observe
+        sent = guard.clock() if observe is not None else 0.0
         try:
-            if self._batcher is not None and guard.client is self.client:
-                reply = await self._batcher.submit(call)
+            if self.auto_pipeline:
+                batcher = self._batcher(guard.client)
+                reply = await batcher.submit(call, asyncio.get_running_loop())
             else:
                 reply = await run_async(guard.client, call.script, call.keys, call.args)
         except (TimeoutError, rx.RedisError, OSError) as exc:
@@ -441,7 +497,10 @@ class AsyncRunner:
                 return guard.fallback(call, exc)
             raise store_error(f"{call.script.name}.lua", exc) from exc
         guard.succeeded()
-        return call.parse(reply)
+        result = call.parse(reply)
+        if observe is not None:
+            observe(result, sent)
+        return result
 
     async def command(self, cmd: Command[T]) -> T:
         """Run a plain command that has no failure policy (StoreUnavailable in an outage)."""

@@ -18,7 +18,7 @@ from distlb import _keys
 from distlb._core import bucket, leaky, priority
 from distlb._core.guard import Command, no_policy
 from distlb._core.local import LocalState
-from distlb._core.ops import Call, Op, Sleep, Steps
+from distlb._core.ops import Call, Done, Op, Sleep, Steps
 from distlb._core.scripts import script
 from distlb._rates import parse_rates
 from distlb._shared import Shared, StoreKeywords, StoreOptions
@@ -146,6 +146,7 @@ class TokenBucketCore(_Limiter):
                          options=options, **store)
         self._conflict = bucket.warn_conflict_once(f"token bucket {name!r}")
         self._calls: dict[tuple[str, type, float], Call[Decision]] = {}
+        self._denials = bucket.DenyCache(self.clock)
         #: Every rate this bucket enforces; the first is ``limit`` (see ``from_rates``).
         self.limits: tuple[Limit, ...] = (self.limit,)
 
@@ -170,6 +171,7 @@ class TokenBucketCore(_Limiter):
             raise ConfigError("rates", f"must hold 1 to 16 rates, got {len(limits)}")
         self.limit, self.limits = limits[0], limits
         self._calls.clear()
+        self._denials.clear()
 
     def _keys_of(self) -> list[str]:
         return [self.key] + [_keys.part(self.key, f"r{i}") for i in range(2, len(self.limits) + 1)]
@@ -197,14 +199,20 @@ class TokenBucketCore(_Limiter):
         specs = self._specs(cost)
         call = bucket.plan(mode, specs, limits_key=None, limits_ttl_ms=0,
                            fallback=self._bucket_fallback(mode, specs),
-                           on_conflict=self._conflict, owner=self._guard)
+                           on_conflict=self._conflict, owner=self._guard,
+                           observe=self._denials.observer(specs[0].cost))
         if len(self._calls) >= 256:
             self._calls.clear()
         self._calls[memo] = call
         return call
 
     def _try_acquire(self, cost: float) -> Op[Decision]:
-        return self._call("take", cost)
+        call = self._call("take", cost)
+        if self._denials.entry is not None:
+            denied = self._denials.check(cost)
+            if denied is not None:  # the store's own denial, still true: no round trip
+                return Done(denied)
+        return call
 
     def _peek(self, cost: float) -> Op[Decision]:
         return self._call("peek", cost)
@@ -214,6 +222,7 @@ class TokenBucketCore(_Limiter):
                                     lambda d: d.limit or self.name)
 
     def _reset(self) -> Op[int]:
+        self._denials.clear()
         return self._delete(self._keys_of())
 
 
@@ -320,6 +329,10 @@ class TrafficShaperCore(_Limiter):
                          options=options, **store)
         self.limits_key = _keys.part(self.key, "limits")
         self._conflict = bucket.warn_conflict_once(f"traffic shaper {name!r}")
+        # Global-only calls (no client, bytes or backend), reused per (mode, cost): the
+        # common hot path builds nothing. Their denials are cached (see DenyCache).
+        self._calls: dict[tuple[str, type, float], Call[Decision]] = {}
+        self._denials = bucket.DenyCache(self.clock)
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -358,8 +371,34 @@ class TrafficShaperCore(_Limiter):
                            fallback=self._bucket_fallback(mode, specs),
                            on_conflict=self._conflict, owner=self._guard)
 
+    def _global_call(self, mode: bucket.Mode, cost: float) -> Call[Decision]:
+        memo = (mode, type(cost), cost)  # the type keeps True off the entry for 1
+        try:
+            call = self._calls.get(memo)
+        except TypeError:  # unhashable: not a number; _specs says so
+            call = None
+        if call is not None:
+            return call
+        specs = self._specs(None, cost, 0, None)
+        observe = self._denials.observer(specs[0].cost) if self.global_limit else None
+        call = bucket.plan(mode, specs, limits_key=self.limits_key,
+                           limits_ttl_ms=self.config_ttl_ms,
+                           fallback=self._bucket_fallback(mode, specs),
+                           on_conflict=self._conflict, owner=self._guard, observe=observe)
+        if len(self._calls) >= 256:
+            self._calls.clear()
+        self._calls[memo] = call
+        return call
+
     def _try_acquire(self, client_id: str | None, cost: float, nbytes: float,
                      backend: str | None) -> Op[Decision]:
+        if client_id is None and backend is None and nbytes == 0 and type(nbytes) is not bool:
+            call = self._global_call("take", cost)
+            if self._denials.entry is not None:
+                denied = self._denials.check(cost)
+                if denied is not None:  # the store's own denial, still true: no round trip
+                    return Done(denied)
+            return call
         return self._call("take", client_id, cost, nbytes, backend)
 
     def _peek(self, client_id: str | None, cost: float, nbytes: float,
@@ -392,7 +431,9 @@ class TrafficShaperCore(_Limiter):
         return self._config("del", f"{prefix}:{_keys.escape(ident, field)}")
 
     def _set_global(self, rate_per_s: float, burst: float) -> Op[bool]:
-        return self._config("set", "global", Limit(rate_per_s, burst).encode())
+        limit = Limit(rate_per_s, burst)
+        self._denials.clear()
+        return self._config("set", "global", limit.encode())
 
     def _limits(self) -> Command[dict[str, Limit]]:
         """Read the shared overrides: StoreUnavailable in an outage (no policy applies)."""
@@ -404,6 +445,7 @@ class TrafficShaperCore(_Limiter):
         return self._delete([_keys.part(self.key, "c", cid), _keys.part(self.key, "cb", cid)])
 
     def _reset(self) -> Op[int]:
+        self._denials.clear()
         return self._delete([_keys.part(self.key, "global")])
 
 

@@ -77,6 +77,6 @@ async def test_cancelled_priority_waiter_leaves_the_queue(ar: redis.asyncio.Redi
 
 async def test_without_auto_pipeline(ar: redis.asyncio.Redis, prefix: str) -> None:
     tb = aio.TokenBucket(ar, "api", rate_per_s=0.001, burst=3, prefix=prefix)
-    tb._run.__self__._batcher = None  # type: ignore[attr-defined]
+    tb._run.__self__.auto_pipeline = False  # type: ignore[attr-defined]
     results = await asyncio.gather(*[tb.try_acquire() for _ in range(5)])
     assert sum(d.allowed for d in results) == 3

@@ -13,7 +13,7 @@ from distlb._core.guard import StoreGuard
 from distlb._core.local import LocalState
 from distlb._core.ops import Call, text
 from distlb._core.scripts import Arg, script
-from distlb.results import Decision, LimitState
+from distlb.results import Decision, LimitState, one_limit_decision
 
 log = logging.getLogger("distlb")
 Mode = Literal["take", "peek"]
@@ -39,7 +39,8 @@ class BucketSpec:
 
 def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
          limits_ttl_ms: int, fallback: Callable[[], Decision],
-         on_conflict: Callable[[], None], owner: StoreGuard | None = None) -> Call[Decision]:
+         on_conflict: Callable[[], None], owner: StoreGuard | None = None,
+         observe: Callable[[Decision, float], None] | None = None) -> Call[Decision]:
     """The ``bucket.lua`` call checking (and with ``take``, charging) every spec at once."""
     keys = [s.key for s in specs]
     args: list[Arg] = [f"{mode} {limits_ttl_ms if limits_key else 0}".encode()]
@@ -68,7 +69,82 @@ def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
                           decision.limit)
         return decision
 
-    return Call(script("bucket"), tuple(keys), tuple(args), parse, fallback, owner)
+    if len(specs) == 1:  # the common case (a TokenBucket, a global-only shaper), kept lean
+        label, kind = labels[0], kinds[labels[0]]
+
+        def parse_one(reply: Any) -> Decision:
+            f = (reply.decode() if type(reply) is bytes else str(reply)).split()
+            if len(f) != 8:  # the bucket was skipped (no limit): the general path says so
+                return parse(reply)
+            if f[1] == "1":
+                on_conflict()
+            allowed = f[3] == "1"
+            remaining, rate, burst = float(f[4]), float(f[6]), float(f[7])
+            _observe.decision("bucket", allowed, kind, label)
+            return one_limit_decision(label, allowed, remaining, float(f[5]),
+                                      (burst - remaining) / rate, rate, burst)
+
+        return Call(script("bucket"), tuple(keys), tuple(args), parse_one, fallback, owner,
+                    observe)
+    return Call(script("bucket"), tuple(keys), tuple(args), parse, fallback, owner, observe)
+
+
+class DenyCache:
+    """Denials the store gave, answered in-process until they expire ("denials for free").
+
+    A token bucket only refills with time: once the store says "denied, retry after
+    r" for a cost c, every request of cost >= c is denied until then, whatever other
+    processes do (they only take tokens). So the process answers those requests
+    itself, with ``source="cache"``, and a flood of denied requests costs no round
+    trip. The deadline is ``r`` after the owner's clock read *before* the call left,
+    which is no later than the moment the script ran: the cache never denies past
+    the store's own answer (clocks apart from drift, parts per million).
+
+    What can make the true wait shorter, and the rule: a ``reset()`` (it refills)
+    or, for a shaper, a ``set_global_limit`` that raises the limit. Done by this
+    object, either clears the cache at once; done by another process, it takes
+    effect here at the latest when the cached denial expires (at most its
+    ``retry_after_s``, which is at most ``cost / rate_per_s``). Only the single
+    bucket of a ``TokenBucket`` and a ``TrafficShaper`` call with only the global
+    limit are cached: per-client limits change without a reset of the global
+    bucket, so they always ask the store.
+    """
+
+    __slots__ = ("clock", "entry")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        #: (until, cost, the store's denial): one tuple, so a reader in another thread
+        #: never pairs one denial's cost with another's deadline.
+        self.entry: tuple[float, float, Decision] | None = None
+
+    def observer(self, cost: float) -> Callable[[Decision, float], None]:
+        """The ``observe`` hook of a call of ``cost``: remember its denials."""
+        def observe(d: Decision, sent: float) -> None:
+            if d.allowed or d.source != "store" or not 0 < d.retry_after_s < math.inf:
+                return
+            until = sent + d.retry_after_s
+            old = self.entry
+            # A cheaper denial covers more requests; an expired one covers none.
+            if old is None or cost <= old[1] or old[0] <= sent:
+                self.entry = (until, cost, d)
+        return observe
+
+    def check(self, cost: float) -> Decision | None:
+        """The cached denial of a request of ``cost``, or None: ask the store."""
+        entry = self.entry
+        if entry is None or cost < entry[1]:
+            return None
+        left = entry[0] - self.clock()
+        if left <= 0:
+            self.entry = None
+            return None
+        d = entry[2]
+        _observe.decision("bucket", False, "bucket", d.limit)
+        return Decision(False, d.remaining, left, d.reset_after_s, d.limit, d.limits, "cache")
+
+    def clear(self) -> None:
+        self.entry = None
 
 
 def warn_conflict_once(what: str) -> Callable[[], None]:

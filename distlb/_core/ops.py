@@ -30,6 +30,10 @@ class Call(Generic[T]):
     #: policy's bookkeeping). A pool that runs its shaper's admission runs it on the
     #: shaper's client and guard. ``None``: the driving runner's own.
     owner: StoreGuard | None = None
+    #: Told each result the store gave (not fallbacks) and the owner's clock read just
+    #: before the call left (seconds): no later than the moment the script ran, so a
+    #: time derived from it errs early. Token buckets remember denials with it.
+    observe: Callable[[T, float], None] | None = None
     #: The command as packed for the wire, filled once by the asyncio batcher
     #: (calls are reused, so packing is paid once, not per request).
     packed: list[bytes] = field(default_factory=list, compare=False, repr=False)
