@@ -30,6 +30,7 @@ class Backend(socketserver.ThreadingTCPServer):
         self.fail_after_s: float | None = None   # switch to "fail" this long after the 1st call
         self.delay_s = 0.0
         self.arrivals: list[tuple[float, str]] = []
+        self.walls: list[float] = []              # wall-clock time of each arrival
         self.lock = threading.Lock()
 
 
@@ -43,6 +44,7 @@ class _Handler(socketserver.StreamRequestHandler):
                     now > server.arrivals[0][0] + server.fail_after_s:
                 server.mode = "fail"
             server.arrivals.append((now, server.mode))
+            server.walls.append(time.time())
         if server.delay_s:
             time.sleep(server.delay_s)
         self.wfile.write(f"{server.mode}\n".encode())
@@ -66,13 +68,22 @@ def test_after_the_trip_at_most_one_call_per_process_reaches_the_backend(
     backend.fail_after_s = 0.5      # timed from the first call, not from spawning workers
     results = run_workers(workers.call_through_breaker,
                           [(target, prefix, backend.server_address[1], cfg, 1, 1.5)] * procs)
-    failed_arrivals = sum(1 for _, mode in backend.arrivals if mode == "fail")
     ok = sum(r["ok"] for r in results)
     refused = sum(r["refused"] for r in results)
-    print(f"ok {ok}, failing calls reaching the backend {failed_arrivals}, refused {refused}")
+    # When the breaker tripped, on the server's clock (the same host's wall clock as the
+    # backend's arrivals). Failures before it tripped the breaker: at least `threshold`
+    # (more when a success that was in flight at the switch reset the consecutive count);
+    # after it, each process may have had one call in flight, no more.
+    client = workers.make_client(target)
+    opened_s = int(client.hget(f"{prefix}:{{cb:backend}}", "opened_us")) / 1e6
+    failed = [w for (_, mode), w in zip(backend.arrivals, backend.walls, strict=True)
+              if mode == "fail"]
+    before = sum(1 for w in failed if w <= opened_s)
+    after = len(failed) - before
+    print(f"ok {ok}, refused {refused}, failing calls before the trip {before}, after {after}")
     assert ok > 20 and refused > 20
-    # The trip needs `threshold` failures; each process may have one call in flight then.
-    assert threshold <= failed_arrivals <= threshold + procs
+    assert before >= threshold
+    assert after <= procs
 
 
 def test_half_open_probes_are_rationed_across_processes(target: dict[str, Any],
