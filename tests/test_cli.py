@@ -167,8 +167,8 @@ def test_inspect_shows_pools_and_budgets(server_url: str, prefix: str) -> None:
     assert json.loads(backends["fields"]["n2"])["healthy"] is False
 
 
-def _clients(r: redis.Redis) -> int:
-    return len(r.client_list())
+def _named_clients(r: redis.Redis, name: str) -> int:
+    return sum(1 for c in r.client_list() if c.get("name") == name)
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
@@ -181,14 +181,18 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) 
 def test_demo_spread_over_processes_as_over_hosts(server_url: str, prefix: str) -> None:
     """Roles backends and worker: separate programs (as on separate containers) that share
     only the server and the prefix, and see the same story."""
-    common = ["--redis-url", server_url, "--prefix", prefix, "--duration", "6"]
+    common = ["--prefix", prefix, "--duration", "6"]
     r = redis.Redis.from_url(server_url)
-    before = _clients(r)
     # The workers first: they wait for the backends to appear, so however slowly a busy
-    # machine starts them, each one runs through the whole story (failure at 30%).
-    workers = [subprocess.Popen([*CLI, "demo", "--role", "worker", *common],
-                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    wait_for(lambda: _clients(r) >= before + 2, "both workers connected")
+    # machine starts them, each one runs through the whole story (failure at 30%). Their
+    # connections carry a client name, so other tests' connections coming and going on the
+    # shared server cannot hide them.
+    names = [f"w{i}{prefix}" for i in range(2)]
+    workers = [subprocess.Popen([*CLI, "demo", "--role", "worker", "--redis-url",
+                                 f"{server_url}?client_name={name}", *common],
+                                stdout=subprocess.PIPE, text=True) for name in names]
+    wait_for(lambda: all(_named_clients(r, name) for name in names), "both workers connected")
+    common = ["--redis-url", server_url, *common]
     backends = subprocess.Popen([*CLI, "demo", "--role", "backends", *common],
                                 stdout=subprocess.PIPE, text=True)
     for w in workers:
