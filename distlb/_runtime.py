@@ -62,7 +62,10 @@ REFUSED: tuple[type[BaseException], ...] = (
 #: Reply prefixes of the same errors where they arrive wrapped (inside a script error, a pipeline).
 _REFUSED_CODES = ("NOAUTH", "WRONGPASS", "NOPERM")
 #: How a script's ``redis.call`` denied by the ACL is reported (Valkey and Redis 7).
-_SCRIPT_ACL = ("ACL failure in script", "no permissions to run", "no permissions to access")
+_SCRIPT_ACL = ("ACL failure in script", "no permissions to run", "no permissions to access",
+               # Redis 7.0: "The user executing the script can't run this command ...",
+               # "... can't access at least one of the keys ...", "... can't publish ..."
+               "The user executing the script can't")
 
 
 def refused(exc: BaseException) -> bool:
