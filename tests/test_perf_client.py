@@ -79,6 +79,7 @@ class FakeClock:
         return self.now
 
 
+@pytest.mark.real_server  # counts round trips with INFO commandstats, which fakeredis lacks
 def test_a_denial_is_answered_locally_until_it_expires(r: redis.Redis, prefix: str) -> None:
     clock = FakeClock()
     # 1 token per 100 s: the store's retry_after is ~100 s, whatever a slow machine does
