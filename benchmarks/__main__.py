@@ -148,6 +148,7 @@ def trip_propagation(url: str, watchers: int) -> list[float]:
     seen = [out.get(timeout=30) - t0 for _ in procs]
     for p in procs:
         p.join()
+    cb.close()
     return seen
 
 
