@@ -3,10 +3,9 @@
 ``bind(CoreClass, store, ...)`` builds a core object (``TokenBucketCore``,
 ``LoadBalancerCore`` ...) whose ``_run`` drives operations against ``store``, a
 :class:`ScriptedStore` that answers each script call from a function of the
-call (or raises :class:`StoreDown`). The drive loop follows the real runners'
-contract step for step: each call on its owner's guard, the failure policy on an
-outage, errors thrown back into the operation, Sleep on the fake clock,
-Invoke timed by it.
+call (or raises :class:`StoreDown`). The drive loop is the real ``SyncRunner``'s;
+only the script call is answered by the store (each on its owner's guard, the failure
+policy on an outage) and Sleep goes to the fake clock.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from distlb._core.guard import Command, StoreGuard
-from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep
+from distlb._core.ops import Call
+from distlb._runtime import SyncRunner
 from tests.clock import FakeClock
 
 T = TypeVar("T")
@@ -44,13 +44,13 @@ class ScriptedStore:
         return [name for name, _, _ in self.calls]
 
 
-class FakeRunner:
-    """What ``distlb._runtime.SyncRunner`` does, against a :class:`ScriptedStore`."""
+class FakeRunner(SyncRunner):
+    """``distlb._runtime.SyncRunner`` (its drive loop as is) with each script call answered
+    by a :class:`ScriptedStore` instead of a client, and Sleep on the fake clock."""
 
     def __init__(self, guard: StoreGuard, store: ScriptedStore, clock: FakeClock) -> None:
-        self.guard = guard
+        super().__init__(guard, sleep=clock.sleep)
         self.store = store
-        self.clock = clock
 
     def call(self, call: Call[T]) -> T:
         guard = call.owner or self.guard
@@ -63,37 +63,8 @@ class FakeRunner:
         guard.succeeded()
         return call.parse(reply)
 
-    def drive(self, op: Op[T] | Command[T]) -> T:
-        if isinstance(op, Call):
-            return self.call(op)
-        if isinstance(op, Done):
-            return op.value
-        if isinstance(op, Command):
-            raise AssertionError("plain commands are not scripted here")
-        reply: Any = None
-        error: BaseException | None = None
-        try:
-            while True:
-                step = op.throw(error) if error is not None else op.send(reply)
-                error = None
-                try:
-                    if isinstance(step, Sleep):
-                        self.clock.sleep(step.seconds)
-                        reply = None
-                    elif isinstance(step, Invoke):
-                        start = self.clock()
-                        try:
-                            value = step.fn(*step.args, **step.kwargs)
-                        except Exception as exc:
-                            reply = Outcome(None, exc, self.clock() - start)
-                        else:
-                            reply = Outcome(value, None, self.clock() - start)
-                    else:
-                        reply = self.call(step)
-                except BaseException as exc:
-                    error = exc
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+    def command(self, cmd: Command[T]) -> T:
+        raise AssertionError("plain commands are not scripted here")
 
 
 C = TypeVar("C")
