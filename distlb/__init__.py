@@ -7,7 +7,7 @@ run on the server's clock. ``distlb.aio`` has the same classes for asyncio.
 
 from distlb._connect import connect
 from distlb._keys import DEFAULT_PREFIX
-from distlb._shared import StoreOptions
+from distlb._shared import StoreOptions, TimingOptions
 from distlb.balancer import (
     BackendExists,
     BackendStats,
@@ -113,6 +113,7 @@ __all__ = [
     "StoreOptions",
     "StoreUnavailable",
     "Strategy",
+    "TimingOptions",
     "TokenBucket",
     "TrafficShaper",
     "Transition",

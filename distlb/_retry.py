@@ -13,16 +13,23 @@ import dataclasses
 import math
 import random
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Unpack
 
 from distlb import _observe
 from distlb._core.guard import StoreGuard
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep, Steps, steps, text
 from distlb._core.scripts import script
-from distlb._shared import Shared, StoreKeywords, StoreOptions
+from distlb._shared import (
+    Clock,
+    Shared,
+    StoreKeywords,
+    StoreOptions,
+    TimingKeywords,
+    TimingOptions,
+    timing_options,
+)
 from distlb._validate import integer, number, window
 from distlb.errors import CircuitOpen, ConfigError, RetryBudgetExhausted
 
@@ -296,7 +303,7 @@ def _retryable(retry_on: RetryOn, error: BaseException) -> bool:
     return bool(retry_on(error))
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, init=False)
 class RetryPolicyCore:
     """How to retry a call: a backoff, limits, what to retry, and an optional shared budget.
 
@@ -312,18 +319,59 @@ class RetryPolicyCore:
     the longest attempt so far would pass the deadline. With a budget, each call
     deposits once and each retry withdraws; a refused retry raises
     ``RetryBudgetExhausted`` from the last error.
+
+    Keyword-only arguments: ``backoff`` (default: ``ExponentialJitter()``),
+    ``max_attempts`` (1-1000, default 3), ``max_total_s`` (seconds or None),
+    ``retry_on`` (exception classes or a predicate), ``retry_on_result`` (a
+    predicate on results, or None), ``before_sleep`` (hooks given a
+    ``RetryState``), ``budget`` (a ``RetryBudget`` or None), ``rng`` (a
+    ``random.Random`` for the jitter). ``options``: a ``TimingOptions`` (``clock``,
+    ``sleep``), or the ``StoreOptions`` the application gives its primitives (a
+    policy is local: it reads only those two fields); or ``clock``/``sleep`` as
+    keywords (a field given both ways is a ``ConfigError``). They time only the
+    local waits between attempts.
     """
 
-    backoff: Backoff = field(default_factory=lambda: ExponentialJitter())
-    max_attempts: int = 3
-    max_total_s: float | None = None
-    retry_on: RetryOn = Exception
-    retry_on_result: Callable[[Any], bool] | None = None
-    before_sleep: tuple[Callable[[RetryState], None], ...] = ()
-    budget: RetryBudgetCore | None = None
-    rng: random.Random = field(default_factory=random.Random)
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], Any] | None = None
+    backoff: Backoff
+    max_attempts: int
+    max_total_s: float | None
+    retry_on: RetryOn
+    retry_on_result: Callable[[Any], bool] | None
+    before_sleep: tuple[Callable[[RetryState], None], ...]
+    budget: RetryBudgetCore | None
+    rng: random.Random
+    options: TimingOptions
+
+    def __init__(self, *, backoff: Backoff | None = None, max_attempts: int = 3,
+                 max_total_s: float | None = None, retry_on: RetryOn = Exception,
+                 retry_on_result: Callable[[Any], bool] | None = None,
+                 before_sleep: tuple[Callable[[RetryState], None], ...] = (),
+                 budget: RetryBudgetCore | None = None, rng: random.Random | None = None,
+                 options: TimingOptions | None = None,
+                 **timing: Unpack[TimingKeywords]) -> None:
+        # Written out (not the dataclass's) so the timing comes from one options object,
+        # as every primitive's does, while ``clock=``/``sleep=`` keep working.
+        put = object.__setattr__
+        put(self, "backoff", ExponentialJitter() if backoff is None else backoff)
+        put(self, "max_attempts", max_attempts)
+        put(self, "max_total_s", max_total_s)
+        put(self, "retry_on", retry_on)
+        put(self, "retry_on_result", retry_on_result)
+        put(self, "before_sleep", tuple(before_sleep))
+        put(self, "budget", budget)
+        put(self, "rng", random.Random() if rng is None else rng)
+        put(self, "options", timing_options(options, timing))
+        self.__post_init__()
+
+    @property
+    def clock(self) -> Clock:
+        """Monotonic seconds (``options.clock``): times the attempts and ``max_total_s``."""
+        return self.options.clock
+
+    @property
+    def sleep(self) -> Callable[[float], Any] | None:
+        """How the waits sleep (``options.sleep``; None: ``time.sleep`` / ``asyncio.sleep``)."""
+        return self.options.sleep
 
     def __post_init__(self) -> None:
         if not isinstance(self.backoff, Fixed | Exponential | ExponentialJitter
@@ -398,11 +446,15 @@ class RetryPolicyCore:
     def with_random(self, rng: random.Random) -> Any:
         return dataclasses.replace(self, rng=rng)
 
-    def with_clock(self, clock: Callable[[], float]) -> Any:
-        return dataclasses.replace(self, clock=clock)
+    def with_options(self, options: TimingOptions) -> Any:
+        """The same policy timed by ``options`` (a ``TimingOptions`` or a ``StoreOptions``)."""
+        return dataclasses.replace(self, options=options)
+
+    def with_clock(self, clock: Clock) -> Any:
+        return dataclasses.replace(self, options=self.options.replace(clock=clock))
 
     def with_sleep(self, sleep: Callable[[float], Any]) -> Any:
-        return dataclasses.replace(self, sleep=sleep)
+        return dataclasses.replace(self, options=self.options.replace(sleep=sleep))
 
     # -- the decision loop ---------------------------------------------------------------------
 

@@ -49,8 +49,40 @@ Sleep = Callable[[float], Any]
 D = TypeVar("D")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimingOptions:
+    """How local waiting is timed: the part of the options every object takes, shared or not.
+
+    * ``clock``: monotonic seconds; ``sleep(seconds)``: how local waits sleep (a
+      coroutine function for ``distlb.aio``; ``None``: ``time.sleep`` /
+      ``asyncio.sleep``). Both are for tests: they time only local waiting, never
+      shared state, which runs on the server's clock.
+
+    ``StoreOptions`` is a ``TimingOptions`` plus the store fields, so the one
+    ``StoreOptions`` an application hands to its primitives can also be handed to a
+    ``RetryPolicy`` (local: it reads only these two fields, a store field there would
+    configure nothing). Keyword-only: ``TimingOptions(clock=fake.clock)``.
+    """
+
+    clock: Clock = time.monotonic
+    sleep: Sleep | None = None
+
+    def __post_init__(self) -> None:
+        # The one validation of the timing fields (StoreOptions calls it too).
+        if not callable(self.clock):
+            raise ConfigError("clock", f"must be a callable returning monotonic seconds, got "
+                                       f"{type(self.clock).__name__}")
+        if self.sleep is not None and not callable(self.sleep):
+            raise ConfigError("sleep", f"must be a callable taking seconds, or None, got "
+                                       f"{type(self.sleep).__name__}")
+
+    def replace(self, **changes: Unpack[TimingKeywords]) -> Self:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True, slots=True)
-class StoreOptions:
+class StoreOptions(TimingOptions):
     """The store settings every shared primitive takes, validated once, shared freely.
 
     Build one and hand it to every primitive of an application
@@ -68,17 +100,13 @@ class StoreOptions:
     * ``retry_store_after_s``: seconds, in (0, 3600]: the longest a primitive skips
       the store after an error before trying it again (it resumes sooner, as soon
       as the client's probe sees the store answer).
-    * ``clock``: monotonic seconds; ``sleep(seconds)``: how local waits sleep (a
-      coroutine function for ``distlb.aio``; ``None``: ``time.sleep`` /
-      ``asyncio.sleep``). Both are for tests: they time only local waiting, never
-      shared state, which runs on the server's clock.
+    * ``clock``, ``sleep`` (keyword-only): from ``TimingOptions``, which a local
+      ``RetryPolicy`` takes too: one fake clock given here times every object.
     """
 
     prefix: str = _keys.DEFAULT_PREFIX
     on_store_error: StorePolicy = "fail_open"
     retry_store_after_s: float = 1.0
-    clock: Clock = time.monotonic
-    sleep: Sleep | None = None
 
     def __post_init__(self) -> None:
         # The one validation of these fields (frozen: the checked values are set directly).
@@ -86,27 +114,28 @@ class StoreOptions:
         object.__setattr__(self, "on_store_error", store_policy(self.on_store_error))
         object.__setattr__(self, "retry_store_after_s",
                            number("retry_store_after_s", self.retry_store_after_s, high=3600))
-        if not callable(self.clock):
-            raise ConfigError("clock", f"must be a callable returning monotonic seconds, got "
-                                       f"{type(self.clock).__name__}")
-        if self.sleep is not None and not callable(self.sleep):
-            raise ConfigError("sleep", f"must be a callable taking seconds, or None, got "
-                                       f"{type(self.sleep).__name__}")
+        TimingOptions.__post_init__(self)   # slots=True: no zero-argument super()
 
-    def replace(self, **changes: Unpack[StoreKeywords]) -> StoreOptions:
+    def replace(self, **changes: Unpack[StoreKeywords]) -> Self:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
 
-class StoreKeywords(TypedDict, total=False):
+class TimingKeywords(TypedDict, total=False):
+    """The fields of ``TimingOptions`` as constructor keywords (for type checkers; a test
+    keeps the two lists equal)."""
+
+    clock: Clock
+    sleep: Sleep | None
+
+
+class StoreKeywords(TimingKeywords, total=False):
     """The fields of ``StoreOptions`` as constructor keywords (for type checkers; a test
     keeps the two lists equal)."""
 
     prefix: str
     on_store_error: StorePolicy
     retry_store_after_s: float
-    clock: Clock
-    sleep: Sleep | None
 
 
 def merge(kind: type[D], value: D | None, argument: str, keywords: Mapping[str, Any]) -> D:
@@ -129,6 +158,13 @@ def merge(kind: type[D], value: D | None, argument: str, keywords: Mapping[str, 
         raise ConfigError(field, f"given both as a keyword and in {argument}=: give it once "
                                  f"(as a keyword, or with {argument}.replace({field}=...))")
     return value
+
+
+def timing_options(options: TimingOptions | None, keywords: Mapping[str, Any]) -> TimingOptions:
+    """The timing of a local object (``RetryPolicy``): ``options=`` (a ``TimingOptions``, or
+    the application's ``StoreOptions``, of which only ``clock`` and ``sleep`` are read) or the
+    ``clock``/``sleep`` keywords (see ``merge``)."""
+    return merge(TimingOptions, options, "options", keywords)
 
 
 def store_options(options: StoreOptions | None, keywords: Mapping[str, Any]) -> StoreOptions:

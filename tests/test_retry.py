@@ -13,7 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import distlb.aio as aio
-from distlb import ConfigError, RetryBudget, RetryBudgetExhausted, RetryPolicy, RetryState
+from distlb import (
+    ConfigError,
+    RetryBudget,
+    RetryBudgetExhausted,
+    RetryPolicy,
+    RetryState,
+    StoreOptions,
+)
 from distlb.retry import DecorrelatedJitter, Exponential, ExponentialJitter, Fixed, set_testing
 
 bases = st.floats(min_value=0.001, max_value=5)
@@ -266,6 +273,37 @@ def test_policy_with_budget_raises_budget_exhausted(r: redis.Redis, prefix: str)
     d = budget.peek()
     assert d.deposits == 30 and d.withdrawals == 4    # 0.1 x 30 + 0.1/s x 10 s
     assert outcomes["exhausted"] >= 26
+
+
+@pytest.mark.lua
+def test_one_store_options_times_the_budget_and_the_policy(r: redis.Redis, prefix: str) -> None:
+    """The application's one StoreOptions goes to the budget (shared) and the policy (local,
+    which reads its clock and sleep): the waits run on its fake sleep, the budget under its
+    prefix."""
+    ft = FakeTime()
+    opts = StoreOptions(prefix=prefix, clock=ft.clock, sleep=ft.sleep)
+    budget = RetryBudget(r, "api", ratio=0, min_retries_per_s=1, window_s=10, options=opts)
+    policy = RetryPolicy(backoff=Fixed(0.5), max_attempts=3, budget=budget, options=opts)
+    assert policy.options is opts and budget.options is opts
+    with pytest.raises(ConnectionError):
+        policy.execute(failing(10))
+    assert ft.slept == [0.5, 0.5]
+    assert budget.key.startswith(f"{prefix}:") and budget.peek().withdrawals == 2
+
+
+@pytest.mark.lua
+async def test_async_policy_sleeps_with_its_options(ar: redis.asyncio.Redis, prefix: str) -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(s: float) -> None:
+        slept.append(s)
+
+    opts = StoreOptions(prefix=prefix, sleep=fake_sleep)
+    budget = aio.RetryBudget(ar, "api", ratio=0, min_retries_per_s=1, window_s=10, options=opts)
+    policy = aio.RetryPolicy(backoff=Fixed(0.25), max_attempts=3, budget=budget, options=opts)
+    with pytest.raises(ConnectionError):
+        await policy.execute(failing(10))
+    assert slept == [0.25, 0.25] and (await budget.peek()).withdrawals == 2
 
 
 @pytest.mark.lua

@@ -5,7 +5,7 @@ master). Results, errors and ``Limit`` are shared with the sync package.
 """
 
 from distlb._connect import connect_async as connect
-from distlb._shared import StoreOptions
+from distlb._shared import StoreOptions, TimingOptions
 from distlb.aio.balancer import (
     BackendExists,
     BackendStats,
@@ -73,6 +73,7 @@ __all__ = [
     "StoreError",
     "StoreOptions",
     "StoreUnavailable",
+    "TimingOptions",
     "TokenBucket",
     "TrafficShaper",
     "Transition",

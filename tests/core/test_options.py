@@ -22,9 +22,15 @@ from distlb._breaker import (
     BreakerSettings,
     CircuitBreakerCore,
 )
-from distlb._retry import RetryBudgetCore
+from distlb._retry import Fixed, RetryBudgetCore, RetryPolicyCore
 from distlb._shaping import LeakyBucketCore, PriorityLimiterCore, TokenBucketCore, TrafficShaperCore
-from distlb._shared import Shared, StoreKeywords, StoreOptions
+from distlb._shared import (
+    Shared,
+    StoreKeywords,
+    StoreOptions,
+    TimingKeywords,
+    TimingOptions,
+)
 from distlb.errors import ConfigError
 from tests.clock import FakeClock
 from tests.core.fake import ScriptedStore, bind
@@ -148,6 +154,10 @@ def _hints(obj: Any) -> dict[str, Any]:
 def test_the_keyword_lists_are_the_dataclass_fields() -> None:
     """The TypedDicts only type the keywords: same names, same types, as the dataclasses."""
     assert _hints(StoreKeywords) == _hints(StoreOptions)
+    assert _hints(TimingKeywords) == _hints(TimingOptions)
+    # The store options are the timing options plus the store fields: one clock, one sleep.
+    assert set(_hints(TimingOptions)) < set(_hints(StoreOptions))
+    assert issubclass(StoreOptions, TimingOptions)
     assert _hints(BreakerKeywords) == _hints(BreakerSettings)
 
 
@@ -179,6 +189,7 @@ def test_every_constructor_parameter_is_documented_on_the_public_class(cls: type
 
 def test_store_options_is_exported_once() -> None:
     assert distlb.StoreOptions is distlb.aio.StoreOptions is StoreOptions
+    assert distlb.TimingOptions is distlb.aio.TimingOptions is TimingOptions
     assert distlb.BreakerSettings is distlb.aio.BreakerSettings is BreakerSettings
     assert "StoreOptions" in distlb.__all__ and "StoreOptions" in distlb.aio.__all__
 
@@ -241,3 +252,99 @@ def test_the_pool_passes_its_settings_and_options_straight_through() -> None:
     pcb = polling._breaker_of("b1")
     assert pcb.settings == dataclasses.replace(settings, subscribe=False)
     assert pcb.subscribe is False
+
+
+# -- RetryPolicy: local, timed by the same options ------------------------------------------------
+
+POLICIES = [distlb.RetryPolicy, distlb.aio.RetryPolicy]
+TIMING_FIELDS = [f.name for f in dataclasses.fields(TimingOptions)]
+
+
+def test_timing_options_defaults_validation_and_keyword_only() -> None:
+    t = TimingOptions()
+    assert (t.clock, t.sleep) == (time.monotonic, None)
+    for field, value in (("clock", 3.0), ("sleep", "no")):
+        with pytest.raises(ConfigError) as e:
+            TimingOptions(**{field: value})
+        assert e.value.field == field and "callable" in str(e.value)
+    with pytest.raises(TypeError):
+        TimingOptions(time.monotonic)  # type: ignore[misc]
+    clock = FakeClock()
+    assert t.replace(clock=clock).clock is clock and t.clock is time.monotonic
+    # A StoreOptions validates its timing fields with the same code, and replaces them too.
+    with pytest.raises(ConfigError) as e:
+        StoreOptions(prefix="app", clock=3.0)  # type: ignore[arg-type]
+    assert e.value.field == "clock"
+    assert StoreOptions(prefix="app").replace(clock=clock).prefix == "app"
+
+
+@pytest.mark.parametrize("cls", POLICIES, ids=lambda c: c.__module__)
+def test_a_policy_takes_the_applications_store_options(cls: type[RetryPolicyCore]) -> None:
+    clock = FakeClock()
+    opts = StoreOptions(prefix="app", on_store_error="fail_closed", clock=clock,
+                        sleep=clock.sleep)
+    policy = cls(backoff=Fixed(1.0), options=opts)
+    assert policy.options is opts
+    assert policy.clock is clock and policy.sleep == clock.sleep
+    # Builders keep it; with_clock/with_sleep change only the timing (the fields stay).
+    other = FakeClock()
+    moved = policy.with_max_attempts(5).with_clock(other)
+    assert moved.options == opts.replace(clock=other) and moved.clock is other
+    assert moved.max_attempts == 5 and policy.clock is clock
+    assert policy.with_options(TimingOptions()).clock is time.monotonic
+
+
+@pytest.mark.parametrize("cls", POLICIES, ids=lambda c: c.__module__)
+def test_a_policys_clock_and_sleep_keywords_build_its_options(cls: type[RetryPolicyCore]) -> None:
+    clock = FakeClock()
+    policy = cls(clock=clock, sleep=clock.sleep)
+    assert policy.options == TimingOptions(clock=clock, sleep=clock.sleep)
+    assert cls().options == TimingOptions()
+    assert cls.fixed(1.0).with_sleep(clock.sleep).sleep == clock.sleep
+
+
+@pytest.mark.parametrize("cls", POLICIES, ids=lambda c: c.__module__)
+def test_a_policys_timing_is_validated_once_and_given_once(cls: type[RetryPolicyCore]) -> None:
+    with pytest.raises(ConfigError) as e:
+        cls(clock=3.0)  # type: ignore[arg-type]
+    assert e.value.field == "clock"
+    with pytest.raises(ConfigError) as e:
+        cls(options=TimingOptions(), sleep=None)
+    assert e.value.field == "sleep" and "options=" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        cls(options={"clock": time.monotonic})  # type: ignore[arg-type]
+    assert e.value.field == "options" and "TimingOptions" in str(e.value)
+    with pytest.raises(TypeError, match="prefix"):
+        cls(prefix="app")  # type: ignore[call-arg]   # a local policy has no store fields
+
+
+@pytest.mark.parametrize("cls", POLICIES, ids=lambda c: c.__module__)
+def test_a_policy_lists_no_timing_field_itself_and_documents_its_parameters(
+        cls: type[RetryPolicyCore]) -> None:
+    params = inspect.signature(cls).parameters
+    assert params["options"].default is None and not set(params) & set(TIMING_FIELDS)
+    assert any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    doc = inspect.getdoc(cls) or ""
+    missing = [n for n, p in params.items()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD and f"``{n}``" not in doc]
+    assert not missing, f"{cls.__name__}'s docstring does not document {missing}"
+
+
+def test_a_policy_times_its_loop_on_the_options_clock() -> None:
+    """The options' clock (not time.monotonic) measures ``max_total_s``, and the options' sleep
+    is what the shell sleeps with."""
+    clock = FakeClock(now=0.0)
+    opts = StoreOptions(clock=clock, sleep=clock.sleep)
+    calls: list[float] = []
+
+    def fn() -> None:
+        calls.append(clock.now)
+        clock.now += 2.0            # each attempt takes 2 s on the fake clock
+        raise ValueError("down")
+
+    policy = distlb.RetryPolicy(backoff=Fixed(1.0), max_attempts=10, max_total_s=6.0,
+                                options=opts)
+    with pytest.raises(ValueError):
+        policy.execute(fn)
+    # 0: attempt (2 s), wait 1, attempt at 3 (2 s), wait 1 would end at 8 > 6: gave up.
+    assert calls == [0.0, 3.0] and clock.slept == [1.0]
