@@ -34,14 +34,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from distlb import _keys, _observe
+from distlb import _observe, admin
 
 STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def _primitive_kind(what: str) -> str:
     """``"token bucket 'api'"`` -> ``"token bucket"`` (the name may hold an id)."""
-    for kind in _keys.KINDS.values():
+    for kind in (k.label for k in admin.KINDS):
         if what == kind or what.startswith(kind + " "):
             return kind
     return "other"

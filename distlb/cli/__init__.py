@@ -23,8 +23,8 @@ from typing import Any
 
 import redis
 
-from distlb import _keys
-from distlb._connect import redact_url
+from distlb import DEFAULT_PREFIX, admin
+from distlb.admin import redact_url
 from distlb.cli.inspect import plural
 from distlb.errors import ConfigError
 
@@ -143,7 +143,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"no distlb state under prefix {args.prefix!r} at {redact_url(url)} "
               f"(is the prefix right? keys look like {args.prefix}:{{tb:name}})")
         return 0
-    rows = [(_keys.KINDS.get(e.kind, e.kind), e.name, str(len(e.keys)),
+    rows = [(admin.kind_of(e.kind).label, e.name, str(len(e.keys)),
              _inspect.human_ttl(_longest_ttl(e.keys)), e.summary)
             for e in entities]
     head = ("KIND", "NAME", "KEYS", "TTL", "STATE")
@@ -182,13 +182,11 @@ def _connect(args: argparse.Namespace) -> tuple[Any, str] | int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Print every breaker transition, health change and registry change as it happens."""
-    from distlb._events import channel_for, decode
-
     connected = _connect(args)
     if isinstance(connected, int):
         return connected
     client, url = connected
-    channel = channel_for(args.prefix)
+    channel = admin.events_channel(args.prefix)
     pubsub = client.pubsub()
     try:
         pubsub.subscribe(channel)
@@ -207,7 +205,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             msg = pubsub.get_message(timeout=0.5)
             if not msg or msg.get("type") != "message":
                 continue
-            event = decode(msg["data"])
+            event = admin.decode_event(msg["data"])
             if event is None:
                 continue
             seen += 1
@@ -239,60 +237,47 @@ def _describe(event: dict[str, Any], color: bool) -> str:
     return f"{stamp}  {json.dumps(event, sort_keys=True)}"
 
 
-#: ``distlb reset`` word -> kind code, from the one table of kinds.
-RESETTABLE = {word: kind.code for word, kind in _keys.BY_COMMAND.items()}
+#: ``distlb reset`` words, from the one table of kinds.
+RESETTABLE = sorted(k.command for k in admin.KINDS)
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
     """Reset one entity's shared state for every process (with confirmation).
 
-    The same as the library's ``reset()``: buckets refill, queues and windows empty,
-    a breaker closes (forced state cleared); a pool loses its registry, counts and
-    statistics. Configuration stays: a shaper keeps its shared limit overrides
+    ``distlb.admin.reset``: the same as the library's ``reset()``: buckets refill, queues
+    and windows empty, a breaker closes (forced state cleared); a pool loses its registry,
+    counts and statistics. Configuration stays: a shaper keeps its shared limit overrides
     (``TrafficShaper.remove_client_rate_limit`` and friends delete those).
     """
-    from distlb import _keys, _scripts
-
     connected = _connect(args)
     if isinstance(connected, int):
         return connected
     client, url = connected
-    descriptor = _keys.BY_COMMAND[args.kind]
-    kind = descriptor.code
-    entity = _keys.entity(args.prefix, kind, _keys.escape(args.name))
-    # All of an entity's keys share its hash tag: one slot, so one node holds them all.
-    found = sorted({k.decode() for k in client.scan_iter(match=f"{_glob(entity)}*")})
-    # A shaper's shared overrides are configuration, not state: reset refills its buckets
-    # and keeps them, as TrafficShaper.reset()/reset_client() do (remove_* deletes them).
-    kept = [k for k in found
-            if any(k == _keys.part(entity, p) for p in descriptor.kept_on_reset)]
-    keys = [k for k in found if k not in kept]
-    if not keys:
+    try:
+        plan = admin.reset(client, args.kind, args.name, prefix=args.prefix, dry_run=True)
+    except ConfigError as exc:
+        return _fail(f"reset: {exc}")
+    except redis.RedisError as exc:
+        return _fail(_server_error(exc, url))
+    if not plan.keys:
         print(f"nothing to reset: no keys for {args.kind} {args.name!r} under prefix "
               f"{args.prefix!r}")
         return 0
     if not args.yes:
         if not sys.stdin.isatty():
             return _fail("refusing to reset without confirmation: pass --yes")
-        answer = input(f"reset {args.kind} {args.name!r} ({plural(len(keys), 'key')}) on "
+        answer = input(f"reset {args.kind} {args.name!r} ({plural(len(plan.keys), 'key')}) on "
                        f"{redact_url(url)} for every process? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("not reset")
             return 1
-    if descriptor.reset == "close":
-        from distlb.breaker import CircuitBreaker
-        CircuitBreaker(client, args.name, prefix=args.prefix, subscribe=False).reset()
-    else:
-        s = _scripts.script("delete")
-        _scripts.run_sync(client, s, keys, [])
-    print(f"reset {args.kind} {args.name!r}: {plural(len(keys), 'key')}"
-          + (" (kept its shared limit overrides)" if kept else ""))
+    try:
+        done = admin.reset(client, args.kind, args.name, prefix=args.prefix)
+    except redis.RedisError as exc:
+        return _fail(_server_error(exc, url))
+    print(f"reset {args.kind} {args.name!r}: {plural(len(done.keys), 'key')}"
+          + (" (kept its shared limit overrides)" if done.kept else ""))
     return 0
-
-
-def _glob(text: str) -> str:
-    """Escape glob characters so SCAN MATCH takes ``text`` literally."""
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,14 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", help="show every bucket, shaper and queue under a prefix")
     ins.add_argument("--redis-url", help="server (default: $DISTLB_REDIS_URL)")
-    ins.add_argument("--prefix", "--namespace", default=_keys.DEFAULT_PREFIX,
+    ins.add_argument("--prefix", "--namespace", default=DEFAULT_PREFIX,
                      help="key prefix (default distlb)")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.set_defaults(func=cmd_inspect)
 
     watch = sub.add_parser("watch", help="live stream of breaker, health and registry changes")
     watch.add_argument("--redis-url", help="server (default: $DISTLB_REDIS_URL)")
-    watch.add_argument("--prefix", "--namespace", default=_keys.DEFAULT_PREFIX)
+    watch.add_argument("--prefix", "--namespace", default=DEFAULT_PREFIX)
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
     watch.add_argument("--count", type=_positive_int, help="stop after this many events")
     watch.add_argument("--timeout", type=float, help="stop after this many seconds")
@@ -346,10 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     reset = sub.add_parser("reset", help="reset one bucket, breaker, budget, pool ... for "
                            "every process (a shaper keeps its shared limit overrides)")
-    reset.add_argument("kind", choices=sorted(RESETTABLE))
+    reset.add_argument("kind", choices=RESETTABLE)
     reset.add_argument("name")
     reset.add_argument("--redis-url", help="server (default: $DISTLB_REDIS_URL)")
-    reset.add_argument("--prefix", "--namespace", default=_keys.DEFAULT_PREFIX)
+    reset.add_argument("--prefix", "--namespace", default=DEFAULT_PREFIX)
     reset.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     reset.set_defaults(func=cmd_reset)
     return parser

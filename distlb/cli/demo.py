@@ -31,8 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from distlb._connect import redact_url
-from distlb._validate import integer, number
+from distlb.admin import redact_url
 from distlb.balancer import BreakerSettings, LoadBalancer, LoadBalancerContext
 from distlb.cli.inspect import connect, node_clients
 from distlb.embedded import tie_to_parent
@@ -49,6 +48,7 @@ from distlb.strategies import (
     RoundRobinBalancer,
     Strategy,
 )
+from distlb.validate import integer, number
 
 STRATEGIES = {
     "round_robin": RoundRobinBalancer,

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 import redis.cluster
 
-from distlb import _keys
+from distlb import DEFAULT_PREFIX, admin
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Entity:
     summary: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "kind_label": _keys.KINDS.get(self.kind, self.kind),
+        return {"kind": self.kind, "kind_label": admin.kind_of(self.kind).label,
                 "name": self.name, "summary": self.summary,
                 "keys": [asdict(k) for k in self.keys]}
 
@@ -66,13 +66,13 @@ def _s(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-def scan(client: Any, prefix: str = _keys.DEFAULT_PREFIX, count: int = 500) -> list[Entity]:
+def scan(client: Any, prefix: str = DEFAULT_PREFIX, count: int = 500) -> list[Entity]:
     """Every distlb entity under ``prefix``, from SCAN on each primary."""
     grouped: dict[tuple[str, str], list[KeyState]] = {}
     for node in node_clients(client):
         for raw in node.scan_iter(match=f"{prefix}:{{*", count=count):
             key = _s(raw)
-            ref = _keys.parse(key)
+            ref = admin.parse_key(key)
             if ref is None or ref.prefix != prefix:
                 continue
             grouped.setdefault((ref.kind, ref.name), []).append(_read_key(node, key, ref.part))
@@ -119,11 +119,11 @@ _PART_LABELS = {"c": "client", "cb": "client bandwidth", "bb": "backend bandwidt
 def part_label(part: str) -> str:
     """``c:ali%3Ace`` -> ``client ali:ce``: the key part as a person reads it."""
     if part.startswith("rl:c:"):
-        return f"client {_keys.unescape(part[5:])} limit"
+        return f"client {admin.decode_name(part[5:])} limit"
     kind, sep, ident = part.partition(":")
     if not sep:
         return part or "bucket"
-    return f"{_PART_LABELS.get(kind, kind)} {_keys.unescape(ident)}"
+    return f"{_PART_LABELS.get(kind, kind)} {admin.decode_name(ident)}"
 
 
 def _healthy(record: str) -> bool:
