@@ -148,6 +148,13 @@ def test_reset_needs_confirmation_and_resets(server_url: str, prefix: str) -> No
                                         "--prefix", prefix, "--yes").stdout
 
 
+def test_reset_refuses_an_invalid_name_in_one_line(server_url: str, prefix: str) -> None:
+    done = distlb("reset", "bucket", "x" * 300, "--redis-url", server_url, "--prefix", prefix,
+                  "--yes")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("distlb: reset: name: must be at most 256"), done.stderr
+
+
 def test_inspect_shows_pools_and_budgets(server_url: str, prefix: str) -> None:
     from distlb import Backend, LoadBalancer, RetryBudget
     r = redis.Redis.from_url(server_url)
