@@ -249,16 +249,20 @@ def encode_changes(*, strategy: Any, rate_limit: object = _MISSING,
 
 def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
     """``["rate_limit=100/s", "breaker.failure_threshold=3", "strategy.decay_s=5"]`` as
-    ``set_config`` keywords (the command line's syntax); values are checked there."""
+    ``set_config`` keywords (the command line's syntax; ``field=default`` removes a stored
+    field, ``rate_limit=none`` stores "no limit"); values are checked there."""
     out: dict[str, Any] = {}
     breaker: dict[str, str] = {}
     strat: dict[str, str] = {}
+    unset: list[str] = []
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name:
             raise ConfigError("assignment", f"must be field=value, got {show(item)}")
-        if name in LIMIT_FIELDS:
+        if value.strip().lower() == "default":      # remove it: the constructor's value
+            unset.append(name)
+        elif name in LIMIT_FIELDS:
             out[name] = value
         elif name.startswith("breaker."):
             breaker[name.removeprefix("breaker.")] = value
@@ -271,6 +275,8 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
         out["breaker"] = breaker
     if strat:
         out["strategy"] = strat
+    if unset:
+        out["unset"] = unset
     return out
 
 
