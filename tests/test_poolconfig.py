@@ -277,3 +277,33 @@ def test_cli_get_and_history(server_url: str, prefix: str,
     r = redis.Redis.from_url(server_url)
     assert r.hget(cfg_key(prefix), "strategy.decay_s") == b"4"
     r.close()
+
+
+async def test_asyncio_pool_reads_and_writes_the_same_config(ar: Any, prefix: str) -> None:
+    from distlb import aio
+    a = aio.LoadBalancer(ar, "p", rate_limit=aio.Limit(9, 9), prefix=prefix)
+    await a.add_backend(Backend("b1", "127.0.0.1:9"))
+    assert (await a.config()).version == 0
+    cfg = await a.set_config(rate_limit="4/s", breaker={"success_threshold": 2})
+    assert cfg.version == 1 and a.rate_limit == Limit(4, 4)
+    assert a.breaker_settings is not None and a.breaker_settings.success_threshold == 2
+    assert [e["version"] for e in await a.config_history()] == [1]
+    a.close()
+
+
+def test_reset_keeps_the_config_and_inspect_shows_it(server_url: str, prefix: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    r = redis.Redis.from_url(server_url)
+    lb = LoadBalancer(r, "p", prefix=prefix)
+    lb.add_backend(Backend("b1", "127.0.0.1:9"))
+    lb.set_config(rate_limit="6/s")
+    base = ["--redis-url", server_url, "--prefix", prefix]
+    assert cli_main(["inspect", *base]) == 0
+    out = capsys.readouterr().out
+    assert "config v1: rate_limit=6 6" in out and "1 config change in history" in out
+    assert cli_main(["reset", "pool", "p", "--yes", *base]) == 0
+    assert "kept its fleet-wide configuration" in capsys.readouterr().out
+    assert r.hget(cfg_key(prefix), "rate_limit") == b"6 6"
+    assert not r.exists(f"{prefix}:{{pool:p}}:backends")
+    lb.close()
+    r.close()

@@ -233,6 +233,8 @@ def _describe(event: dict[str, Any], color: bool) -> str:
             forced = f" (forced {event['forced']})" if event.get("forced") else ""
             return f"{stamp}  breaker {name}: {event.get('from')} -> {to_text}{forced}"
         return f"{stamp}  breaker {name}: {event.get('failures')} consecutive failures"
+    if kind == "pool" and event.get("event") == "config":
+        return f"{stamp}  pool {name}: configuration version {event.get('config_version')}"
     if kind == "pool":
         return (f"{stamp}  pool {name}: backend {event.get('backend')} {event.get('event')} "
                 f"(registry version {event.get('version')})")
@@ -286,7 +288,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
         s = _scripts.script("delete")
         _scripts.run_sync(client, s, keys, [])
     print(f"reset {args.kind} {args.name!r}: {plural(len(keys), 'key')}"
-          + (" (kept its shared limit overrides)" if kept else ""))
+          + ((" (kept its shared limit overrides)" if kind == "ts" else " (kept its "
+             "fleet-wide configuration)") if kept else ""))
     return 0
 
 
