@@ -306,7 +306,7 @@ class LoadBalancerCore(Subscriber, Shared):
         """A snapshot call when the view is older than ``refresh_s`` or an event said so."""
         self._subscribed_since()          # join the bus: events mark the view stale
         if not force and not self._stale and self.clock() - self._refreshed_at < self.refresh_s:
-            return self._fleet_config.refresh()    # the stored configuration, when due
+            return Done(None)
         return self._fleet_config.after(self._plan("snapshot", [], self._local_state))
 
     def _breaker_of(self, backend_id: str) -> BreakerBase | None:

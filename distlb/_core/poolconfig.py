@@ -17,17 +17,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from distlb import _keys
 from distlb._breaker import BreakerSettings
-from distlb._core.ops import Call, Done, Op, Steps, text
+from distlb._core.ops import Call, Op, Steps, steps, text
 from distlb._core.scripts import script
 from distlb._shaping import Limit
 from distlb._validate import integer, number, show
@@ -337,52 +337,47 @@ class Follower:
     from its event handler; everything else is here."""
 
     def __init__(self, pool: Any) -> None:
-        self.pool = pool
+        # Weak: the pool holds its follower; no cycle keeps a dropped pool (and its bus) alive.
+        self._pool = weakref.ref(pool)
         self.base = _Base(pool.rate_limit, pool.client_limit, pool.breaker_settings, {})
         self.lock = threading.Lock()
         self.version = -1                # -1: never read; 0: nothing stored
         self.token = ""                  # "<version>:<updated_at_us>" last applied
-        self.fetched_at = -math.inf
-        self.stale = True
         self.stored: frozenset[str] = frozenset()
         self.updated_by = ""
         self.updated_at_s: float | None = None
         self.warned_override = False
         self.warned_bad: set[tuple[str, str]] = set()
 
+    @property
+    def pool(self) -> Any:
+        pool = self._pool()
+        if pool is None:
+            raise ReferenceError("the pool of this configuration is gone")
+        return pool
+
     # -- the pool's hooks --------------------------------------------------------------------
 
     def on_event(self, event: Mapping[str, Any]) -> bool:
-        """True if ``event`` is a config change (this process re-reads at its next call)."""
+        """True if ``event`` is a config change: the pool's view is marked stale, so its
+        next call refreshes (snapshot, then this configuration)."""
         if event.get("event") != "config":
             return False
         if str(event.get("config_version")) != str(self.version):
-            self.stale = True
+            pool = self._pool()
+            if pool is not None:
+                pool._stale = True
         return True
 
-    def due(self) -> bool:
-        return self.stale or self.pool.clock() - self.fetched_at >= self.pool.refresh_s
-
-    def refresh(self) -> Op[Any]:
-        """The config read when due (``Done`` otherwise: no round trip)."""
-        return self.read() if self.due() else _DONE
-
-    def after(self, op: Op[Any]) -> Op[Any]:
-        """``op`` (the pool's snapshot), then the config read if that is due too."""
-        if not self.due():
-            return op
-        return self._chain(op)
-
-    def _chain(self, op: Op[Any]) -> Steps[Any]:
-        from distlb._core.ops import steps
+    def after(self, op: Op[Any]) -> Steps[Any]:
+        """``op`` (the pool's snapshot, due every ``refresh_s`` or after an event), then
+        the configuration read: the hot path (no refresh due) costs nothing more."""
         result = yield from steps(op)
         yield self.read()
         return result
 
     def read(self, known: str | None = None) -> Call[Any]:
         pool = self.pool
-        self.stale = False            # an event arriving meanwhile sets it again
-        self.fetched_at = pool.clock()
         return plan(pool.key, "get", [self.token if known is None else known, CONFIG_TTL_MS],
                     self.apply_reply, _none, pool._guard)
 
@@ -550,7 +545,6 @@ class Follower:
         """Read the stored configuration now (whole), apply it, return what is in force."""
         yield plan(self.pool.key, "get", ["", CONFIG_TTL_MS], self._force_apply,
                    self._unavailable, self.pool._guard)
-        self.fetched_at = self.pool.clock()
         return self.current()
 
     def _force_apply(self, reply: Any) -> None:
@@ -592,7 +586,6 @@ class Follower:
         yield plan(pool.key, "set", [expected, CONFIG_TTL_MS, history_max, who, pool.name,
                                      pool.channel, len(pairs), *flat, *removals],
                    parse, self._unavailable, pool._guard)
-        self.fetched_at = pool.clock()
         current = self.current()
         if status and status[0] == "conflict":
             raise ConfigConflict(pool.name, int(expected), current)
@@ -623,8 +616,5 @@ def _entries(reply: Any) -> list[dict[str, Any]]:
 
 def _none() -> None:
     return None
-
-
-_DONE: Done[None] = Done(None)
 
 __all__ = ["ConfigConflict", "Follower", "PoolConfig", "encode_changes", "parse_assignments"]
