@@ -306,7 +306,9 @@ class LoadBalancerCore(Subscriber, Shared):
         """A snapshot call when the view is older than ``refresh_s`` or an event said so."""
         self._subscribed_since()          # join the bus: events mark the view stale
         if not force and not self._stale and self.clock() - self._refreshed_at < self.refresh_s:
-            return Done(None)
+            # ... unless the fleet-wide configuration was never read (a first call after
+            # add_backend, whose reply refreshed the view): it is read before any admission.
+            return Done(None) if self._fleet_config.version >= 0 else self._fleet_config.read()
         return self._fleet_config.after(self._plan("snapshot", [], self._local_state))
 
     def _breaker_of(self, backend_id: str) -> BreakerBase | None:
