@@ -9,7 +9,8 @@
 --            "strategy.<attr>"  a numeric strategy parameter (e.g. strategy.decay_s)
 --            "updated_by", "updated_at_us"  who wrote last, and when (server clock, us)
 --          The script stores values as the client wrote them and never interprets
---          them: the client validates before writing and after reading.
+--          them: the client validates before writing and after reading. Entries that
+--          are not valid UTF-8 (written by hand) are left out of replies.
 -- KEYS[2]  history list {pool:<name>}:config:history, newest first, at most ARGV[4]
 --          entries: JSON {"version", "by", "at_us", "set": {field: value},
 --          "unset": [field...], "previous": {field: old value or false}}
@@ -54,11 +55,41 @@ local function keep()
   if redis.call('EXISTS', hist) == 1 then redis.call('PEXPIRE', hist, ttl_ms) end
 end
 
+-- Whether a string is valid UTF-8 (as Python decodes it), as in pool.lua: a reply a client
+-- with decode_responses=True cannot decode would fail whole, so such entries (written by
+-- hand) are left out of replies and history.
+local function utf8_ok(str)
+  if not string.find(str, '[\128-\255]') then return true end
+  local i, n = 1, #str
+  while i <= n do
+    local c = string.byte(str, i)
+    local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2
+      or (c >= 0xE0 and c <= 0xEF) and 3 or (c >= 0xF0 and c <= 0xF4) and 4 or nil
+    if not len or i + len - 1 > n then return false end
+    for j = i + 1, i + len - 1 do
+      local cc = string.byte(str, j)
+      if cc < 0x80 or cc > 0xBF then return false end
+    end
+    local c2 = string.byte(str, i + 1)
+    if (c == 0xE0 and c2 < 0xA0) or (c == 0xED and c2 > 0x9F)
+        or (c == 0xF0 and c2 < 0x90) or (c == 0xF4 and c2 > 0x8F) then
+      return false
+    end
+    i = i + len
+  end
+  return true
+end
+
 local function whole(v, status)
   local out = {status, string.format('%d', v)}
   if status == nil then out = {string.format('%d', v), 1} end
   local flat = redis.call('HGETALL', cfg)
-  for i = 1, #flat do out[#out + 1] = flat[i] end
+  for i = 1, #flat, 2 do
+    if utf8_ok(flat[i]) and utf8_ok(flat[i + 1]) then
+      out[#out + 1] = flat[i]
+      out[#out + 1] = flat[i + 1]
+    end
+  end
   return out
 end
 
@@ -91,14 +122,16 @@ local set, previous, unset = {}, {}, {}
 local i = 9
 for _ = 1, n do
   local f, val = ARGV[i], ARGV[i + 1]
-  previous[f] = redis.call('HGET', cfg, f)
+  local old = redis.call('HGET', cfg, f)
+  previous[f] = old and (utf8_ok(old) and old or '<not UTF-8>')
   set[f] = val
   redis.call('HSET', cfg, f, val)
   i = i + 2
 end
 for j = i, #ARGV do
   local f = ARGV[j]
-  previous[f] = redis.call('HGET', cfg, f)
+  local old = redis.call('HGET', cfg, f)
+  previous[f] = old and (utf8_ok(old) and old or '<not UTF-8>')
   unset[#unset + 1] = f
   redis.call('HDEL', cfg, f)
 end

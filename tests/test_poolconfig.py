@@ -307,3 +307,20 @@ def test_reset_keeps_the_config_and_inspect_shows_it(server_url: str, prefix: st
     assert not r.exists(f"{prefix}:{{pool:p}}:backends")
     lb.close()
     r.close()
+
+
+def test_a_decoding_client_reads_a_config_with_non_utf8_entries(server_url: str,
+                                                                prefix: str) -> None:
+    raw = redis.Redis.from_url(server_url)
+    raw.hset(cfg_key(prefix), mapping={b"client_limit": b"4 2", b"bad\xff": b"1",
+                                       b"rate_limit": b"\xfe"})
+    raw.pexpire(cfg_key(prefix), 600_000)
+    decoding = redis.Redis.from_url(server_url, decode_responses=True)
+    lb = LoadBalancer(decoding, "p", rate_limit=Limit(9, 9), prefix=prefix, subscribe=False)
+    cfg = lb.config()                       # the non-UTF-8 entries are left out, not fatal
+    assert cfg.client_limit == Limit(4, 2) and cfg.rate_limit == Limit(9, 9)
+    lb.set_config(rate_limit="3/s")         # the history's "previous" stays decodable
+    assert lb.config_history()[0]["previous"] == {"rate_limit": "<not UTF-8>"}
+    lb.close()
+    decoding.close()
+    raw.close()
