@@ -11,16 +11,18 @@
 --          The script stores values as the client wrote them and never interprets
 --          them: the client validates before writing and after reading. Entries that
 --          are not valid UTF-8 (written by hand) are left out of replies.
--- KEYS[2]  history list {pool:<name>}:config:history, newest first, at most ARGV[4]
---          entries: JSON {"version", "by", "at_us", "set": {field: value},
---          "unset": [field...], "previous": {field: old value or false}}
+-- KEYS[2]  history zset {pool:<name>}:config:history, at most ARGV[4] entries: member JSON
+--          {"version", "by", "at_us", "set": {field: value}, "unset": [field...],
+--          "previous": {field: old value or false}}, score the write's server time (us).
+--          (A zset, not a list: the commands stay within the README's minimal ACL.)
 -- ARGV[1]  op:
 --   "get" <known token> <ttl_ms>
 --        Reply {version, 1, field, value, ...} (the whole hash) when the stored token
 --        "<version>:<updated_at_us>" differs from <known token> ("" = none known), else
 --        {version, 0}. (The write time in the token: a hash lost and rewritten up to the
 --        same version is still a change.)
---        {"wrongtype"} when KEYS[1] is not a hash (written by hand): nothing is read.
+--        {"wrongtype"} when KEYS[1] is not a hash or KEYS[2] not a zset (written by
+--        hand): nothing is read or written.
 --   "set" <expected version|""> <ttl_ms> <history max> <by> <pool name> <channel>
 --         <n> <field> <value> ... (n pairs) <field to remove> ...
 --        Writes only if the stored version equals <expected version> ("": whatever it
@@ -38,14 +40,15 @@ local cfg, hist = KEYS[1], KEYS[2]
 local op = ARGV[1]
 local ttl_ms = tonumber(ARGV[3])
 
-local kind = redis.call('TYPE', cfg)
-if type(kind) == 'table' then kind = kind.ok end
-if kind ~= 'hash' and kind ~= 'none' then
+-- Keys of another type (written by hand) are reported, never an error halfway through.
+local stored_version = redis.pcall('HGET', cfg, 'version')
+local hist_size = redis.pcall('ZCARD', hist)
+if type(stored_version) == 'table' or type(hist_size) == 'table' then
   return {'wrongtype'}
 end
 
 local function version()
-  local v = tonumber(redis.call('HGET', cfg, 'version'))
+  local v = tonumber(stored_version)
   if v == nil or v ~= v or v < 0 or v ~= math.floor(v) or v >= 2^53 then return 0 end
   return v
 end
@@ -106,7 +109,10 @@ end
 
 if op == 'history' then
   keep()
-  return redis.call('LRANGE', hist, 0, tonumber(ARGV[4]) - 1)
+  local oldest_first = redis.call('ZRANGE', hist, -tonumber(ARGV[4]), -1)
+  local out = {}
+  for j = #oldest_first, 1, -1 do out[#out + 1] = oldest_first[j] end
+  return out
 end
 
 -- op == 'set'
@@ -141,8 +147,13 @@ redis.call('HSET', cfg, 'version', string.format('%d', v), 'updated_by', by,
            'updated_at_us', at)
 local entry = {version = v, by = by, at_us = at, set = set, previous = previous}
 if #unset > 0 then entry.unset = unset end
-redis.call('LPUSH', hist, cjson.encode(entry))
-redis.call('LTRIM', hist, 0, max_hist - 1)
+redis.call('ZADD', hist, now, cjson.encode(entry))
+local extra = hist_size + 1 - max_hist
+if extra > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', hist, 0, extra - 1)) do
+    redis.call('ZREM', hist, old)
+  end
+end
 keep()
 if channel ~= '' then
   redis.call('PUBLISH', channel, cjson.encode({kind = 'pool', name = pool_name,

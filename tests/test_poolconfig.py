@@ -17,7 +17,7 @@ import redis
 from distlb import Backend, BreakerSettings, Limit, LoadBalancer
 from distlb.balancer import ConfigConflict
 from distlb.cli import main as cli_main
-from distlb.errors import CircuitOpen, ConfigError
+from distlb.errors import CircuitOpen, ConfigError, StoreError
 from distlb.strategies import NoBackendAvailable, PeakEwmaBalancer
 from tests import config_workers
 
@@ -180,7 +180,7 @@ def test_history_is_bounded_and_says_who_and_when(r: redis.Redis, prefix: str) -
         lb.set_config(rate_limit=f"{i}/s", history_max=5, by=f"op{i}")
     entries = lb.config_history(100)
     assert [e["version"] for e in entries] == [12, 11, 10, 9, 8]
-    assert r.llen(f"{cfg_key(prefix)}:history") == 5
+    assert r.zcard(f"{cfg_key(prefix)}:history") == 5
     assert entries[0]["by"] == "op12" and entries[0]["set"] == {"rate_limit": "12 12"}
     assert entries[0]["previous"] == {"rate_limit": "11 11"}
     assert int(entries[0]["at_us"]) >= before_us
@@ -234,6 +234,14 @@ def test_a_hand_corrupted_config_is_ignored_with_a_warning(
     other.select_backend()
     assert other.rate_limit == Limit(9, 9)
     assert any("not a hash" in m for m in caplog.messages)
+    # A history that is not a zset: a write is refused whole (nothing half-written).
+    r.delete(key)
+    r.set(f"{key}:history", "garbage", px=600_000)
+    with pytest.raises(StoreError, match="not a zset"):
+        lb.set_config(rate_limit="2/s")
+    assert not r.exists(key)
+    with pytest.raises(StoreError, match="not a zset"):
+        lb.config_history()
     lb.close()
     other.close()
 

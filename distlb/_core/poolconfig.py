@@ -295,7 +295,7 @@ def parse_get(reply: Any) -> Stored | None:
     """A ``get``/``set`` reply: the stored hash, or None when unchanged since the version
     the caller knows. Raises ``StoreError`` for a key that is not a hash."""
     if isinstance(reply, list) and reply and text(reply[0]) == "wrongtype":
-        raise StoreError("the pool's config key is not a hash (written by hand?): delete it")
+        raise StoreError(WRONG_TYPE)
     head = [text(x) for x in reply[:2]]
     if head[0] in ("ok", "conflict"):
         flat = reply[2:]
@@ -312,6 +312,10 @@ def parse_get(reply: Any) -> Stored | None:
         except UnicodeDecodeError:
             continue
     return Stored(version, pairs)
+
+
+WRONG_TYPE = ("the pool's config key is not a hash, or its history not a zset (written by "
+              "hand?): delete them")
 
 
 def plan(key: str, op: str, args: list[Any], parse: Callable[[Any], Any],
@@ -599,6 +603,8 @@ class Follower:
 
 
 def _entries(reply: Any) -> list[dict[str, Any]]:
+    if isinstance(reply, list) and reply and text(reply[0]) == "wrongtype":
+        raise StoreError(WRONG_TYPE)
     out = []
     for raw in reply or []:
         try:

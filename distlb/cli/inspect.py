@@ -100,8 +100,6 @@ def _read_key(node: Any, key: str, part: str) -> KeyState:
         ks.size = len(ks.fields)
     elif kind == "zset":
         ks.size = node.zcard(key)
-    elif kind == "list":
-        ks.size = node.llen(key)
     return ks
 
 
