@@ -20,13 +20,14 @@ from distlb._balancer import (
     UnknownBackend,
 )
 from distlb._core.poolconfig import ConfigConflict, PoolConfig
+from distlb._core.poolconfig import parse_assignments as parse_config_assignments
 from distlb._shell import SyncShared
 from distlb.breaker import CircuitBreaker
 from distlb.strategies import Backend, Context
 
 __all__ = ["BackendExists", "BackendStats", "BreakerSettings", "ConfigConflict",
            "ConnectionGuard", "LoadBalancer", "LoadBalancerContext", "PoolConfig", "Statistics",
-           "UnknownBackend"]
+           "UnknownBackend", "parse_config_assignments"]
 
 #: Another name for a request context: ``LoadBalancerContext.with_key("user123")``.
 LoadBalancerContext = Context

@@ -295,14 +295,12 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """``distlb config get|set|history POOL``: a pool's fleet-wide configuration."""
-    from distlb import LoadBalancer
-    from distlb._core.poolconfig import parse_assignments
-    from distlb.balancer import ConfigConflict
+    from distlb import DEFAULT_PREFIX, LoadBalancer
+    from distlb.balancer import ConfigConflict, parse_config_assignments
     from distlb.errors import StoreError
 
     try:   # every value is checked before the server is contacted
-        _keys.escape(args.pool, "pool")
-        changes = parse_assignments(args.assignments) if args.action == "set" else {}
+        changes = parse_config_assignments(args.assignments) if args.action == "set" else {}
         if args.action == "set" and not changes:
             return _fail("config set: give at least one field=value, e.g. rate_limit=100/s "
                          "breaker.failure_threshold=3 (field=default removes a stored one)")
@@ -315,7 +313,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         return connected
     client, url = connected
     try:
-        pool = LoadBalancer(client, args.pool, prefix=args.prefix, subscribe=False)
+        pool = LoadBalancer(client, args.pool, prefix=args.prefix or DEFAULT_PREFIX,
+                            subscribe=False)
         pool._fleet_config.warned_override = True   # the CLI has no constructor arguments
         if args.action == "history":
             entries = pool.config_history(args.limit)
@@ -432,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("pool")
     config.add_argument("assignments", nargs="*", metavar="field=value")
     config.add_argument("--redis-url", help="server (default: $DISTLB_REDIS_URL)")
-    config.add_argument("--prefix", "--namespace", default=_keys.DEFAULT_PREFIX)
+    config.add_argument("--prefix", "--namespace", default=None, help="key prefix "
+                        "(default distlb)")
     config.add_argument("--json", action="store_true", help="machine-readable output")
     config.add_argument("--expect-version", type=int, default=None,
                         help="set: write only if this version is stored (compare-and-set)")
