@@ -21,6 +21,7 @@ from typing import Any, Unpack
 from distlb import _keys, _observe
 from distlb._breaker import BreakerBase, BreakerSettings
 from distlb._core import pool as pl
+from distlb._core import poolconfig as pc
 from distlb._core.bus import Subscriber
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._core.scripts import script
@@ -202,6 +203,9 @@ class LoadBalancerCore(Subscriber, Shared):
         self._open_ids: set[str] = set()
         self._next_probe: dict[str, float] = {}
         self._checker_id = uuid.uuid4().hex
+        # Fleet-wide configuration (distlb/_core/poolconfig.py): stored values override the
+        # limits, breaker settings and strategy parameters above at each refresh.
+        self._fleet_config = pc.Follower(self)
 
     # -- the local view ----------------------------------------------------------------------
 
@@ -293,6 +297,8 @@ class LoadBalancerCore(Subscriber, Shared):
         return self._snapshot
 
     def _on_event(self, event: dict[str, Any]) -> None:
+        if self._fleet_config.on_event(event):     # a configuration change
+            return
         if str(event.get("version")) != self._version:
             self._stale = True
 
@@ -300,8 +306,10 @@ class LoadBalancerCore(Subscriber, Shared):
         """A snapshot call when the view is older than ``refresh_s`` or an event said so."""
         self._subscribed_since()          # join the bus: events mark the view stale
         if not force and not self._stale and self.clock() - self._refreshed_at < self.refresh_s:
-            return Done(None)
-        return self._plan("snapshot", [], self._local_state)
+            # ... unless the fleet-wide configuration was never read (a first call after
+            # add_backend, whose reply refreshed the view): it is read before any admission.
+            return Done(None) if self._fleet_config.version >= 0 else self._fleet_config.read()
+        return self._fleet_config.after(self._plan("snapshot", [], self._local_state))
 
     def _breaker_of(self, backend_id: str) -> BreakerBase | None:
         """The circuit breaker of one backend (shared by every process), if the pool has them

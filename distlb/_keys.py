@@ -63,8 +63,9 @@ KIND_TABLE: tuple[Kind, ...] = (
     Kind("rb", "retry budget", "budget", ("",), "requests and retries in the window"),
     Kind("pool", "load balancer pool", "pool",
          ("", "backends", "since", "conns", "leases", "stats", "rl", "rl:c:<client>",
-          "checker"),
-         "healthy backends, connections, leases, requests served"),
+          "checker", "config", "config:history"),
+         "healthy backends, connections, leases, requests served; the fleet-wide config",
+         kept_on_reset=("config", "config:history")),
 )
 #: code -> descriptor.
 BY_CODE: dict[str, Kind] = {k.code: k for k in KIND_TABLE}

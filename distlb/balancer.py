@@ -19,12 +19,15 @@ from distlb._balancer import (
     Statistics,
     UnknownBackend,
 )
+from distlb._core.poolconfig import ConfigConflict, PoolConfig
+from distlb._core.poolconfig import parse_assignments as parse_config_assignments
 from distlb._shell import SyncShared
 from distlb.breaker import CircuitBreaker
 from distlb.strategies import Backend, Context
 
-__all__ = ["BackendExists", "BackendStats", "BreakerSettings", "ConnectionGuard",
-           "LoadBalancer", "LoadBalancerContext", "Statistics", "UnknownBackend"]
+__all__ = ["BackendExists", "BackendStats", "BreakerSettings", "ConfigConflict",
+           "ConnectionGuard", "LoadBalancer", "LoadBalancerContext", "PoolConfig", "Statistics",
+           "UnknownBackend", "parse_config_assignments"]
 
 #: Another name for a request context: ``LoadBalancerContext.with_key("user123")``.
 LoadBalancerContext = Context
@@ -85,6 +88,31 @@ class LoadBalancer(SyncShared, _balancer.LoadBalancerCore):
     def get_statistics(self) -> Statistics:
         """Shared per-backend statistics; ``str()`` gives a one-line summary."""
         return self._run(self._statistics())
+
+    def config(self) -> PoolConfig:
+        """The pool's configuration in force here, after reading the fleet-wide one stored in
+        Redis (``version`` 0: none stored, the constructor arguments are in force)."""
+        return self._run(self._fleet_config.get())
+
+    def set_config(self, *, expected_version: int | None = None, by: str | None = None,
+                   history_max: int = 100, **changes: Any) -> PoolConfig:
+        """Change the configuration of every process of the pool (in force at once here, in
+        the others at their next call: a pub/sub event, else within ``refresh_s``).
+
+        Keywords: ``rate_limit``, ``client_limit`` (a ``Limit``, a rate string like
+        ``"100/s"``, or None: no limit), ``breaker`` (a ``BreakerSettings`` or a dict of
+        its numeric fields), ``strategy`` (a dict of numeric strategy parameters),
+        ``unset`` (stored fields to remove: the constructor arguments are in force again).
+        Everything is validated first (``ConfigError``). ``expected_version``: write only
+        if that version is stored (compare-and-set), else ``ConfigConflict``. ``by``: who
+        (default host:pid), kept in the history with the server time; ``history_max``:
+        history entries kept, in [1, 10000]. Returns the configuration now in force."""
+        return self._run(self._fleet_config.set(changes, expected_version, by, history_max))
+
+    def config_history(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest ``limit`` configuration changes, newest first: dicts with
+        ``version``, ``by``, ``at_us`` (server time), ``set``, ``unset``, ``previous``."""
+        return self._run(self._fleet_config.history(limit))
 
     def renew_leases(self) -> None:
         """Extend every lease this process holds (done for you in the background)."""

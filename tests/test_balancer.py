@@ -254,6 +254,7 @@ def test_pool_limits_and_lease_in_one_round_trip(r: redis.Redis, prefix: str,
     lb = pool(r, prefix, tcp, rate_limit=Limit(0.001, 3), client_limit=Limit(0.001, 1),
               breaker=None)
     alice, bob = LoadBalancerContext(client_id="alice"), LoadBalancerContext(client_id="bob")
+    lb.config()      # the fleet-wide configuration: read once before the first admission
     before = lb.store_stats.calls
     assert lb.execute(lambda b: b.id, ctx=alice)
     assert lb.store_stats.calls - before == 2            # admit+lease, then release+record

@@ -231,6 +231,8 @@ def _describe(event: dict[str, Any], color: bool) -> str:
             forced = f" (forced {event['forced']})" if event.get("forced") else ""
             return f"{stamp}  breaker {name}: {event.get('from')} -> {to_text}{forced}"
         return f"{stamp}  breaker {name}: {event.get('failures')} consecutive failures"
+    if kind == "pool" and event.get("event") == "config":
+        return f"{stamp}  pool {name}: configuration version {event.get('config_version')}"
     if kind == "pool":
         return (f"{stamp}  pool {name}: backend {event.get('backend')} {event.get('event')} "
                 f"(registry version {event.get('version')})")
@@ -276,7 +278,72 @@ def cmd_reset(args: argparse.Namespace) -> int:
     except redis.RedisError as exc:
         return _fail(_server_error(exc, url))
     print(f"reset {args.kind} {args.name!r}: {plural(len(done.keys), 'key')}"
-          + (" (kept its shared limit overrides)" if done.kept else ""))
+          + ((" (kept its shared limit overrides)" if args.kind == "shaper" else
+                " (kept its fleet-wide configuration)") if done.kept else ""))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """``distlb config get|set|history POOL``: a pool's fleet-wide configuration."""
+    from distlb import DEFAULT_PREFIX, LoadBalancer
+    from distlb.balancer import ConfigConflict, parse_config_assignments
+    from distlb.errors import StoreError
+
+    try:   # every value is checked before the server is contacted
+        changes = parse_config_assignments(args.assignments) if args.action == "set" else {}
+        if args.action == "set" and not changes:
+            return _fail("config set: give at least one field=value, e.g. rate_limit=100/s "
+                         "breaker.failure_threshold=3 (field=default removes a stored one)")
+        if args.action != "set" and args.assignments:
+            return _fail(f"config {args.action} takes no field=value")
+    except ConfigError as exc:
+        return _fail(f"config {args.action}: {exc}")
+    connected = _connect(args)
+    if isinstance(connected, int):
+        return connected
+    client, url = connected
+    try:
+        pool = LoadBalancer(client, args.pool, prefix=args.prefix or DEFAULT_PREFIX,
+                            subscribe=False)
+        pool._fleet_config.warned_override = True   # the CLI has no constructor arguments
+        if args.action == "history":
+            entries = pool.config_history(args.limit)
+            if args.json:
+                print(json.dumps(entries, indent=2, sort_keys=True))
+            elif not entries:
+                print(f"no configuration changes stored for pool {args.pool!r}")
+            for e in entries:
+                at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(e["at_us"]) / 1e6))
+                changed = [f"{k}={v}" for k, v in sorted(e.get("set", {}).items())]
+                changed += [f"{k}=default" for k in e.get("unset", [])]
+                print(f"v{e['version']}  {at} UTC  by {e.get('by', '?')}:  " + " ".join(changed))
+            return 0
+        if args.action == "set":
+            cfg = pool.set_config(expected_version=args.expect_version, by=args.by, **changes)
+        else:
+            cfg = pool.config()
+    except ConfigConflict as exc:
+        return _fail(f"config set: {exc}")
+    except ConfigError as exc:
+        return _fail(f"config {args.action}: {exc}")
+    except (StoreError, redis.RedisError) as exc:
+        return _fail(_server_error(exc, url) if isinstance(exc, redis.RedisError) else str(exc))
+    rows = cfg.describe()
+    if args.json:
+        print(json.dumps({"pool": args.pool, "version": cfg.version, "values": rows,
+                          "stored": sorted(cfg.stored), "updated_by": cfg.updated_by,
+                          "updated_at_s": cfg.updated_at_s}, indent=2, sort_keys=True))
+        return 0
+    if cfg.version == 0:
+        print(f"pool {args.pool!r}: no configuration stored; each process uses its "
+              "constructor arguments (defaults shown)")
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(cfg.updated_at_s or 0))
+        print(f"pool {args.pool!r}: version {cfg.version}, by {cfg.updated_by} at {when}")
+    width = max(len(k) for k in rows)
+    for k, v in rows.items():
+        mark = "  (stored)" if k in cfg.stored else ""
+        print(f"  {k.ljust(width)}  {v}{mark}")
     return 0
 
 
@@ -337,6 +404,27 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--prefix", "--namespace", default=DEFAULT_PREFIX)
     reset.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     reset.set_defaults(func=cmd_reset)
+
+    config = sub.add_parser(
+        "config", help="get, set or list the history of a pool's fleet-wide configuration",
+        description="A pool's limits, breaker settings and strategy parameters, stored in "
+        "Redis and applied by every process at its next refresh. set takes field=value: "
+        "rate_limit=100/s, client_limit='10/s burst 20', rate_limit=none (no limit), "
+        "breaker.failure_threshold=3, strategy.decay_s=5; field=default removes a stored "
+        "value (the constructor's is in force again).")
+    config.add_argument("action", choices=("get", "set", "history"))
+    config.add_argument("pool")
+    config.add_argument("assignments", nargs="*", metavar="field=value")
+    config.add_argument("--redis-url", help="server (default: $DISTLB_REDIS_URL)")
+    config.add_argument("--prefix", "--namespace", default=None, help="key prefix "
+                        "(default distlb)")
+    config.add_argument("--json", action="store_true", help="machine-readable output")
+    config.add_argument("--expect-version", type=int, default=None,
+                        help="set: write only if this version is stored (compare-and-set)")
+    config.add_argument("--by", help="set: who makes the change (default host:pid)")
+    config.add_argument("--limit", type=_positive_int, default=20,
+                        help="history: entries to show (default 20)")
+    config.set_defaults(func=cmd_config)
     return parser
 
 

@@ -139,7 +139,13 @@ def summarize(e: Entity, now_us: int) -> str:
     parts = []
     for k in e.keys:
         f = k.fields
-        if "tokens" in f:
+        if e.kind == "pool" and k.part == "config":
+            shown = [f"{n}={v}" for n, v in sorted(f.items())
+                     if n not in ("version", "updated_by", "updated_at_us")]
+            parts.append(f"config v{f.get('version', '?')}: " + (" ".join(shown) or "-"))
+        elif e.kind == "pool" and k.part == "config:history":
+            parts.append(plural(k.size, "config change") + " in history")
+        elif "tokens" in f:
             label = part_label(k.part)
             parts.append(f"{label}: {_bucket_now(f, now_us):.1f}/{float(f['burst']):g} tokens "
                          f"@ {float(f['rate']):g}/s")

@@ -31,6 +31,8 @@ class ScriptedStore:
 
     def __init__(self, **answers: Answer) -> None:
         self.answers: dict[str, Answer] = dict(answers)
+        # A pool reads its fleet-wide configuration at each refresh: none stored by default.
+        self.answers.setdefault("poolconfig", lambda call: ["0", 1])
         self.calls: list[tuple[str, Call[Any], StoreGuard]] = []
         self.down = False
 

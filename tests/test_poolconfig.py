@@ -1,0 +1,334 @@
+"""Fleet-wide pool configuration (issue #13 item 4) against a real server: four processes
+follow a change made from the command line; validation, compare-and-set, history bound,
+NOSCRIPT, TTLs and hand-corrupted hashes."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing as mp
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from distlb import Backend, BreakerSettings, Limit, LoadBalancer
+from distlb.balancer import ConfigConflict
+from distlb.cli import main as cli_main
+from distlb.errors import CircuitOpen, ConfigError, StoreError
+from distlb.strategies import NoBackendAvailable, PeakEwmaBalancer
+from tests import config_workers
+
+spawn = mp.get_context("spawn")
+
+
+def cfg_key(prefix: str, pool: str = "p") -> str:
+    return f"{prefix}:{{pool:{pool}}}:config"
+
+
+def wait_for(cond: Any, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.01)
+
+
+@pytest.mark.multiprocess
+def test_four_processes_follow_a_change_made_from_the_cli(target: dict[str, Any]) -> None:
+    prefix = f"cf{uuid.uuid4().hex[:8]}"
+    refresh_s = 1.0
+    from tests.workers import make_client
+    admin = make_client(target)
+    LoadBalancer(admin, "fleet", prefix=prefix).add_backend(Backend("b1", "127.0.0.1:9"))
+    barrier, out = spawn.Barrier(4), spawn.Queue()
+    procs = [spawn.Process(target=config_workers.follow_config,
+                           args=(target, prefix, i, refresh_s, 2.0, 3, barrier, out))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    try:
+        ready = [out.get(timeout=120) for _ in procs]
+        assert sorted(m[1] for m in ready) == [0, 1, 2, 3]
+        if "url" in target:
+            url = target["url"]
+        else:
+            host, port = target["cluster"][0]
+            url = f"redis://{host}:{port}/0"
+        assert cli_main(["config", "set", "fleet", "rate_limit=2/s burst 2",
+                         "breaker.failure_threshold=3", "--redis-url", url,
+                         "--prefix", prefix]) == 0
+        set_done = time.time()
+        done = [out.get(timeout=120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(30)
+    assert all(p.exitcode == 0 for p in procs)
+    for _, wid, seen_at, denied, reads in done:
+        assert seen_at is not None, f"worker {wid} never applied the configuration"
+        assert denied, f"worker {wid} applied the limit but was never refused by it"
+        # Within one refresh interval: every config read that left after the change
+        # returned it (the first one applied it), and reads came every refresh_s.
+        after = [v for sent, v in reads if sent > set_done]
+        assert after and all(v == 1 for v in after), (wid, reads[-5:])
+        before = [sent for sent, v in reads if v == 0]
+        gaps = [b - a for a, b in itertools.pairwise(before)]
+        assert len(before) >= 1 and all(v in (0, 1) for _, v in reads)
+        print(f"worker {wid}: applied {seen_at - set_done:+.2f} s after the CLI returned; "
+              f"{len(reads)} config reads, longest gap {max(gaps, default=0):.2f} s")
+    cfg = LoadBalancer(admin, "fleet", prefix=prefix).config()
+    assert cfg.version == 1 and cfg.rate_limit == Limit(2, 2)
+    assert cfg.breaker is not None and cfg.breaker.failure_threshold == 3
+
+
+def test_no_config_stored_keeps_the_constructor_arguments(r: redis.Redis, prefix: str) -> None:
+    lb = LoadBalancer(r, "p", rate_limit=Limit(50, 5), prefix=prefix)
+    cfg = lb.config()
+    assert cfg.version == 0 and cfg.stored == frozenset()
+    assert cfg.rate_limit == Limit(50, 5)
+    assert not r.exists(cfg_key(prefix))          # reading never publishes this process's own
+    lb.close()
+
+
+def test_set_config_applies_here_and_by_event_elsewhere_and_warns_once(
+        r: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    lb = LoadBalancer(r, "p", prefix=prefix)
+    lb.add_backend(Backend("b1", "127.0.0.1:9"))
+    # refresh_s of an hour: only the pub/sub event can bring the change in time.
+    other = LoadBalancer(r, "p", rate_limit=Limit(100, 100), refresh_s=3600, prefix=prefix)
+    other.select_backend()
+    wait_for(lambda: other._subscribed_since() is not None, "the subscription")
+    caplog.set_level(logging.INFO, "distlb")
+    new = lb.set_config(rate_limit="10/s burst 4", client_limit=Limit(1, 1), by="ops")
+    assert new.version == 1 and lb.rate_limit == Limit(10, 4)
+    assert new.stored == {"rate_limit", "client_limit"} and new.updated_by == "ops"
+
+    def other_applied() -> bool:
+        other.select_backend()
+        return other.rate_limit == Limit(10, 4)
+    wait_for(other_applied, "the other pool applied the change by its event")
+    warnings = [m for m in caplog.messages if "is in force, not this process's" in m]
+    assert any("rate_limit=10/s burst 4 (constructor: 100/s burst 100)" in m for m in warnings)
+    lb.set_config(rate_limit="20/s")
+    wait_for(lambda: (other.select_backend(), other.rate_limit)[1] == Limit(20, 20),
+             "the second change")
+    # ONE warning per pool object: the second change is logged at INFO only.
+    assert len([m for m in caplog.messages if "is in force, not this process's" in m
+                and "pool 'p'" in m]) == len(warnings)
+    # Unset: the constructor argument is in force again.
+    lb.set_config(unset=["rate_limit"])
+    wait_for(lambda: (other.select_backend(), other.rate_limit)[1] == Limit(100, 100),
+             "the unset")
+    assert lb.rate_limit is None
+    lb.close()
+    other.close()
+
+
+def test_bad_values_are_refused_before_the_store(r: redis.Redis, prefix: str) -> None:
+    lb = LoadBalancer(r, "p", prefix=prefix)
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"rate_limit": "lots"}, "rate_limit"),
+        ({"rate_limit": Limit(1, 1).__class__}, "rate_limit"),
+        ({"client_limit": "0/s"}, "client_limit"),
+        ({"breaker": {"failure_threshold": 0}}, "breaker.failure_threshold"),
+        ({"breaker": {"open_timeout_s": -1}}, "breaker.open_timeout_s"),
+        ({"breaker": {"half_open_max_requests": 1}}, "breaker.half_open_max_requests"),
+        ({"breaker": {"failure_on": 1}}, "breaker.failure_on"),
+        ({"strategy": {"decay_s": "nan"}}, "strategy.decay_s"),
+        ({"strategy": {"_rng": 1}}, "strategy._rng"),
+        ({"colour": "red"}, "colour"),
+        ({}, "set_config"),
+        ({"unset": ["version"]}, "unset"),
+    ]
+    for changes, field in bad:
+        with pytest.raises(ConfigError) as info:
+            lb.set_config(**changes)
+        assert info.value.field == field, (changes, info.value)
+    with pytest.raises(ConfigError, match="expected_version"):
+        lb.set_config(rate_limit="1/s", expected_version=-1)
+    with pytest.raises(ConfigError, match="history_max"):
+        lb.set_config(rate_limit="1/s", history_max=0)
+    assert not r.exists(cfg_key(prefix))
+    # The command line refuses the same, before connecting (no server URL needed).
+    assert cli_main(["config", "set", "p", "breaker.failure_threshold=zero",
+                     "--redis-url", "redis://127.0.0.1:1/0"]) != 0
+    assert cli_main(["config", "set", "p", "speed=3", "--redis-url",
+                     "redis://127.0.0.1:1/0"]) == 2
+    lb.close()
+
+
+def test_compare_and_set(r: redis.Redis, prefix: str) -> None:
+    a = LoadBalancer(r, "p", prefix=prefix)
+    b = LoadBalancer(r, "p", prefix=prefix)
+    assert a.set_config(rate_limit="5/s", expected_version=0).version == 1
+    with pytest.raises(ConfigConflict) as info:
+        b.set_config(rate_limit="7/s", expected_version=0)
+    assert info.value.current.version == 1 and info.value.current.rate_limit == Limit(5, 5)
+    assert b.rate_limit == Limit(5, 5)           # the conflict brought the stored one in
+    assert r.hget(cfg_key(prefix), "rate_limit") == b"5 5"
+    assert b.set_config(rate_limit="7/s", expected_version=1).version == 2
+    a.close()
+    b.close()
+
+
+def test_history_is_bounded_and_says_who_and_when(r: redis.Redis, prefix: str) -> None:
+    lb = LoadBalancer(r, "p", prefix=prefix)
+    before_us = int(r.time()[0]) * 1_000_000
+    for i in range(1, 13):
+        lb.set_config(rate_limit=f"{i}/s", history_max=5, by=f"op{i}")
+    entries = lb.config_history(100)
+    assert [e["version"] for e in entries] == [12, 11, 10, 9, 8]
+    assert r.zcard(f"{cfg_key(prefix)}:history") == 5
+    assert entries[0]["by"] == "op12" and entries[0]["set"] == {"rate_limit": "12 12"}
+    assert entries[0]["previous"] == {"rate_limit": "11 11"}
+    assert int(entries[0]["at_us"]) >= before_us
+    assert 0 < r.pttl(f"{cfg_key(prefix)}:history") <= 30 * 86400 * 1000
+    assert 0 < r.pttl(cfg_key(prefix)) <= 30 * 86400 * 1000
+    lb.close()
+
+
+def test_noscript_reloads(r: redis.Redis, prefix: str) -> None:
+    lb = LoadBalancer(r, "p", prefix=prefix)
+    lb.set_config(rate_limit="3/s")
+    r.script_flush()
+    assert lb.config().rate_limit == Limit(3, 3)
+    r.script_flush()
+    assert lb.set_config(client_limit="1/s").version == 2
+    r.script_flush()
+    assert len(lb.config_history()) == 2
+    lb.close()
+
+
+def test_a_hand_corrupted_config_is_ignored_with_a_warning(
+        r: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    key = cfg_key(prefix)
+    r.hset(key, mapping={"version": "x", "rate_limit": "banana",
+                         "client_limit": "4 2", "breaker.failure_threshold": "-3",
+                         "breaker.open_timeout_s": "2", "strategy.decay_s": "7",
+                         "strategy.no_such": "1", "colour": "red", "\xff": "1"})
+    r.hset(key, b"bad\xff", b"\xfe")
+    r.pexpire(key, 600_000)
+    caplog.set_level(logging.WARNING, "distlb")
+    lb = LoadBalancer(r, "p", rate_limit=Limit(9, 9), strategy=PeakEwmaBalancer(),
+                      prefix=prefix)
+    lb.add_backend(Backend("b1", "127.0.0.1:9"))
+    lb.select_backend()                           # the refresh reads and applies it
+    assert lb.rate_limit == Limit(9, 9)           # "banana": ignored, constructor's in force
+    assert lb.client_limit == Limit(4, 2)         # the good values still apply
+    assert lb.breaker_settings is not None
+    assert lb.breaker_settings.failure_threshold == 5
+    assert lb.breaker_settings.open_timeout_s == 2
+    assert lb.strategy.decay_s == 7               # type: ignore[attr-defined]
+    text = "\n".join(caplog.messages)
+    for word in ("'banana'", "breaker.failure_threshold", "no_such", "'colour'"):
+        assert word in text, word
+    # A version that is not a number reads as 0: compare-and-set still works from there.
+    assert lb.set_config(rate_limit="1/s", expected_version=0).version == 1
+    # Not a hash at all: the constructor's values stay, a warning, no exception.
+    r.delete(key)
+    r.set(key, "garbage", px=600_000)
+    caplog.clear()
+    other = LoadBalancer(r, "p", rate_limit=Limit(9, 9), prefix=prefix)
+    other.select_backend()
+    assert other.rate_limit == Limit(9, 9)
+    assert any("not a hash" in m for m in caplog.messages)
+    # A history that is not a zset: a write is refused whole (nothing half-written).
+    r.delete(key)
+    r.set(f"{key}:history", "garbage", px=600_000)
+    with pytest.raises(StoreError, match="not a zset"):
+        lb.set_config(rate_limit="2/s")
+    assert not r.exists(key)
+    with pytest.raises(StoreError, match="not a zset"):
+        lb.config_history()
+    lb.close()
+    other.close()
+
+
+def test_a_new_breaker_threshold_opens_the_backends_breaker(r: redis.Redis,
+                                                             prefix: str) -> None:
+    lb = LoadBalancer(r, "p", breaker=BreakerSettings(failure_threshold=100), prefix=prefix)
+    lb.add_backend(Backend("b1", "127.0.0.1:9"))
+    lb.select_backend()
+    assert lb.breaker_for("b1") is not None      # made with the old threshold
+
+    def fail(b: Backend) -> None:
+        raise OSError("down")
+    lb.set_config(breaker={"failure_threshold": 2, "open_timeout_s": 60})
+    cb = lb.breaker_for("b1")
+    assert cb is not None and cb.failure_threshold == 2
+    for _ in range(2):
+        with pytest.raises(OSError):
+            lb.execute(fail)
+    assert cb.state().state == "open"
+    with pytest.raises((CircuitOpen, NoBackendAvailable)):   # its only backend is open
+        lb.execute(lambda b: None)
+    lb.close()
+
+
+def test_cli_get_and_history(server_url: str, prefix: str,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--redis-url", server_url, "--prefix", prefix]
+    assert cli_main(["config", "get", "p", *base]) == 0
+    assert "no configuration stored" in capsys.readouterr().out
+    assert cli_main(["config", "set", "p", "rate_limit=none", "client_limit=5/s",
+                     "strategy.decay_s=4", "--by", "me", *base]) == 0
+    assert cli_main(["config", "set", "p", "client_limit=6/s", "--expect-version", "0",
+                     *base]) == 2
+    assert "version 1 is stored, not 0" in capsys.readouterr().err
+    assert cli_main(["config", "get", "p", *base]) == 0
+    out = capsys.readouterr().out
+    assert "version 1, by me" in out and "5/s burst 5  (stored)" in out
+    assert cli_main(["config", "history", "p", *base]) == 0
+    assert "v1" in capsys.readouterr().out
+    r = redis.Redis.from_url(server_url)
+    assert r.hget(cfg_key(prefix), "strategy.decay_s") == b"4"
+    r.close()
+
+
+async def test_asyncio_pool_reads_and_writes_the_same_config(ar: Any, prefix: str) -> None:
+    from distlb import aio
+    a = aio.LoadBalancer(ar, "p", rate_limit=aio.Limit(9, 9), prefix=prefix)
+    await a.add_backend(Backend("b1", "127.0.0.1:9"))
+    assert (await a.config()).version == 0
+    cfg = await a.set_config(rate_limit="4/s", breaker={"success_threshold": 2})
+    assert cfg.version == 1 and a.rate_limit == Limit(4, 4)
+    assert a.breaker_settings is not None and a.breaker_settings.success_threshold == 2
+    assert [e["version"] for e in await a.config_history()] == [1]
+    a.close()
+
+
+def test_reset_keeps_the_config_and_inspect_shows_it(server_url: str, prefix: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    r = redis.Redis.from_url(server_url)
+    lb = LoadBalancer(r, "p", prefix=prefix)
+    lb.add_backend(Backend("b1", "127.0.0.1:9"))
+    lb.set_config(rate_limit="6/s")
+    base = ["--redis-url", server_url, "--prefix", prefix]
+    assert cli_main(["inspect", *base]) == 0
+    out = capsys.readouterr().out
+    assert "config v1: rate_limit=6 6" in out and "1 config change in history" in out
+    assert cli_main(["reset", "pool", "p", "--yes", *base]) == 0
+    assert "kept its fleet-wide configuration" in capsys.readouterr().out
+    assert r.hget(cfg_key(prefix), "rate_limit") == b"6 6"
+    assert not r.exists(f"{prefix}:{{pool:p}}:backends")
+    lb.close()
+    r.close()
+
+
+def test_a_decoding_client_reads_a_config_with_non_utf8_entries(server_url: str,
+                                                                prefix: str) -> None:
+    raw = redis.Redis.from_url(server_url)
+    raw.hset(cfg_key(prefix), mapping={b"client_limit": b"4 2", b"bad\xff": b"1",
+                                       b"rate_limit": b"\xfe"})
+    raw.pexpire(cfg_key(prefix), 600_000)
+    decoding = redis.Redis.from_url(server_url, decode_responses=True)
+    lb = LoadBalancer(decoding, "p", rate_limit=Limit(9, 9), prefix=prefix, subscribe=False)
+    cfg = lb.config()                       # the non-UTF-8 entries are left out, not fatal
+    assert cfg.client_limit == Limit(4, 2) and cfg.rate_limit == Limit(9, 9)
+    lb.set_config(rate_limit="3/s")         # the history's "previous" stays decodable
+    assert lb.config_history()[0]["previous"] == {"rate_limit": "<not UTF-8>"}
+    lb.close()
+    decoding.close()
+    raw.close()
