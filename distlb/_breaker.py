@@ -269,10 +269,10 @@ class BreakerBase(Subscriber, Shared):
                                 permit=a.permit, source="local")
         return self._policy_state(self.on_store_error == "fail_open")
 
-    def _record_fallback(self, failed: bool) -> Callable[[], BreakerState]:
+    def _record_fallback(self, failed: bool, permit: str) -> Callable[[], BreakerState]:
         def fallback() -> BreakerState:
             if self.on_store_error == "local":
-                self._twin.record(failed)
+                self._twin.record(failed, permit)
                 return self._twin.snapshot(self.name)
             return self._policy_state(self.on_store_error == "fail_open")
         return fallback
@@ -300,7 +300,7 @@ class BreakerBase(Subscriber, Shared):
             return Done(None)
         permit = attempt.permit if attempt is not None and attempt.permit else ""
         return self._plan("failure" if failed else "success", permit,
-                          self._record_fallback(failed))
+                          self._record_fallback(failed, permit))
 
     def _state(self) -> Call[BreakerState]:
         return self._plan("state", "", lambda: self._twin.snapshot(self.name)

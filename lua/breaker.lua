@@ -12,12 +12,16 @@
 -- half_open_max probe permits in total (leased: a permit whose process died
 -- expires after probe_lease and its slot is free again); success_threshold
 -- probe successes close the breaker, any probe failure opens it again.
+-- Results count only in the period that admitted the call: a probe result (with its
+-- permit) only while that permit is held in the current half-open period, a result
+-- without a permit only while closed; any other (late) result changes nothing.
 --
 -- KEYS[1]   main hash: state, forced, failures, successes, opened_us, version, baseline, folded
 -- KEYS[2]   probes zset: permit -> lease expiry (server us)
 -- KEYS[3]   window hash ("rate" rule): "<bucket>:c" calls, "<bucket>:e" errors
 -- ARGV[1]   op: attempt | success | failure | state | force
--- ARGV[2]   permit id (attempt/success/failure), or the forced state for force:
+-- ARGV[2]   permit id (attempt: the id to hand out; success/failure: the probe permit
+--           the attempt got, "" for a call admitted while closed), or for force:
 --           "open", "closed", or "" (reset: back to closed, counts cleared)
 -- ARGV[3]   events channel ("" = publish nothing); ARGV[4] breaker name (for events)
 -- ARGV[5]   rule config: "count <failure_threshold>" or
@@ -178,12 +182,28 @@ if op == 'attempt' then
     end
   end
 elseif op == 'success' or op == 'failure' then
+  -- A result counts only in the period that admitted its call (as pybreaker and
+  -- Resilience4j intend; here it is checked, not assumed): a probe's (it carries its
+  -- permit) only while that permit is still held in this half-open period, any other
+  -- call's only while closed. So a late result of a call admitted before a trip, or a
+  -- probe of an earlier half-open period, changes nothing: it can neither reopen a
+  -- half-open breaker (restarting its timeout) nor count as a probe success and close it.
   local failed = op == 'failure'
-  local trip = false
-  if rule[1] == 'rate' and state == 'closed' then
-    trip = window_record(failed)
-  end
-  if state == 'closed' then
+  if arg ~= '' then
+    if state == 'half_open' and redis.call('ZREM', probes, arg) == 1 then
+      if failed then
+        move('open')
+      else
+        successes = successes + 1
+        change()
+        if successes >= success_threshold then move('closed') end
+      end
+    end
+  elseif state == 'closed' then
+    local trip = false
+    if rule[1] == 'rate' then
+      trip = window_record(failed)
+    end
     if failed then
       failures = failures + 1
       change()
@@ -196,17 +216,7 @@ elseif op == 'success' or op == 'failure' then
       change()
       publish('failures', state)
     end
-  elseif state == 'half_open' then
-    redis.call('ZREM', probes, arg)
-    if failed then
-      move('open')
-    else
-      successes = successes + 1
-      change()
-      if successes >= success_threshold then move('closed') end
-    end
   end
-  -- open: a late result from before the trip changes nothing
 elseif op == 'force' then
   if arg == '' then
     redis.call('DEL', main, probes, window)
