@@ -160,3 +160,28 @@ def test_the_local_twin_counts_results_in_their_own_period() -> None:
     assert twin.state == "half_open"
     twin.record(False, fresh.permit)
     assert twin.state == "closed"
+
+
+def test_pool_record_result_after_select_backend_still_probes_a_half_open_breaker(
+        r: redis.Redis, prefix: str) -> None:
+    """``select_backend`` takes no permit: ``record_result`` asks for one, so its results
+    count as (rationed) probes while half-open and the breaker can close or reopen."""
+    from distlb import Backend, BreakerSettings, LoadBalancer
+
+    lb = LoadBalancer(r, "pool", prefix=prefix,
+                      breaker=BreakerSettings(failure_threshold=1, open_timeout_s=0.2,
+                                              success_threshold=1, half_open_max_requests=1,
+                                              subscribe=False, max_staleness_s=0))
+    lb.add_backend(Backend("a", "10.0.0.1:80"))
+    cb = lb.breaker_for("a")
+    assert cb is not None
+    lb.record_result("a", 0.01, False)                     # trips it
+    assert cb.state().state == "open"
+    wait_open_timeout_passed(r, cb)
+    lb.record_result("a", 0.01, False)                     # a probe's failure: reopens
+    assert cb.state().state == "open"
+    wait_open_timeout_passed(r, cb)
+    assert lb.select_backend().id == "a"
+    lb.record_result("a", 0.01, True)                      # a probe's success: closes
+    assert cb.state().state == "closed"
+    lb.close()
