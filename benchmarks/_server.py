@@ -49,9 +49,11 @@ def _planned(call: Call[Any]) -> Planned:
     return call.script.sha, call.keys, call.args
 
 
-def _cases(r: redis.Redis, prefix: str) -> dict[str, Callable[[int], list[Planned]]]:
+def _cases(r: redis.Redis, prefix: str,
+           owned: list[Any]) -> dict[str, Callable[[int], list[Planned]]]:
     """Per kind of call, a function giving ``n`` calls as distlb plans them (on the
-    common path: admitted, one bucket or lease, no overrides)."""
+    common path: admitted, one bucket or lease, no overrides). The objects it makes are
+    appended to ``owned``: the caller closes them (the pool holds an event subscription)."""
     huge = dict(rate_per_s=1e9, burst=1e9)
     tb = TokenBucket(r, "srv-tb", prefix=prefix, **huge)
     lk = LeakyBucket(r, "srv-lk", rate_per_s=1e9, capacity=1e9, prefix=prefix)
@@ -60,6 +62,7 @@ def _cases(r: redis.Redis, prefix: str) -> dict[str, Callable[[int], list[Planne
         obj.try_acquire()                                       # loads the script
     sh.try_acquire()
     lb = LoadBalancer(r, "srv-lb", rate_limit=Limit(1e9, 1e9), prefix=prefix)
+    owned.extend((tb, lk, sh, lb))
     for i in range(5):
         lb.add_backend(Backend(f"node{i}", f"10.0.0.{i}:8080"))
     lb.execute(lambda b: None)                                  # a fresh view, scripts loaded
@@ -91,14 +94,19 @@ def server_costs(r: redis.Redis, prefix: str, n: int = 2000,
 
     Each round runs the admits, then the releases of the leases they took."""
     sha = r.script_load(TRIVIAL)
-    cases = _cases(r, prefix)
-    planned = {name: make(n) for name, make in cases.items()}
-    floor: list[float] = []
-    costs: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        floor.append(_usec_per_call(r, [(sha, (), ())] * n))
-        for name, calls in planned.items():
-            costs[name].append(_usec_per_call(r, calls))
+    owned: list[Any] = []
+    try:
+        cases = _cases(r, prefix, owned)
+        planned = {name: make(n) for name, make in cases.items()}
+        floor: list[float] = []
+        costs: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(rounds):
+            floor.append(_usec_per_call(r, [(sha, (), ())] * n))
+            for name, calls in planned.items():
+                costs[name].append(_usec_per_call(r, calls))
+    finally:
+        for obj in reversed(owned):
+            obj.close()                 # the pool leaves its event subscription
     return statistics.median(floor), {k: statistics.median(v) for k, v in costs.items()}
 
 

@@ -560,7 +560,7 @@ class LoadBalancerCore(Subscriber, Shared):
                          self._local_state)
         cb = self._breaker_of(backend_id)
         if cb is not None:
-            yield from steps(cb._record(not success, None))
+            yield from steps(cb._record_unadmitted(not success))
 
     def _renew(self) -> Op[Any]:
         with self._lock:

@@ -269,10 +269,10 @@ class BreakerBase(Subscriber, Shared):
                                 permit=a.permit, source="local")
         return self._policy_state(self.on_store_error == "fail_open")
 
-    def _record_fallback(self, failed: bool) -> Callable[[], BreakerState]:
+    def _record_fallback(self, failed: bool, permit: str) -> Callable[[], BreakerState]:
         def fallback() -> BreakerState:
             if self.on_store_error == "local":
-                self._twin.record(failed)
+                self._twin.record(failed, permit)
                 return self._twin.snapshot(self.name)
             return self._policy_state(self.on_store_error == "fail_open")
         return fallback
@@ -300,7 +300,27 @@ class BreakerBase(Subscriber, Shared):
             return Done(None)
         permit = attempt.permit if attempt is not None and attempt.permit else ""
         return self._plan("failure" if failed else "success", permit,
-                          self._record_fallback(failed))
+                          self._record_fallback(failed, permit))
+
+    def _record_unadmitted(self, failed: bool) -> Op[Any]:
+        """Record the result of a call that never asked the breaker (the pool's
+        ``record_result`` after ``select_backend``, which takes no permit).
+
+        A result without a permit counts only while closed (``breaker.lua``), so this
+        asks for an attempt first: closed, the result counts as usual; half-open, it
+        counts as a probe if a probe permit is free now (such results are rationed like
+        probes); open, or with every permit taken, it is not counted. Known closed (or
+        known open) costs no extra round trip."""
+        fast = self._view.fast_attempt(self.clock(), self._subscribed_since())
+        if fast is not None:
+            return self._record(failed, None) if fast.allowed else Done(None)
+        return self._record_unadmitted_steps(failed)
+
+    def _record_unadmitted_steps(self, failed: bool) -> Steps[Any]:
+        attempt = yield from self._attemptsteps()
+        if attempt.allowed:
+            yield from steps(self._record(failed, attempt))
+        return None
 
     def _state(self) -> Call[BreakerState]:
         return self._plan("state", "", lambda: self._twin.snapshot(self.name)

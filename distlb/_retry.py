@@ -497,13 +497,14 @@ class RetryPolicyCore:
             if error is None:
                 if self.retry_on_result is None or not self.retry_on_result(outcome.value):
                     return outcome.value
-            elif not _retryable(self.retry_on, error):
+            elif getattr(error, "retryable", None) is False or not _retryable(self.retry_on, error):
                 raise error
             if attempt >= self.max_attempts:
                 _observe.retry("gave_up")
                 return _give_up(outcome)
             delay = self.backoff.delay(attempt, previous_delay, self.rng)
             previous_delay = delay
+            delay = max(delay, getattr(error, "retry_delay_s", 0.0))  # the error's own floor
             elapsed = self.clock() - start
             if self.max_total_s is not None and elapsed + delay + longest > self.max_total_s:
                 _observe.retry("gave_up")

@@ -30,11 +30,15 @@ class _Shell(SyncShared, _breaker.BreakerBase):
         return self._run(self._attempt())
 
     def record_success(self, attempt: Attempt | None = None) -> None:
-        """Report a successful call; pass the ``Attempt`` to return a half-open probe slot."""
+        """Report a successful call; pass its ``Attempt``. A half-open probe's result counts
+        only with its permit (in its own half-open period), any other only while closed:
+        a late result of a call admitted before a trip changes nothing."""
         self._run(self._record(False, attempt))
 
     def record_failure(self, attempt: Attempt | None = None) -> None:
-        """Report a failed call; pass the ``Attempt`` to return a half-open probe slot."""
+        """Report a failed call; pass its ``Attempt``. A half-open probe's result counts
+        only with its permit (in its own half-open period), any other only while closed:
+        a late result of a call admitted before a trip changes nothing."""
         self._run(self._record(True, attempt))
 
     def state(self) -> BreakerState:

@@ -25,7 +25,11 @@ from distlb import (
     RateLimited,
     RetryPolicy,
 )
-from distlb.integrations.httpx import AsyncLoadBalancedTransport, LoadBalancedTransport
+from distlb.integrations.httpx import (
+    AsyncLoadBalancedTransport,
+    LoadBalancedTransport,
+    UpstreamStatus,
+)
 from distlb.strategies import NoBackendAvailable as NoBackend
 from tests import integration_workers
 from tests.http_backends import HttpBackend
@@ -249,20 +253,75 @@ def test_without_a_retry_policy_the_failure_is_returned(r: redis.Redis, prefix: 
     lb.close()
 
 
-def test_a_policy_naming_network_errors_retries_failure_statuses_and_open_breakers_not(
+def test_the_pools_policy_is_used_as_it_is_and_decides_by_class(
         r: redis.Redis, prefix: str, web: list[HttpBackend]) -> None:
     web[0].fail(500)
     policy = RetryPolicy.fixed(0.0, max_attempts=3).with_retry_on((ConnectionError,
                                                                    TimeoutError))
     lb = pool(r, prefix, web, retry_policy=policy)
     with httpx.Client(transport=LoadBalancedTransport(lb)) as c:
+        assert lb.retry_policy is policy                     # never replaced
+        assert c.get("http://users/").status_code == 500     # a 5xx is not a network error
+        assert web[1].served == 0
+        lb.update_backend_health("b0", False)
+        lb.add_backend(Backend("a-dead", dead_address()))    # a ConnectionError: retried
         assert c.get("http://users/").json()["name"] == "b1"
-    rule = lb.retry_policy.retry_on
-    from distlb import CircuitOpen
-    assert not rule(CircuitOpen("b0", "open", 1.0))          # as the policy itself decides
-    assert not rule(ValueError("x")) and rule(ConnectionError("x"))
-    LoadBalancedTransport(lb)                                # installing twice is a no-op
-    assert lb.retry_policy.retry_on is rule
+    lb.retry_policy = policy.with_retry_on(UpstreamStatus)   # now failure statuses are
+    lb.remove_backend("a-dead")
+    lb.update_backend_health("b0", True)
+    with httpx.Client(transport=LoadBalancedTransport(lb)) as c:
+        assert c.get("http://users/").json()["name"] == "b1"
+    assert web[0].served == 2 and web[1].served == 2
+    lb.close()
+
+
+def test_retry_after_is_the_policys_wait_before_the_next_lease(
+        r: redis.Redis, prefix: str, web: list[HttpBackend]) -> None:
+    """The wait is the policy's sleep (its hooks see it, max_total_s counts it), not a
+    sleep inside the next attempt holding the next backend's lease and timed as its
+    latency."""
+    web[0].fail(503, retry_after="2")
+    waits: list[float] = []
+    policy = RetryPolicy.fixed(0.0, max_attempts=3).with_before_sleep(
+        lambda st: waits.append(st.delay_s))
+    lb = pool(r, prefix, web, retry_policy=policy)
+    with httpx.Client(transport=LoadBalancedTransport(lb)) as c:
+        assert c.get("http://users/").json()["name"] == "b1"
+    assert waits == [2.0]
+    assert web[1].seen[0][1] - web[0].seen[0][1] >= 2.0       # not retried sooner
+    stats = {s.id: s for s in lb.get_statistics().per_backend}
+    assert stats["b1"].latency_ms < 1500, stats["b1"]          # the wait is not b1's latency
+    lb.close()
+
+
+def test_a_retry_after_beyond_max_total_s_is_not_waited(
+        r: redis.Redis, prefix: str, web: list[HttpBackend]) -> None:
+    web[0].fail(503, retry_after="3")
+    lb = pool(r, prefix, web, retry_policy=RetryPolicy.fixed(0.0, max_attempts=3)
+              .with_max_total_time(1.0))
+    with httpx.Client(transport=LoadBalancedTransport(lb)) as c:
+        answer = c.get("http://users/")
+    assert answer.status_code == 503 and web[1].served == 0   # gave up: the deadline
+    lb.close()
+
+
+def test_an_error_marked_not_retryable_is_never_retried(r: redis.Redis, prefix: str,
+                                                        web: list[HttpBackend]) -> None:
+    """The marker the transports use, on any exception: ``retryable = False``."""
+
+    class Refused(Exception):
+        retryable = False
+
+    calls: list[str] = []
+
+    def fn(backend: Backend) -> None:
+        calls.append(backend.id)
+        raise Refused(backend.id)
+
+    lb = pool(r, prefix, web)                        # retry_on=Exception, 3 attempts
+    with pytest.raises(Refused):
+        lb.execute(fn)
+    assert calls == ["b0"]
     lb.close()
 
 
@@ -306,7 +365,9 @@ async def test_async_transport_balances_retries_and_honours_retry_after(
                           retry_policy=aio.RetryPolicy.fixed(0.0, max_attempts=3))
     for s in web:
         await lb.add_backend(Backend(s.name, s.address))
+    policy = lb.retry_policy
     transport = AsyncLoadBalancedTransport(lb)
+    assert lb.retry_policy is policy                             # used, never replaced
     async with httpx.AsyncClient(mounts={"http://users": transport}) as c:
         ok = await c.get("http://users/a")
         assert ok.json()["name"] == "b0" and ok.json()["host"] == "users"

@@ -8,7 +8,7 @@ import pytest
 import redis
 import requests
 
-from distlb import Backend, ConfigError, LoadBalancer, RoundRobinBalancer
+from distlb import Backend, ConfigError, LoadBalancer, RetryPolicy, RoundRobinBalancer
 from distlb.integrations.requests import LoadBalancedAdapter
 from tests.http_backends import HttpBackend
 from tests.test_integrations_httpx import dead_address, pool
@@ -89,3 +89,21 @@ def test_bad_options(r: redis.Redis, prefix: str) -> None:
         LoadBalancedAdapter(lb, failure_statuses=[99])
     with pytest.raises(ConfigError, match="balancer"):
         LoadBalancedAdapter("redis://x")
+    with pytest.raises(ConfigError, match="max_retries"):     # one retry loop: the pool's
+        LoadBalancedAdapter(lb, max_retries=3)
+
+
+def test_retry_after_is_the_policys_wait(r: redis.Redis, prefix: str,
+                                         web: list[HttpBackend]) -> None:
+    web[0].fail(503, retry_after="1")
+    waits: list[float] = []
+    policy = RetryPolicy.fixed(0.0, max_attempts=3).with_before_sleep(
+        lambda st: waits.append(st.delay_s))
+    lb = pool(r, prefix, web, retry_policy=policy)
+    with session(lb) as s:
+        assert s.get("http://users/").json()["name"] == "b1"
+        assert lb.retry_policy is policy                      # used, never replaced
+    assert waits == [1.0]
+    stats = {st.id: st for st in lb.get_statistics().per_backend}
+    assert stats["b1"].latency_ms < 900, stats["b1"]          # the wait is not b1's latency
+    lb.close()

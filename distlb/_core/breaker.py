@@ -167,7 +167,11 @@ class View:
 
 class LocalBreaker:
     """The in-process twin for ``on_store_error="local"``: consecutive failures,
-    open timeout and one probe at a time, on the local monotonic clock."""
+    open timeout and one probe at a time, on the local monotonic clock.
+
+    As in ``breaker.lua``, a result counts only in the period that admitted its call:
+    a probe's (its permit, unique per probe) only while it is the probe in flight, any
+    other only while closed; late results change nothing."""
 
     def __init__(self, failure_threshold: int, open_timeout_s: float,
                  success_threshold: int, clock: Callable[[], float],
@@ -182,12 +186,13 @@ class LocalBreaker:
         self.state = "closed"
         self.failures = self.successes = 0
         self.opened_at = 0.0
-        self.probing = False
+        self.probe: str | None = None   # the permit of the probe in flight
+        self.permits = 0                # probes handed out (each permit is unique)
 
     def _tick(self, now: float, moves: list[tuple[str, str]]) -> None:
         if self.state == "open" and now >= self.opened_at + self.open_timeout_s:
             self._move("half_open", moves)
-            self.successes, self.probing = 0, False
+            self.successes, self.probe = 0, None
 
     def _move(self, to: str, moves: list[tuple[str, str]]) -> None:
         if to != self.state:
@@ -207,37 +212,42 @@ class LocalBreaker:
                 self._tick(now, moves)
                 if self.state == "closed":
                     return Attempt(True, "closed", None, 0.0, "local")
-                if self.state == "half_open" and not self.probing:
-                    self.probing = True
-                    return Attempt(True, "half_open", "local", 0.0, "local")
+                if self.state == "half_open" and self.probe is None:
+                    self.permits += 1
+                    self.probe = f"local-{self.permits}"
+                    return Attempt(True, "half_open", self.probe, 0.0, "local")
                 wait = max(0.0, self.opened_at + self.open_timeout_s - now)
                 return Attempt(False, self.state, None, wait, "local")
         finally:
             self._report(moves)
 
-    def record(self, failed: bool) -> None:
+    def record(self, failed: bool, permit: str | None = None) -> None:
+        """Record a result; ``permit``: the probe permit its attempt got (None: none)."""
         moves: list[tuple[str, str]] = []
         with self.lock:
             now = self.clock()
             self._tick(now, moves)
-            if self.state == "closed":
+            if permit:
+                # Only the probe in flight counts; a late one (of an earlier half-open
+                # period, or after the twin moved on) changes nothing.
+                if self.state == "half_open" and permit == self.probe:
+                    self.probe = None
+                    if failed:
+                        self._move("open", moves)
+                        self.opened_at = now
+                    else:
+                        self.successes += 1
+                        if self.successes >= self.success_threshold:
+                            self._move("closed", moves)
+                            self.failures = 0
+            elif self.state == "closed":
                 self.failures = self.failures + 1 if failed else 0
                 if self.failures >= self.failure_threshold:
                     self._move("open", moves)
                     self.opened_at = now
-            elif self.state == "half_open":
-                self.probing = False
-                if failed:
-                    self._move("open", moves)
-                    self.opened_at = now
-                else:
-                    self.successes += 1
-                    if self.successes >= self.success_threshold:
-                        self._move("closed", moves)
-                        self.failures = 0
         self._report(moves)
 
     def snapshot(self, name: str) -> BreakerState:
         with self.lock:
             return BreakerState(name, self.state, None, self.failures, self.successes,
-                                int(self.probing), 0.0, 0, source="local")
+                                int(self.probe is not None), 0.0, 0, source="local")

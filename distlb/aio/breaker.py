@@ -33,11 +33,15 @@ class _Shell(AsyncShared, _breaker.BreakerBase):
         return await self._run(self._attempt())
 
     async def record_success(self, attempt: Attempt | None = None) -> None:
-        """Report a successful call; pass the ``Attempt`` to return a half-open probe slot."""
+        """Report a successful call; pass its ``Attempt``. A half-open probe's result counts
+        only with its permit (in its own half-open period), any other only while closed:
+        a late result of a call admitted before a trip changes nothing."""
         await self._run(self._record(False, attempt))
 
     async def record_failure(self, attempt: Attempt | None = None) -> None:
-        """Report a failed call; pass the ``Attempt`` to return a half-open probe slot."""
+        """Report a failed call; pass its ``Attempt``. A half-open probe's result counts
+        only with its permit (in its own half-open period), any other only while closed:
+        a late result of a call admitted before a trip changes nothing."""
         await self._run(self._record(True, attempt))
 
     async def state(self) -> BreakerState:

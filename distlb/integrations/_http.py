@@ -10,13 +10,19 @@ backend as its ``retry_policy`` and budget allow. An attempt that fails raises a
 ``UpstreamError`` so the pool counts it; the transport turns the final outcome
 back into what the HTTP library's caller expects (the last response, or the
 library's own exception).
+
+The pool's ``RetryPolicy`` is the only retry loop, and it is used as the user made
+it (never replaced): an ``UpstreamError`` tells it, through two attributes every
+``RetryPolicy`` reads, ``retryable = False`` (never retried, whatever ``retry_on``
+says) and ``retry_delay_s`` (the least wait before the next attempt: a
+``Retry-After``). The wait is the policy's sleep, before the next backend is
+selected and leased, so no lease is held and no backend's latency grows during it,
+and it counts toward the policy's ``max_total_s``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import email.utils
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,7 +30,6 @@ from typing import Any, Literal
 
 from distlb import (
     Backend,
-    CircuitOpen,
     ConfigError,
     Context,
     DistlbError,
@@ -47,7 +52,9 @@ class UpstreamError(DistlbError):
 
     ``retryable`` is False when retrying would be unsafe or pointless: a request whose
     method is not in ``retry_methods`` that may have reached the backend, or a
-    ``Retry-After`` longer than ``max_retry_after_s``.
+    ``Retry-After`` longer than ``max_retry_after_s``. ``RetryPolicy`` never retries
+    an error whose ``retryable`` is False. ``retry_after_s``: the server's
+    ``Retry-After`` in seconds (None: none).
     """
 
     def __init__(self, message: str, *, backend: Backend, retryable: bool,
@@ -56,6 +63,14 @@ class UpstreamError(DistlbError):
         self.backend = backend
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+
+    @property
+    def retry_delay_s(self) -> float:
+        """Seconds ``RetryPolicy`` waits at least before the next attempt (as its sleep,
+        before a backend is selected): the ``Retry-After`` of a retryable failure, else 0."""
+        if not self.retryable or self.retry_after_s is None:
+            return 0.0
+        return self.retry_after_s
 
 
 class UpstreamStatus(UpstreamError):
@@ -146,27 +161,20 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Request:
-    """The state of one logical request across its attempts: the ``Retry-After`` floor."""
+    """The state of one logical request across its attempts: its method, the last failure."""
 
     def __init__(self, settings: HttpSettings, method: str) -> None:
         self.settings = settings
         self.method = method.upper()
         self.idempotent = self.method in settings.retry_methods
-        self.not_before = 0.0          # time.monotonic() before which no attempt may start
         self.last: UpstreamError | None = None   # the last failed attempt
-
-    def wait_s(self) -> float:
-        """How long the next attempt must wait: a ``Retry-After`` not yet over."""
-        return max(0.0, self.not_before - time.monotonic())
 
     def status(self, backend: Backend, response: Any, status: int,
                retry_after: str | None) -> UpstreamStatus:
         """The error for a failure status; retryable only for ``retry_methods`` and a
-        ``Retry-After`` within ``max_retry_after_s`` (which the next attempt then waits)."""
+        ``Retry-After`` within ``max_retry_after_s`` (which the policy then waits)."""
         ra = parse_retry_after(retry_after)
         retryable = self.idempotent and (ra is None or ra <= self.settings.max_retry_after_s)
-        if retryable and ra is not None:
-            self.not_before = max(self.not_before, time.monotonic() + ra)
         self.last = UpstreamStatus(response, status, backend=backend, retryable=retryable,
                                    retry_after_s=ra)
         return self.last
@@ -197,46 +205,6 @@ def unwrap(error: BaseException, state: Request) -> Any:
     raise error
 
 
-_MARK = "_distlb_http_retry_on"
-_install_lock = threading.Lock()
-
-
-def install_retry_rule(balancer: Any) -> None:
-    """Teach the pool's retry policy one rule: an ``UpstreamError`` the transport marked not
-    retryable is not retried; every other error is retried as the policy says.
-
-    The pool's ``RetryPolicy`` has no per-call hint, so the policy held by the balancer is
-    replaced, once, by the same policy with ``retry_on`` wrapped (idempotent).
-    """
-    with _install_lock:
-        policy = getattr(balancer, "retry_policy", None)
-        if policy is None or getattr(policy.retry_on, _MARK, False):
-            return
-        inner = policy.retry_on
-
-        def retry_on(error: BaseException) -> bool:
-            if isinstance(error, UpstreamError) and not error.retryable:
-                return False
-            if not isinstance(inner, type | tuple):
-                return bool(inner(error))
-            if isinstance(error, CircuitOpen):    # as the policy does: only when named
-                named = inner if isinstance(inner, tuple) else (inner,)
-                return any(issubclass(t, CircuitOpen) for t in named)
-            if isinstance(error, UpstreamStatus) and not isinstance(error, inner):
-                # A failure status is retried whenever the policy retries the network
-                # errors (ConnectionError, TimeoutError) the other failures subclass.
-                return _names_network(inner)
-            return isinstance(error, inner)
-
-        setattr(retry_on, _MARK, True)
-        balancer.retry_policy = dataclasses.replace(policy, retry_on=retry_on)
-
-
-def _names_network(retry_on: type | tuple[type, ...]) -> bool:
-    named = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    return any(issubclass(ConnectionError, t) or issubclass(TimeoutError, t) for t in named)
-
-
 def check_balancer(balancer: Any, *, asynchronous: bool) -> None:
     """A ``ConfigError`` unless ``balancer`` is a LoadBalancer of the right flavour."""
     import distlb
@@ -253,4 +221,4 @@ def check_balancer(balancer: Any, *, asynchronous: bool) -> None:
 
 __all__ = ["IDEMPOTENT_METHODS", "SERVER_ERRORS", "HttpSettings", "Request", "UpstreamError",
            "UpstreamStatus", "UpstreamTimeout", "UpstreamUnreachable", "check_balancer",
-           "install_retry_rule", "parse_retry_after", "split_address", "unwrap"]
+           "parse_retry_after", "split_address", "unwrap"]

@@ -15,8 +15,6 @@ and a ``distlb.aio.LoadBalancer``.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,7 +32,6 @@ from distlb.integrations._http import (
     UpstreamTimeout,
     UpstreamUnreachable,
     check_balancer,
-    install_retry_rule,
     parse_retry_after,
     split_address,
     unwrap,
@@ -56,7 +53,6 @@ class _Base:
         self.settings = HttpSettings.build(
             failure_statuses=failure_statuses, retry_methods=retry_methods,
             max_retry_after_s=max_retry_after_s, host_header=host_header, context=context)
-        install_retry_rule(balancer)
 
     def _ctx(self, request: httpx.Request) -> Context | None:
         return self.settings.context_for(request.method, str(request.url), request.headers)
@@ -71,7 +67,8 @@ class _Base:
 
     def _classify(self, state: Request, backend: Backend, exc: httpx.TransportError
                   ) -> UpstreamError:
-        connect = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+        # Nothing was sent: the connection was never made, or none was free in the pool.
+        connect = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
         return state.broken(backend, exc, connect=connect,
                             timeout=isinstance(exc, httpx.TimeoutException))
 
@@ -99,8 +96,15 @@ class LoadBalancedTransport(_Base, httpx.BaseTransport):
     * Only ``retry_methods`` (default: the idempotent methods of RFC 9110) are retried
       once they may have reached a backend; a connect failure never sent the request,
       so it is retried whatever the method.
-    * ``Retry-After`` on a failure status: the next attempt waits until it has passed;
-      one longer than ``max_retry_after_s`` (seconds) is not retried at all.
+    * ``Retry-After`` on a failure status: the pool's ``retry_policy`` waits at least
+      that long before the next attempt (as its own sleep: no backend is leased during
+      it; it counts toward ``max_total_s``); one longer than ``max_retry_after_s``
+      (seconds) is not retried at all.
+    * The pool's ``retry_policy`` is the only retry loop and is never replaced: a
+      failure that must not be retried says so (``UpstreamError.retryable``), and its
+      ``retry_on`` decides the rest by class (``UpstreamStatus`` for a failure status,
+      ``UpstreamUnreachable``, a ``ConnectionError``, ``UpstreamTimeout``, a
+      ``TimeoutError``). Give a ``transport`` without retries of its own.
     * ``context(method, url, headers)`` may return a ``distlb.Context`` (hash key,
       client id for the pool's per-client limit, priority).
     * The body is read within the lease, so latency and the lease cover the whole
@@ -133,9 +137,6 @@ class LoadBalancedTransport(_Base, httpx.BaseTransport):
 
     def _attempt(self, backend: Backend, request: httpx.Request, body: bytes,
                  state: Request) -> httpx.Response:
-        wait = state.wait_s()
-        if wait > 0:
-            time.sleep(wait)
         try:
             response = self.transport.handle_request(self._rewrite(request, backend, body))
             try:
@@ -177,9 +178,6 @@ class AsyncLoadBalancedTransport(_Base, httpx.AsyncBaseTransport):
 
     async def _attempt(self, backend: Backend, request: httpx.Request, body: bytes,
                        state: Request) -> httpx.Response:
-        wait = state.wait_s()
-        if wait > 0:
-            await asyncio.sleep(wait)
         try:
             response = await self.transport.handle_async_request(
                 self._rewrite(request, backend, body))

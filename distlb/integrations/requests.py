@@ -15,7 +15,6 @@ request may have reached a backend, ``Retry-After`` honoured.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,7 +23,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
-from distlb import Backend, Context
+from distlb import Backend, ConfigError, Context
 from distlb.integrations._http import (
     IDEMPOTENT_METHODS,
     SERVER_ERRORS,
@@ -33,7 +32,6 @@ from distlb.integrations._http import (
     Request,
     UpstreamError,
     check_balancer,
-    install_retry_rule,
     unwrap,
 )
 
@@ -61,7 +59,8 @@ class LoadBalancedAdapter(HTTPAdapter):
       gets the last response, or requests' own exception for a broken connection.
     * ``retry_methods`` (default the idempotent methods) are retried after the request
       may have reached a backend; a connect failure is retried whatever the method.
-    * ``Retry-After`` on a failure status delays the next attempt; one longer than
+    * ``Retry-After`` on a failure status: the pool's ``retry_policy`` waits at least that
+      long before the next attempt (its own sleep, no lease held); one longer than
       ``max_retry_after_s`` is not retried.
     * ``host_header``: ``"logical"`` (default) sends ``Host: users``; ``"backend"``
       the backend's address. ``context(method, url, headers)`` may return a
@@ -70,8 +69,8 @@ class LoadBalancedAdapter(HTTPAdapter):
     ``response.url`` is the logical URL; ``response.headers`` are the backend's, and
     the backend's id is in ``response.distlb_backend``. Request bodies must be
     replayable (bytes or str, not a generator) for retries. ``pool_*`` and other
-    keyword arguments go to ``HTTPAdapter``; its own ``max_retries`` stays 0, so
-    the pool's policy is the only one retrying.
+    keyword arguments go to ``HTTPAdapter``; its ``max_retries`` is refused
+    (``ConfigError``) and stays 0, so the pool's policy is the only one retrying.
     """
 
     def __init__(self, balancer: Any, *, failure_statuses: Iterable[int] = SERVER_ERRORS,
@@ -79,11 +78,14 @@ class LoadBalancedAdapter(HTTPAdapter):
                  max_retry_after_s: float = 10.0, host_header: HostHeader = "logical",
                  context: ContextFn | None = None, **adapter: Any) -> None:
         check_balancer(balancer, asynchronous=False)
+        if "max_retries" in adapter:
+            raise ConfigError("max_retries", "must be left out: the pool's retry_policy is "
+                                             "the only retry loop (urllib3's would retry "
+                                             "inside each attempt)")
         self.balancer = balancer
         self.settings = HttpSettings.build(
             failure_statuses=failure_statuses, retry_methods=retry_methods,
             max_retry_after_s=max_retry_after_s, host_header=host_header, context=context)
-        install_retry_rule(balancer)
         super().__init__(**adapter)
 
     def send(self, request: requests.PreparedRequest, stream: bool = False,
@@ -104,9 +106,6 @@ class LoadBalancedAdapter(HTTPAdapter):
 
     def _attempt(self, backend: Backend, request: requests.PreparedRequest, state: Request,
                  options: dict[str, Any]) -> requests.Response:
-        wait = state.wait_s()
-        if wait > 0:
-            time.sleep(wait)
         sent = request.copy()
         parts = urlsplit(request.url or "")
         sent.url = urlunsplit(parts._replace(netloc=backend.address))
