@@ -313,7 +313,10 @@ class RetryPolicyCore:
     retry is never sent to a backend whose breaker is open.
 
     Immutable: the ``with_*`` builders return a new policy. Exceptions not
-    matched by ``retry_on`` propagate at once. When attempts run out the last
+    matched by ``retry_on`` propagate at once, and so does one whose ``retryable``
+    attribute is ``False`` (a marker an integration sets: "may have been sent", say).
+    An error's ``retry_delay_s`` attribute (seconds, e.g. a server's ``Retry-After``)
+    is the least wait before the next attempt. When attempts run out the last
     exception is raised again (or, for ``retry_on_result``, the last result is
     returned). With ``max_total_s`` an attempt is never started if the wait plus
     the longest attempt so far would pass the deadline. With a budget, each call
