@@ -24,7 +24,7 @@ from redis import exceptions as rx
 
 from distlb._core.guard import Command, GuardStats, StoreGuard, no_policy
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep
-from distlb._scripts import is_noscript, run_async, run_sync, script
+from distlb._scripts import direct_pool, is_noscript, run_async, run_packed, run_sync, script
 from distlb.errors import StoreAuthError, StoreError, StoreUnavailable
 
 __all__ = ["AsyncRunner", "Command", "GuardStats", "StoreGuard", "StoreHealth", "SyncRunner",
@@ -246,6 +246,8 @@ class SyncRunner:
         self.client = guard.client
         self.guard = guard
         self.sleep = sleep
+        # The last client seen and its direct pool (None: redis-py's own path).
+        self._wire: tuple[Any, Any] = (object(), None)
 
     def call(self, call: Call[T]) -> T:
         guard = call.owner or self.guard
@@ -253,8 +255,15 @@ class SyncRunner:
             return guard.fallback(call)
         observe = call.observe
         sent = guard.clock() if observe is not None else 0.0
+        client = guard.client
+        wire = self._wire
+        if wire[0] is not client:
+            wire = self._wire = (client, direct_pool(client))
         try:
-            reply = run_sync(guard.client, call.script, call.keys, call.args)
+            if wire[1] is not None:
+                reply = run_packed(client, wire[1], call)
+            else:
+                reply = run_sync(client, call.script, call.keys, call.args)
         except rx.RedisError as exc:
             if unavailable(exc):
                 return guard.fallback(call, exc)
