@@ -83,8 +83,10 @@ def direct_pool(client: Any) -> Any | None:
     return pool
 
 
-def _exchange(conn: Any, packed: list[bytes]) -> Any:
-    conn.send_packed_command(packed)  # (a list of one command's bytes)
+def _exchange(conn: Any, packed: bytes) -> Any:
+    # One write of the one command; a tuple, not call.packed itself: two threads packing a
+    # new call at once may both append to it.
+    conn.send_packed_command((packed,))
     return conn.read_response()
 
 
@@ -99,7 +101,7 @@ def run_packed(client: Any, pool: Any, call: Call[Any]) -> Any:
         if not packed:
             packed.append(b"".join(conn.pack_command(
                 "EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)))
-        return conn.retry.call_with_retry(lambda: _exchange(conn, packed),
+        return conn.retry.call_with_retry(lambda: _exchange(conn, packed[0]),
                                           lambda _: conn.disconnect())
     except NoScriptError:
         pass
