@@ -3,6 +3,7 @@
     python -m benchmarks                      # embedded Valkey
     python -m benchmarks --redis-url URL      # a server of yours
     python -m benchmarks --quick              # shorter rounds (CI smoke run)
+    python -m benchmarks --decisions          # only the decision and asyncio rows (+ peers)
 
 Every figure is the median of several rounds. The machines this runs on are
 small and noisy: read the ratios, which compare figures taken side by side on
@@ -30,6 +31,7 @@ from benchmarks import _peers, _routing, _server, _strategies, _workers
 from distlb import (
     Backend,
     CircuitBreaker,
+    LeakyBucket,
     Limit,
     LoadBalancer,
     RetryBudget,
@@ -60,6 +62,22 @@ def rate_of(fn: Callable[[], Any], seconds: float) -> float:
 def median_rate(fn: Callable[[], Any], rounds: int, seconds: float) -> float:
     fn()  # warm up: connect, load scripts
     return statistics.median(rate_of(fn, seconds) for _ in range(rounds))
+
+
+def cpu_per_call(fn: Callable[[], Any], rounds: int, seconds: float) -> float:
+    """Median client CPU (this process, user + system) per call of ``fn``, in µs: what a
+    decision costs the caller's machine, waits for the server excluded, so a loaded
+    machine moves it much less than a rate."""
+    fn()
+    figures = []
+    for _ in range(rounds):
+        n, cpu, deadline = 0, time.process_time(), time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            for _ in range(100):
+                fn()
+            n += 100
+        figures.append((time.process_time() - cpu) / n * 1e6)
+    return statistics.median(figures)
 
 
 def paired(fn: Callable[[], Any], baseline: Callable[[], Any], rounds: int,
@@ -165,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     ap.add_argument("--redis-url")
     ap.add_argument("--quick", action="store_true", help="short rounds, for a smoke run")
+    ap.add_argument("--decisions", action="store_true",
+                    help="only the decision and asyncio rows (and the peer limiters)")
     args = ap.parse_args(argv)
     rounds, seconds = (3, 0.3) if args.quick else (5, 1.0)
 
@@ -225,6 +245,20 @@ def main(argv: list[str] | None = None) -> int:
         gs_rate, gs_ratio = paired(gshaper.try_acquire, bare_call, rounds, seconds)
         rep.add("TrafficShaper.try_acquire (global only), sync", f"{gs_rate:,.0f}/s",
                 f"{gs_ratio:.2f}x bare")
+        lk = LeakyBucket(r, "lk", rate_per_s=1e9, capacity=1e9, prefix=prefix)
+        lk_rate, lk_ratio = paired(lk.try_acquire, bare_call, rounds, seconds)
+        rep.add("LeakyBucket.try_acquire, sync", f"{lk_rate:,.0f}/s", f"{lk_ratio:.2f}x bare")
+
+        # Client CPU per decision against the bare call's: distlb's own Python plus the
+        # longer command and reply, independent of how busy the server is.
+        floor_cpu = cpu_per_call(bare_call, rounds, seconds / 2)
+        rep.add("client CPU: bare EVALSHA", f"{floor_cpu:.1f} us/call", "(process time)")
+        for label, fn in (("TokenBucket.try_acquire", tb.try_acquire),
+                          ("LeakyBucket.try_acquire", lk.try_acquire),
+                          ("TrafficShaper.try_acquire (global only)", gshaper.try_acquire)):
+            cpu = cpu_per_call(fn, rounds, seconds / 2)
+            rep.add(f"client CPU: {label}", f"{cpu:.1f} us/call",
+                    f"+{cpu - floor_cpu:.1f} us over bare")
 
         async def run_async(make: Callable[[Any], Any], tasks: int) -> float:
             ar = redis.asyncio.Redis.from_url(url)
@@ -241,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
             return aio.TrafficShaper.with_global_limit(ar, 1e9, 1e9, name="atsg",
                                                        prefix=prefix).try_acquire
 
+        async def alk_of(ar: Any) -> Any:
+            return aio.LeakyBucket(ar, "alk", rate_per_s=1e9, capacity=1e9,
+                                   prefix=prefix).try_acquire
+
         async def many_of(ar: Any) -> Any:
             # 256 buckets on one client, one task each: the batcher is per client
             buckets = [aio.TokenBucket(ar, f"atb{i}", rate_per_s=1e9, burst=1e9, prefix=prefix)
@@ -252,9 +290,13 @@ def main(argv: list[str] | None = None) -> int:
                 ("aio TokenBucket.try_acquire, 64 tasks, 1 client", atb_of, 64, tb_rate),
                 ("aio TokenBucket.try_acquire, 256 tasks, 1 client", atb_of, 256, tb_rate),
                 ("aio 256 TokenBuckets, 256 tasks, 1 client", many_of, 256, tb_rate),
-                ("aio TrafficShaper (global only), 64 tasks", ashaper_of, 64, gs_rate)):
+                ("aio TrafficShaper (global only), 64 tasks", ashaper_of, 64, gs_rate),
+                ("aio LeakyBucket.try_acquire, 64 tasks", alk_of, 64, lk_rate)):
             a_rate = asyncio.run(run_async(make, tasks))
             rep.add(label, f"{a_rate:,.0f}/s", f"{a_rate / sync_rate:.2f}x sync")
+        if args.decisions:
+            r.close()
+            return 0
 
         cb = CircuitBreaker(r, "closed", prefix=prefix)
         cb.can_attempt()
