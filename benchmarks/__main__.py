@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing as mp
 import statistics
 import sys
@@ -64,20 +65,45 @@ def median_rate(fn: Callable[[], Any], rounds: int, seconds: float) -> float:
     return statistics.median(rate_of(fn, seconds) for _ in range(rounds))
 
 
-def cpu_per_call(fn: Callable[[], Any], rounds: int, seconds: float) -> float:
-    """Median client CPU (this process, user + system) per call of ``fn``, in µs: what a
-    decision costs the caller's machine, waits for the server excluded, so a loaded
-    machine moves it much less than a rate."""
-    fn()
-    figures = []
-    for _ in range(rounds):
-        n, cpu, deadline = 0, time.process_time(), time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            for _ in range(100):
+def client_python(url: str, prefix: str, rounds: int) -> dict[str, float]:
+    """µs of client-side Python per call against a stub connection that answers at once
+    (the call's real reply, recorded first): redis-py's and distlb's work per decision with
+    the network and the server taken out. The best of ``rounds``: the machine's noise only
+    ever adds."""
+    c = redis.Redis.from_url(url)
+    sha = c.script_load(TRIVIAL)
+    tb = TokenBucket(c, "stub-tb", rate_per_s=1e9, burst=1e9, prefix=prefix)
+    lk = LeakyBucket(c, "stub-lk", rate_per_s=1e9, capacity=1e9, prefix=prefix)
+    gs = TrafficShaper.with_global_limit(c, 1e9, 1e9, name="stub-gs", prefix=prefix)
+    calls: dict[str, Callable[[], Any]] = {
+        "bare EVALSHA (redis-py alone)": lambda: c.evalsha(sha, 0),
+        "TokenBucket.try_acquire": tb.try_acquire,
+        "LeakyBucket.try_acquire": lk.try_acquire,
+        "TrafficShaper.try_acquire (global only)": gs.try_acquire}
+    conn = c.connection_pool.get_connection()
+    c.connection_pool.release(conn)
+    real_read = conn.read_response
+    replies: dict[str, Any] = {}
+    for name, fn in calls.items():
+        fn()  # loads the script
+        seen: list[Any] = []
+        conn.read_response = lambda *a, seen=seen, **k: seen.append(real_read(*a, **k)) or seen[-1]
+        fn()
+        replies[name] = seen[-1]
+    conn.send_packed_command = lambda *a, **k: None
+    out = {}
+    for name, fn in calls.items():
+        conn.read_response = lambda *a, reply=replies[name], **k: reply
+        best = math.inf
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(20_000):
                 fn()
-            n += 100
-        figures.append((time.process_time() - cpu) / n * 1e6)
-    return statistics.median(figures)
+            best = min(best, time.perf_counter() - start)
+        out[name] = best / 20_000 * 1e6
+    del conn.read_response, conn.send_packed_command
+    c.connection_pool.disconnect()
+    return out
 
 
 def paired(fn: Callable[[], Any], baseline: Callable[[], Any], rounds: int,
@@ -249,16 +275,14 @@ def main(argv: list[str] | None = None) -> int:
         lk_rate, lk_ratio = paired(lk.try_acquire, bare_call, rounds, seconds)
         rep.add("LeakyBucket.try_acquire, sync", f"{lk_rate:,.0f}/s", f"{lk_ratio:.2f}x bare")
 
-        # Client CPU per decision against the bare call's: distlb's own Python plus the
-        # longer command and reply, independent of how busy the server is.
-        floor_cpu = cpu_per_call(bare_call, rounds, seconds / 2)
-        rep.add("client CPU: bare EVALSHA", f"{floor_cpu:.1f} us/call", "(process time)")
-        for label, fn in (("TokenBucket.try_acquire", tb.try_acquire),
-                          ("LeakyBucket.try_acquire", lk.try_acquire),
-                          ("TrafficShaper.try_acquire (global only)", gshaper.try_acquire)):
-            cpu = cpu_per_call(fn, rounds, seconds / 2)
-            rep.add(f"client CPU: {label}", f"{cpu:.1f} us/call",
-                    f"+{cpu - floor_cpu:.1f} us over bare")
+        # Client Python per decision against a stub connection (no network, no server).
+        stub = client_python(url, prefix, rounds)
+        floor_py = stub.pop("bare EVALSHA (redis-py alone)")
+        rep.add("client Python: bare EVALSHA (redis-py alone)", f"{floor_py:.1f} us/call",
+                "(stub connection)")
+        for label, us in stub.items():
+            rep.add(f"client Python: {label}", f"{us:.1f} us/call",
+                    f"{us - floor_py:+.1f} us against the bare call")
 
         async def run_async(make: Callable[[Any], Any], tasks: int) -> float:
             ar = redis.asyncio.Redis.from_url(url)
