@@ -96,10 +96,10 @@ def client_python(url: str, prefix: str, rounds: int) -> dict[str, float]:
         conn.read_response = lambda *a, reply=replies[name], **k: reply
         best = math.inf
         for _ in range(rounds):
-            start = time.perf_counter()
+            start = time.process_time()  # CPU time: waiting for a core does not count
             for _ in range(20_000):
                 fn()
-            best = min(best, time.perf_counter() - start)
+            best = min(best, time.process_time() - start)
         out[name] = best / 20_000 * 1e6
     del conn.read_response, conn.send_packed_command
     c.connection_pool.disconnect()
