@@ -3,6 +3,7 @@
     python -m benchmarks                      # embedded Valkey
     python -m benchmarks --redis-url URL      # a server of yours
     python -m benchmarks --quick              # shorter rounds (CI smoke run)
+    python -m benchmarks --decisions          # only the decision and asyncio rows (+ peers)
 
 Every figure is the median of several rounds. The machines this runs on are
 small and noisy: read the ratios, which compare figures taken side by side on
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing as mp
 import statistics
 import sys
@@ -30,6 +32,7 @@ from benchmarks import _peers, _routing, _server, _strategies, _workers
 from distlb import (
     Backend,
     CircuitBreaker,
+    LeakyBucket,
     Limit,
     LoadBalancer,
     RetryBudget,
@@ -60,6 +63,47 @@ def rate_of(fn: Callable[[], Any], seconds: float) -> float:
 def median_rate(fn: Callable[[], Any], rounds: int, seconds: float) -> float:
     fn()  # warm up: connect, load scripts
     return statistics.median(rate_of(fn, seconds) for _ in range(rounds))
+
+
+def client_python(url: str, prefix: str, rounds: int) -> dict[str, float]:
+    """µs of client-side Python per call against a stub connection that answers at once
+    (the call's real reply, recorded first): redis-py's and distlb's work per decision with
+    the network and the server taken out. The best of ``rounds``: the machine's noise only
+    ever adds."""
+    c = redis.Redis.from_url(url)
+    sha = c.script_load(TRIVIAL)
+    tb = TokenBucket(c, "stub-tb", rate_per_s=1e9, burst=1e9, prefix=prefix)
+    lk = LeakyBucket(c, "stub-lk", rate_per_s=1e9, capacity=1e9, prefix=prefix)
+    gs = TrafficShaper.with_global_limit(c, 1e9, 1e9, name="stub-gs", prefix=prefix)
+    calls: dict[str, Callable[[], Any]] = {
+        "bare EVALSHA (redis-py alone)": lambda: c.evalsha(sha, 0),
+        "TokenBucket.try_acquire": tb.try_acquire,
+        "LeakyBucket.try_acquire": lk.try_acquire,
+        "TrafficShaper.try_acquire (global only)": gs.try_acquire}
+    conn = c.connection_pool.get_connection()
+    c.connection_pool.release(conn)
+    real_read = conn.read_response
+    replies: dict[str, Any] = {}
+    for name, fn in calls.items():
+        fn()  # loads the script
+        seen: list[Any] = []
+        conn.read_response = lambda *a, seen=seen, **k: seen.append(real_read(*a, **k)) or seen[-1]
+        fn()
+        replies[name] = seen[-1]
+    conn.send_packed_command = lambda *a, **k: None
+    out = {}
+    for name, fn in calls.items():
+        conn.read_response = lambda *a, reply=replies[name], **k: reply
+        best = math.inf
+        for _ in range(rounds):
+            start = time.process_time()  # CPU time: waiting for a core does not count
+            for _ in range(20_000):
+                fn()
+            best = min(best, time.process_time() - start)
+        out[name] = best / 20_000 * 1e6
+    del conn.read_response, conn.send_packed_command
+    c.connection_pool.disconnect()
+    return out
 
 
 def paired(fn: Callable[[], Any], baseline: Callable[[], Any], rounds: int,
@@ -165,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     ap.add_argument("--redis-url")
     ap.add_argument("--quick", action="store_true", help="short rounds, for a smoke run")
+    ap.add_argument("--decisions", action="store_true",
+                    help="only the decision and asyncio rows (and the peer limiters)")
     args = ap.parse_args(argv)
     rounds, seconds = (3, 0.3) if args.quick else (5, 1.0)
 
@@ -225,6 +271,18 @@ def main(argv: list[str] | None = None) -> int:
         gs_rate, gs_ratio = paired(gshaper.try_acquire, bare_call, rounds, seconds)
         rep.add("TrafficShaper.try_acquire (global only), sync", f"{gs_rate:,.0f}/s",
                 f"{gs_ratio:.2f}x bare")
+        lk = LeakyBucket(r, "lk", rate_per_s=1e9, capacity=1e9, prefix=prefix)
+        lk_rate, lk_ratio = paired(lk.try_acquire, bare_call, rounds, seconds)
+        rep.add("LeakyBucket.try_acquire, sync", f"{lk_rate:,.0f}/s", f"{lk_ratio:.2f}x bare")
+
+        # Client Python per decision against a stub connection (no network, no server).
+        stub = client_python(url, prefix, rounds)
+        floor_py = stub.pop("bare EVALSHA (redis-py alone)")
+        rep.add("client Python: bare EVALSHA (redis-py alone)", f"{floor_py:.1f} us/call",
+                "(stub connection)")
+        for label, us in stub.items():
+            rep.add(f"client Python: {label}", f"{us:.1f} us/call",
+                    f"{us - floor_py:+.1f} us against the bare call")
 
         async def run_async(make: Callable[[Any], Any], tasks: int) -> float:
             ar = redis.asyncio.Redis.from_url(url)
@@ -241,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
             return aio.TrafficShaper.with_global_limit(ar, 1e9, 1e9, name="atsg",
                                                        prefix=prefix).try_acquire
 
+        async def alk_of(ar: Any) -> Any:
+            return aio.LeakyBucket(ar, "alk", rate_per_s=1e9, capacity=1e9,
+                                   prefix=prefix).try_acquire
+
         async def many_of(ar: Any) -> Any:
             # 256 buckets on one client, one task each: the batcher is per client
             buckets = [aio.TokenBucket(ar, f"atb{i}", rate_per_s=1e9, burst=1e9, prefix=prefix)
@@ -252,9 +314,13 @@ def main(argv: list[str] | None = None) -> int:
                 ("aio TokenBucket.try_acquire, 64 tasks, 1 client", atb_of, 64, tb_rate),
                 ("aio TokenBucket.try_acquire, 256 tasks, 1 client", atb_of, 256, tb_rate),
                 ("aio 256 TokenBuckets, 256 tasks, 1 client", many_of, 256, tb_rate),
-                ("aio TrafficShaper (global only), 64 tasks", ashaper_of, 64, gs_rate)):
+                ("aio TrafficShaper (global only), 64 tasks", ashaper_of, 64, gs_rate),
+                ("aio LeakyBucket.try_acquire, 64 tasks", alk_of, 64, lk_rate)):
             a_rate = asyncio.run(run_async(make, tasks))
             rep.add(label, f"{a_rate:,.0f}/s", f"{a_rate / sync_rate:.2f}x sync")
+        if args.decisions:
+            r.close()
+            return 0
 
         cb = CircuitBreaker(r, "closed", prefix=prefix)
         cb.can_attempt()

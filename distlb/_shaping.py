@@ -251,8 +251,24 @@ class LeakyBucketCore(_Limiter):
                          options=options, **store)
         self._leaky_twin = leaky.LocalLeaky(self.expected_processes, self._local)
         self._conflict = bucket.warn_conflict_once(f"leaky bucket {name!r}")
+        self._calls: dict[tuple[str, type, float], Call[LeakyDecision]] = {}
 
     def _call(self, mode: bucket.Mode, cost: float) -> Call[LeakyDecision]:
+        # Calls are immutable: reuse them per (mode, cost), so the hot path builds nothing
+        # (and the runner packs each command once).
+        memo = (mode, type(cost), cost)  # the type keeps True off the entry for 1
+        try:
+            call = self._calls.get(memo)
+        except TypeError:  # unhashable: not a number; check_cost below says so
+            call = None
+        if call is None:
+            call = self._plan(mode, cost)
+            if len(self._calls) >= 256:
+                self._calls.clear()
+            self._calls[memo] = call
+        return call
+
+    def _plan(self, mode: bucket.Mode, cost: float) -> Call[LeakyDecision]:
         c = check_cost(cost, self.capacity, burst_field="capacity")
 
         def fallback() -> LeakyDecision:

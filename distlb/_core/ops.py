@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from distlb._core.guard import StoreGuard
 from distlb._core.scripts import Arg, Script
@@ -98,3 +99,62 @@ def steps(op: Op[R]) -> Steps[R]:
     if isinstance(op, Call):
         return (yield op)  # type: ignore[no-any-return]
     return (yield from op)
+
+
+class StepIO(Protocol):
+    """What a runner does for :func:`run_steps`: the I/O of one step.
+
+    A ``blocking`` runner (sync) returns each result from ``call`` and ``sleep`` and
+    its loop never suspends (it drives :func:`run_steps` with one ``send(None)``); the
+    asyncio runner returns awaitables, which the loop awaits, and awaits what the
+    user's function returns when it is awaitable.
+    """
+
+    #: True: ``call``/``sleep`` return their results (the sync runner); False: awaitables.
+    blocking: bool
+
+    def clock(self) -> float: ...
+
+    def call(self, call: Call[Any], /) -> Any: ...
+
+    def sleep(self, seconds: float, /) -> Any: ...
+
+
+async def run_steps(op: Steps[R], io: StepIO) -> R:
+    """The one drive loop of both runners: run ``op``'s steps to its return value.
+
+    Each step goes to ``io`` (a Call's parsed result or a Sleep's None is sent back
+    into the operation; an Invoke's :class:`Outcome`, timed on ``io.clock``). An error
+    while calling or sleeping (or a BaseException out of the user's function) is
+    thrown into the operation instead, so it can clean up shared state (leave a queue)
+    before it ends. Pure: no I/O of its own, no event loop needed (see :class:`StepIO`).
+    """
+    blocking = io.blocking
+    reply: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            step = op.throw(error) if error is not None else op.send(reply)
+            error = None
+            try:
+                if isinstance(step, Sleep):
+                    done = io.sleep(step.seconds)
+                    if not blocking:
+                        await done
+                    reply = None
+                elif isinstance(step, Invoke):
+                    start = io.clock()
+                    try:
+                        value = step.fn(*step.args, **step.kwargs)
+                        if not blocking and inspect.isawaitable(value):
+                            value = await value
+                    except Exception as exc:
+                        reply = Outcome(None, exc, io.clock() - start)
+                    else:
+                        reply = Outcome(value, None, io.clock() - start)
+                else:
+                    reply = io.call(step) if blocking else await io.call(step)
+            except BaseException as exc:
+                error = exc
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]

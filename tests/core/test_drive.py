@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from typing import Any
 
 import pytest
 
+from distlb import _runtime
 from distlb._balancer import BreakerSettings, LoadBalancerCore
 from distlb._core import pool
+from distlb._core.guard import StoreGuard
+from distlb._core.ops import Call, Invoke, Sleep
+from distlb._core.scripts import script
 from distlb._retry import Fixed, RetryBudgetCore, RetryPolicyCore
+from distlb._runtime import AsyncRunner, SyncRunner
 from distlb._shaping import Limit, TokenBucketCore, TrafficShaperCore
 from distlb.errors import RateLimited, RetryBudgetExhausted
 from distlb.strategies import Backend
@@ -156,3 +163,85 @@ def test_execute_retries_on_another_backend_and_records_both_outcomes() -> None:
     assert len(failures) == 1 and failures[0].keys[0].endswith(f"%2F{used[0]}}}")
     cb = lb._breaker_of(used[0])
     assert cb is not None and failures[0].owner is cb._guard      # the breaker's own guard
+
+
+# -- issue #11: one drive loop for both runners --------------------------------------------------
+
+def _steps_op(log: list[Any]) -> Any:
+    """An operation using every step kind, an error thrown back into it, and cleanup."""
+    first = yield call_named("ok")
+    log.append(first)
+    try:
+        yield call_named("boom")
+    except RuntimeError as exc:  # the store's error comes back into the operation
+        log.append(f"caught {exc}")
+    yield Sleep(0.25)
+
+    def fails() -> None:
+        raise ValueError("user")
+
+    out = yield Invoke(fails, (), {})
+    log.append((type(out.error).__name__, out.duration_s))
+    out = yield Invoke(lambda x: x * 2, (21,), {})
+    log.append(out.value)
+    return "done"
+
+
+def call_named(answer: str) -> Call[Any]:
+    """A Call that the test runners below answer by its (only) key."""
+    return Call(script("delete"), (answer,), (), lambda reply: reply, lambda: "fallback")
+
+
+class _Answers:
+    """The part both test runners share: answer a call by its key, time on the fake clock."""
+
+    def answer(self, call: Any) -> Any:
+        if call.keys[0] == "boom":
+            raise RuntimeError("boom")
+        return f"reply {call.keys[0]}"
+
+
+def test_both_runners_drive_steps_through_the_one_loop_alike() -> None:
+    clock = FakeClock()
+    guard = StoreGuard("t", 1.0, clock=clock)
+
+    class Sync(SyncRunner, _Answers):
+        def call(self, call: Any) -> Any:
+            return self.answer(call)
+
+    class Async(AsyncRunner, _Answers):
+        async def call(self, call: Any) -> Any:  # type: ignore[override]
+            return self.answer(call)
+
+    async def asleep(seconds: float) -> None:
+        clock.sleep(seconds)
+
+    sync_log: list[Any] = []
+    assert Sync(guard, sleep=clock.sleep).drive(_steps_op(sync_log)) == "done"
+    async_log: list[Any] = []
+    assert asyncio.run(Async(guard, sleep=asleep).drive(_steps_op(async_log))) == "done"
+    assert sync_log == async_log == ["reply ok", "caught boom", ("ValueError", 0.0), 42]
+    assert clock.slept == [0.25, 0.25]
+
+
+def test_the_asyncio_runner_awaits_what_the_users_function_returns() -> None:
+    async def coro() -> int:
+        return 7
+
+    def op() -> Any:
+        out = yield Invoke(coro, (), {})
+        return out.value
+
+    guard = StoreGuard("t", 1.0, clock=FakeClock())
+    assert asyncio.run(AsyncRunner(guard).drive(op())) == 7
+    value = SyncRunner(guard).drive(op())  # sync: the function's value as is
+    assert asyncio.iscoroutine(value)
+    assert asyncio.run(value) == 7
+
+
+def test_the_drive_loop_exists_once() -> None:
+    # The runners only perform a step's I/O; stepping an operation (send, throw, Outcome)
+    # lives in distlb._core.ops.run_steps alone.
+    source = inspect.getsource(_runtime)
+    for word in (".send(reply)", ".throw(error)", "Outcome("):
+        assert word not in source, word
