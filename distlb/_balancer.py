@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Unpack
 
@@ -44,6 +44,30 @@ MAX_POOL_NAME_CHARS = _keys.MAX_NAME_CHARS - MAX_ID_CHARS - 1
 #: Lease members given back per call, and remembered at most, after unanswered calls.
 GHOSTS_PER_CALL = 32
 MAX_GHOSTS = 4096
+#: Deferred releases (``release="deferred"``) carried per script call.
+RELEASES_PER_CALL = 32
+#: The release modes: "sync" returns a lease on the caller's critical path, "deferred"
+#: hands it to the next call of this process or the background flusher.
+RELEASE_MODES = ("sync", "deferred")
+#: The ops that change the registry: they take the pool name and events channel.
+_PUBLISHING = frozenset({"add", "put", "remove", "patch"})
+
+
+def _lease_ids() -> Iterator[str]:
+    """Lease ids unique fleet-wide: a random per-process prefix and a counter (cheaper than
+    a uuid4 per lease). A forked child gets a new prefix (see ``os.register_at_fork``)."""
+    prefix = uuid.uuid4().hex[:16]
+    return (f"{prefix}{n:x}" for n in itertools.count())
+
+
+_LEASE_IDS = [_lease_ids()]
+
+
+def _new_lease_ids_in_child() -> None:
+    _LEASE_IDS[0] = _lease_ids()
+
+
+os.register_at_fork(after_in_child=_new_lease_ids_in_child)
 
 
 class BackendExists(DistlbError, LookupError):
@@ -129,6 +153,14 @@ class LoadBalancerCore(Subscriber, Shared):
     weight of each call in the latency and error-rate moving averages, in (0, 1].
     ``subscribe``: follow registry changes (and, for the breakers, state changes) by
     pub/sub; ``False``: poll every ``refresh_s``.
+    ``release``: ``"sync"`` (default) returns each lease and records its outcome in a
+    second round trip before ``execute`` returns; ``"deferred"`` takes that round trip
+    off the caller's path: the release rides on this process's next pool call, or the
+    background flusher sends it within ``release_delay_s`` (seconds in [0.001, 1],
+    default 0.05), at most 32 per call; ``close()`` sends what is left. Fleet-wide
+    connection counts and statistics then lag by at most that delay; a process that
+    dies with releases unsent gives its connections back by lease expiry (within
+    ``lease_ttl_s`` plus the fleet's ``refresh_s``), like any dead process.
     ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
     ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
     those fields as keywords; a field given both ways is a ``ConfigError``.
@@ -150,7 +182,8 @@ class LoadBalancerCore(Subscriber, Shared):
                  retry_policy: RetryPolicyCore | None = None,
                  breaker: BreakerSettings | None = BreakerSettings(),  # noqa: B008 (frozen)
                  lease_ttl_s: float = 30.0, refresh_s: float = 1.0, latency_alpha: float = 0.1,
-                 subscribe: bool = True, options: StoreOptions | None = None,
+                 subscribe: bool = True, release: str = "sync",
+                 release_delay_s: float = 0.05, options: StoreOptions | None = None,
                  **store: Unpack[StoreKeywords]) -> None:
         super().__init__(client, name, options=options, **store)
         if len(name) > MAX_POOL_NAME_CHARS:
@@ -178,6 +211,14 @@ class LoadBalancerCore(Subscriber, Shared):
         self.lease_ttl_s = number("lease_ttl_s", lease_ttl_s, low=0.1, high=86400)
         self.refresh_s = number("refresh_s", refresh_s, low_inclusive=True, high=3600)
         self.latency_alpha = number("latency_alpha", latency_alpha, high=1)
+        self._alpha = repr(self.latency_alpha)
+        if release not in RELEASE_MODES:
+            raise ConfigError("release", f"must be one of {', '.join(RELEASE_MODES)}, got "
+                                         f"{release!r:.40}")
+        self.release = release
+        self.release_delay_s = number("release_delay_s", release_delay_s, low=0.001,
+                                      low_inclusive=True, high=1.0)
+        self._ttl_ms = math.ceil(self.lease_ttl_s * 1000)
         self.subscribe = bool(subscribe)
         self.channel = _keys.events_channel(self.prefix)
         k = self.key
@@ -189,6 +230,8 @@ class LoadBalancerCore(Subscriber, Shared):
         # Leases whose acquire (or release) never got an answer: the script may have run,
         # so they are given back by the next call that reaches the store (no extra trip).
         self._ghosts: dict[str, None] = {}
+        # Deferred releases not yet sent: (id, lease, latency_ms, failed, alpha) each.
+        self._pending: list[tuple[str, str, str, str, str]] = []
         self._conns: dict[str, int] = {}
         self._stats: dict[str, float] = {}
         self._refreshed_at = -math.inf
@@ -209,11 +252,15 @@ class LoadBalancerCore(Subscriber, Shared):
               fallback: Callable[[], pl.PoolState] | None = None,
               extra_keys: tuple[str, ...] = (), ghost: str | None = None) -> Call[pl.PoolState]:
         """A ``pool.lua`` call. ``ghost``: the lease member this call may create or keep;
-        if the call gets no answer it is given back by a later call."""
+        if the call gets no answer it is given back by a later call. Deferred releases
+        waiting in this process ride along (at most ``RELEASES_PER_CALL``)."""
         ghosts: list[str] = []
-        if self._ghosts:                        # rare: only after unanswered calls
+        releases: list[tuple[str, str, str, str, str]] = []
+        if self._ghosts or self._pending:       # rare, or with release="deferred"
             with self._lock:
                 ghosts = list(itertools.islice(self._ghosts, GHOSTS_PER_CALL))
+                releases = self._pending[:RELEASES_PER_CALL]
+                del self._pending[:RELEASES_PER_CALL]
 
         def parse(reply: Any) -> pl.PoolState:
             state = pl.parse(reply)
@@ -225,17 +272,25 @@ class LoadBalancerCore(Subscriber, Shared):
             return state
 
         def unavailable() -> pl.PoolState:
+            lost = [f"{r[0]}|{r[1]}" for r in releases if r[1]]
             if ghost is not None:
+                lost.append(ghost)
+            if lost:
+                # The call may have run or not: its leases are given back by a later call
+                # (their outcomes are not recorded twice: they are lost).
                 with self._lock:
-                    self._ghosts[ghost] = None
+                    for member in lost:
+                        self._ghosts[member] = None
                     while len(self._ghosts) > MAX_GHOSTS:   # the oldest expire by TTL anyway
                         self._ghosts.pop(next(iter(self._ghosts)))
             if fallback is None:
                 raise StoreUnavailable(f"store unreachable: pool {self.name!r} not changed")
             return fallback()
 
+        flat = [x for r in releases for x in r] if releases else ()
         return Call(script("pool"), self.keys + extra_keys,
-                    (op, *args, *ghosts, len(ghosts), self._version, self.name, self.channel),
+                    (op, *args, *((self.name, self.channel) if op in _PUBLISHING else ()),
+                     *flat, len(releases), *ghosts, len(ghosts), self._version),
                     parse, unavailable, self._guard)
 
     def _local_state(self) -> pl.PoolState:
@@ -254,7 +309,8 @@ class LoadBalancerCore(Subscriber, Shared):
             self._conns = state.conns
             if state.stats is not None:
                 self._stats = state.stats
-            self._offset_s = now - state.server_us / 1e6
+            if state.server_us:           # 0: a hot op that did not read the clock
+                self._offset_s = now - state.server_us / 1e6
             if state.stats is not None:   # a full snapshot: records, counts and statistics
                 self._refreshed_at = now
                 self._stale = False
@@ -464,7 +520,7 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def _acquire_call(self, backend_id: str, lease_id: str, ctx: Context,
                       admit: bool) -> Call[pl.PoolState]:
-        args: list[Any] = [backend_id, lease_id, math.ceil(self.lease_ttl_s * 1000)]
+        args: list[Any] = [backend_id, lease_id, self._ttl_ms]
         if not admit or (self.rate_limit is None and self.client_limit is None):
             return self._plan("acquire", args, self._local_state,
                               ghost=f"{backend_id}|{lease_id}")
@@ -488,7 +544,7 @@ class LoadBalancerCore(Subscriber, Shared):
             else:
                 backend = yield from self._select(ctx.excluding(*tried))   # skips known-open
             tried.add(backend.id)
-            lease_id = uuid.uuid4().hex
+            lease_id = next(_LEASE_IDS[0])
             member = f"{backend.id}|{lease_id}"
             state: pl.PoolState = yield self._acquire_call(backend.id, lease_id, ctx, admit)
             if state.status.startswith("limited:"):
@@ -528,13 +584,23 @@ class LoadBalancerCore(Subscriber, Shared):
         cb = self._breaker_of(lease.backend.id)
         verdict = cb.classify(error, duration) if cb is not None else (
             "failure" if error is not None else "success")
-        with self._lock:
-            self._held.pop(lease.member, None)
         if lease.lease_id is not None or verdict != "ignored":
-            yield self._plan("release", [lease.backend.id, lease.lease_id or "",
-                                         f"{duration * 1000:.3f}", int(verdict == "failure"),
-                                         repr(self.latency_alpha)], self._local_state,
-                             ghost=lease.member if lease.lease_id is not None else None)
+            release = (lease.backend.id, lease.lease_id or "", f"{duration * 1000:.3f}",
+                       "1" if verdict == "failure" else "0", self._alpha)
+            if self.release == "deferred":
+                # Off the critical path: the next call of this process carries it, or the
+                # flusher within release_delay_s.
+                with self._lock:
+                    self._held.pop(lease.member, None)
+                    self._pending.append(release)
+            else:
+                with self._lock:
+                    self._held.pop(lease.member, None)
+                yield self._plan("release", list(release), self._local_state,
+                                 ghost=lease.member if lease.lease_id is not None else None)
+        else:
+            with self._lock:
+                self._held.pop(lease.member, None)
         if cb is not None:
             yield from steps(cb._outcome(lease.attempt, verdict))
         observe = getattr(self.strategy, "observe", None)
@@ -548,7 +614,7 @@ class LoadBalancerCore(Subscriber, Shared):
             raise ConfigError("success", "must be True or False")
         number("duration_s", duration_s, low_inclusive=True, high=86400)
         yield self._plan("release", [backend_id, "", f"{duration_s * 1000:.3f}",
-                                     int(not success), repr(self.latency_alpha)],
+                                     int(not success), self._alpha],
                          self._local_state)
         cb = self._breaker_of(backend_id)
         if cb is not None:
@@ -561,9 +627,18 @@ class LoadBalancerCore(Subscriber, Shared):
                 self._pid = os.getpid()
             members = list(self._held)
         if not members:
+            return self._flush()
+        return self._plan("renew", [self._ttl_ms, *members], self._local_state)
+
+    def _flush(self) -> Op[Any]:
+        """Send the deferred releases waiting in this process (``release="deferred"``)."""
+        if not self._pending:
             return Done(None)
-        return self._plan("renew", [math.ceil(self.lease_ttl_s * 1000), *members],
-                          self._local_state)
+        return self._flush_all()
+
+    def _flush_all(self) -> Steps[None]:
+        while self._pending:
+            yield self._plan("flush", [], self._local_state)
 
     # -- execute -----------------------------------------------------------------------------
 
