@@ -15,7 +15,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Unpack
 
 from distlb import _keys, _observe
@@ -68,6 +68,26 @@ def _new_lease_ids_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_new_lease_ids_in_child)
+
+
+_SET = object.__setattr__
+
+
+def _counted(b: Backend, active_connections: int) -> Backend:
+    """``b`` with another connection count: what ``dataclasses.replace`` does, without
+    validating again what the snapshot validated already (the hot path's one change)."""
+    c = object.__new__(Backend)
+    _SET(c, "id", b.id)
+    _SET(c, "address", b.address)
+    _SET(c, "weight", b.weight)
+    _SET(c, "healthy", b.healthy)
+    _SET(c, "active_connections", active_connections)
+    _SET(c, "latency_ms", b.latency_ms)
+    _SET(c, "error_rate", b.error_rate)
+    _SET(c, "throughput_per_s", b.throughput_per_s)
+    _SET(c, "added_at_s", b.added_at_s)
+    _SET(c, "metadata", b.metadata)
+    return c
 
 
 class BackendExists(DistlbError, LookupError):
@@ -238,7 +258,8 @@ class LoadBalancerCore(Subscriber, Shared):
         self._stale = True
         self._offset_s = 0.0              # local clock - server clock, for slow start
         self._tput: dict[str, tuple[float, float, float]] = {}   # id -> (requests, at, rate)
-        self._snapshot: tuple[Backend, ...] = ()
+        self._view: tuple[Backend, ...] = ()    # read through _snapshot
+        self._recount = False             # connection counts arrived since _view was built
         self._held: dict[str, float] = {}  # lease members this process holds -> local start
         self._pid = os.getpid()
         self._breakers: dict[str, BreakerBase] = {}
@@ -299,10 +320,25 @@ class LoadBalancerCore(Subscriber, Shared):
             raise StoreUnavailable(f"store unreachable and pool {self.name!r} fails closed")
         return pl.PoolState("unavailable", self._version, 0, None, self._conns, self._stats)
 
+    @property
+    def _snapshot(self) -> tuple[Backend, ...]:
+        """The view as strategies see it. Replies of the hot path only move connection
+        counts: those are applied here, once per selection rather than once per reply,
+        and only the backends whose count changed get a new entry."""
+        if self._recount:
+            with self._lock:
+                if self._recount:
+                    conns = self._conns
+                    self._view = tuple(
+                        b if conns.get(b.id, 0) == b.active_connections
+                        else _counted(b, conns.get(b.id, 0)) for b in self._view)
+                    self._recount = False
+        return self._view
+
     def _apply(self, state: pl.PoolState) -> None:
         now = self.clock()
         with self._lock:
-            counts_only = state.records is None and state.stats is None and bool(self._snapshot)
+            counts_only = state.records is None and state.stats is None and bool(self._view)
             if state.records is not None:
                 self._records = state.records
                 self._version = state.version
@@ -315,15 +351,10 @@ class LoadBalancerCore(Subscriber, Shared):
                 self._refreshed_at = now
                 self._stale = False
             if counts_only:
-                # The hot path (lease, release): only connection counts moved, so only the
-                # backends whose count changed get a new snapshot entry.
-                conns = self._conns
-                self._snapshot = tuple(
-                    b if conns.get(b.id, 0) == b.active_connections
-                    else replace(b, active_connections=conns.get(b.id, 0))
-                    for b in self._snapshot)
+                self._recount = True      # applied by the next read of _snapshot
             else:
-                self._snapshot = self._build_snapshot(now)
+                self._view = self._build_snapshot(now)
+                self._recount = False
 
     def _build_snapshot(self, now: float) -> tuple[Backend, ...]:
         out = []
@@ -542,7 +573,8 @@ class LoadBalancerCore(Subscriber, Shared):
             if probe is not None:
                 backend = probe
             else:
-                backend = yield from self._select(ctx.excluding(*tried))   # skips known-open
+                backend = yield from self._select(
+                    ctx.excluding(*tried) if tried else ctx)                # skips known-open
             tried.add(backend.id)
             lease_id = next(_LEASE_IDS[0])
             member = f"{backend.id}|{lease_id}"

@@ -7,6 +7,7 @@ client. ``distlb.aio.balancer`` is generated from this file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable
 from types import TracebackType
@@ -131,10 +132,9 @@ class LoadBalancer(SyncShared, _balancer.LoadBalancerCore):
         releases are sent first."""
         if self._pending:
             drive = self._run     # the asyncio twin's is a coroutine: see _finish_flush
-            try:
+            # Unreachable or refused: their leases expire by TTL.
+            with contextlib.suppress(Exception):
                 _finish_flush(drive(self._flush()))
-            except Exception:     # unreachable or refused: their leases expire by TTL
-                pass
         for attr in ("_renewer_ticker", "_flusher_ticker", "_checker"):
             ticker = getattr(self, attr, None)
             if ticker is not None:

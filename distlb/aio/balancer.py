@@ -10,6 +10,7 @@ GENERATED from distlb/balancer.py by tools/gen_aio.py: do not edit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable
 from types import TracebackType
@@ -134,10 +135,9 @@ class LoadBalancer(AsyncShared, _balancer.LoadBalancerCore):
         releases are sent first."""
         if self._pending:
             drive = self._run     # the asyncio twin's is a coroutine: see _finish_flush
-            try:
+            # Unreachable or refused: their leases expire by TTL.
+            with contextlib.suppress(Exception):
                 _finish_flush(drive(self._flush()))
-            except Exception:     # unreachable or refused: their leases expire by TTL
-                pass
         for attr in ("_renewer_ticker", "_flusher_ticker", "_checker"):
             ticker = getattr(self, attr, None)
             if ticker is not None:
