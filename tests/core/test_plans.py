@@ -96,6 +96,30 @@ def test_pool_parse_reads_records_counts_and_stats() -> None:
     assert hot.records is None and hot.stats is None
 
 
+def test_pool_parse_reads_the_short_hot_reply() -> None:
+    """Acquire, admit, release: "<token> <server_us> <status>" and the non-zero counts."""
+    state = pool.parse([b"1.7 1700000000000000 ok", [b"n1", b"2", b"n 2", b"1"]])
+    assert (state.status, state.version, state.server_us) == ("ok", "1.7", 1700000000000000)
+    assert state.conns == {"n1": 2, "n 2": 1} and state.records is None and state.stats is None
+    limited = pool.parse([" 0 limited:client 0.25", ["n1", "many", "n2", "3"]])  # decoded
+    assert (limited.status, limited.version, limited.server_us) == ("limited:client 0.25", "", 0)
+    assert limited.conns == {"n2": 3}                     # a count written by hand: skipped
+
+
+def test_a_recounted_backend_equals_a_replaced_one() -> None:
+    """The hot path's copy of a Backend with a new count misses no field."""
+    import dataclasses
+
+    from distlb._balancer import _counted
+    from distlb.strategies import Backend
+    b = Backend("n1", "10.0.0.1:80", 7, False, 1, 2.5, 0.1, 3.0, 12.0, {"zone": "a"})
+    c = _counted(b, 4)
+    assert c == dataclasses.replace(b, active_connections=4)
+    for f in dataclasses.fields(Backend):
+        assert getattr(c, f.name) == getattr(dataclasses.replace(b, active_connections=4),
+                                             f.name)
+
+
 # -- the primitives' own plans: keys from the key builder, owner = the primitive's guard ------
 
 def test_every_primitive_plans_its_calls_under_its_own_guard() -> None:
