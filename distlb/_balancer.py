@@ -8,7 +8,6 @@ selection runs locally on a snapshot of it.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import os
@@ -24,6 +23,7 @@ from distlb._core import pool as pl
 from distlb._core.bus import Subscriber
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._core.scripts import script
+from distlb._pool.breakers import PoolBreakers
 from distlb._retry import RetryPolicyCore
 from distlb._shaping import Limit, TrafficShaperCore
 from distlb._shared import Shared, StoreKeywords, StoreOptions
@@ -35,7 +35,6 @@ from distlb.errors import (
     StoreError,
     StoreUnavailable,
 )
-from distlb.results import Transition
 from distlb.strategies import Backend, Context, NoBackendAvailable, RoundRobinBalancer, Strategy
 from distlb.strategies.base import MAX_ID_CHARS, check_id, check_metadata
 
@@ -262,9 +261,7 @@ class LoadBalancerCore(Subscriber, Shared):
         self._recount = False             # connection counts arrived since _view was built
         self._held: dict[str, float] = {}  # lease members this process holds -> local start
         self._pid = os.getpid()
-        self._breakers: dict[str, BreakerBase] = {}
-        self._open_ids: set[str] = set()
-        self._next_probe: dict[str, float] = {}
+        self._pool_breakers = PoolBreakers(name, breaker, self.subscribe, self._new_breaker)
         self._checker_id = uuid.uuid4().hex
 
     # -- the local view ----------------------------------------------------------------------
@@ -393,76 +390,13 @@ class LoadBalancerCore(Subscriber, Shared):
     def _breaker_of(self, backend_id: str) -> BreakerBase | None:
         """The circuit breaker of one backend (shared by every process), if the pool has them
         (the shells' public ``breaker_for`` types it as their own breaker class)."""
-        if self.breaker_settings is None:
-            return None
-        with self._lock:
-            cb = self._breakers.get(backend_id)
-            if cb is None:
-                settings = self.breaker_settings
-                if not self.subscribe:    # a pool that polls: its breakers poll too
-                    settings = settings.replace(subscribe=False)
-                cb = self._breakers[backend_id] = self._new_breaker(
-                    f"{self.name}/{backend_id}", settings)
-                # The backend id is bound here, never recovered from the breaker's name
-                # (an id may itself contain "/").
-                cb.metrics_pool = self.name
-                cb.add_listener(functools.partial(self._on_breaker, backend_id))
-            return cb
+        return self._pool_breakers.of(backend_id)
 
     def _new_breaker(self, name: str, settings: BreakerSettings) -> BreakerBase:
         """A backend's circuit breaker on this pool's client, with ``settings`` and the pool's
         own ``options`` (prefix, failure policy, retry interval, clock, sleep): the shell
         builds its own flavour (``distlb.CircuitBreaker`` or ``distlb.aio.CircuitBreaker``)."""
         raise NotImplementedError
-
-    def _on_breaker(self, backend_id: str, transition: Transition) -> None:
-        if transition.to_state == "closed":
-            self._open_ids.discard(backend_id)
-        else:
-            self._open_ids.add(backend_id)
-
-    #: How often this process may send a recovering backend a probe, whatever the strategy.
-    probe_interval_s = 0.05
-
-    def _due_probe(self, tried: set[str]) -> Backend | None:
-        """A backend whose breaker may take a probe now (its open timeout has passed).
-
-        Probes go to it whatever the strategy would pick: a strategy that scores by
-        past errors (adaptive) would otherwise never send a recovering backend the
-        calls that let its breaker close. At most one try per ``probe_interval_s``
-        per backend and process; the breaker still rations probes fleet-wide.
-        """
-        if not self._open_ids:
-            return None
-        now = self.clock()
-        by_id = {b.id: b for b in self._snapshot}
-        for bid in list(self._open_ids):
-            cb, b = self._breakers.get(bid), by_id.get(bid)
-            if cb is None or b is None or not b.healthy or bid in tried:
-                continue
-            if cb._view.fast_attempt(now, cb._subscribed_since()) is not None:
-                continue                      # known closed or still open: not due
-            if now < self._next_probe.get(bid, 0.0):
-                continue
-            self._next_probe[bid] = now + self.probe_interval_s
-            return b
-        return None
-
-    def _open_breakers(self) -> frozenset[str]:
-        """Backends whose breaker this process knows to refuse calls now (no round trip).
-
-        Only breakers seen open or refusing are looked at (kept by their transition
-        events), so the common all-closed case costs nothing.
-        """
-        if not self._open_ids:
-            return frozenset()
-        now, out = self.clock(), set()
-        for bid in list(self._open_ids):
-            cb = self._breakers.get(bid)
-            fast = cb._view.fast_attempt(now, cb._subscribed_since()) if cb else None
-            if fast is not None and not fast.allowed:
-                out.add(bid)
-        return frozenset(out)
 
     # -- registry ----------------------------------------------------------------------------
 
@@ -536,7 +470,7 @@ class LoadBalancerCore(Subscriber, Shared):
     def _select(self, ctx: Context | None) -> Steps[Backend]:
         yield from steps(self._refresh())
         ctx = ctx if ctx is not None else Context()
-        open_ = self._open_breakers()
+        open_ = self._pool_breakers.refusing(self.clock())
         if open_:
             ctx = ctx.excluding(*open_)
         try:
@@ -569,7 +503,7 @@ class LoadBalancerCore(Subscriber, Shared):
         that takes the lease (one round trip for both)."""
         ctx = ctx if ctx is not None else Context()
         while True:
-            probe = self._due_probe(tried)
+            probe = self._pool_breakers.due_probe(self._snapshot, tried, self.clock())
             if probe is not None:
                 backend = probe
             else:
@@ -594,7 +528,7 @@ class LoadBalancerCore(Subscriber, Shared):
             if cb is not None:
                 lease.attempt = yield from steps(cb._attempt())
                 if not lease.attempt.allowed:   # open, or half-open with its probes taken
-                    self._open_ids.add(backend.id)
+                    self._pool_breakers.refused(backend.id)
                     if lease.lease_id is not None:
                         yield self._plan("drop", [backend.id, lease_id], self._local_state,
                                          ghost=member)
@@ -712,9 +646,7 @@ class LoadBalancerCore(Subscriber, Shared):
         yield from steps(self._refresh(force=True))
         per = []
         for b in self._snapshot:
-            cb = self._breakers.get(b.id)
-            state = "-" if self.breaker_settings is None else (
-                cb._view.state or "closed" if cb is not None else "closed")
+            state = self._pool_breakers.state_of(b.id)
             per.append(BackendStats(
                 b.id, b.address, b.weight, b.healthy, state, b.active_connections,
                 int(self._stats.get(f"{b.id}:requests", 0)),

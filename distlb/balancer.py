@@ -139,7 +139,7 @@ class LoadBalancer(SyncShared, _balancer.LoadBalancerCore):
             ticker = getattr(self, attr, None)
             if ticker is not None:
                 ticker.stop()
-        for cb in list(self._breakers.values()):
+        for cb in self._pool_breakers.all():
             cb.close()
         super().close()
 

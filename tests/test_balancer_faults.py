@@ -320,7 +320,7 @@ def test_backend_id_with_slash_keeps_its_open_breaker(r: redis.Redis, prefix: st
     assert cb.state().state == "open"
     picks = {lb.select_backend().id for _ in range(10)}
     assert picks == {"a"}
-    assert lb._open_ids == {"zone/a"}
+    assert lb._pool_breakers._open_ids == {"zone/a"}
 
 
 # -- item 13: an empty view because the store was never reached ----------------------------------

@@ -1,0 +1,8 @@
+"""The load balancer's parts, each with a named interface (no I/O here).
+
+``LoadBalancerCore`` (``distlb._balancer``) composes them: the registry operations and
+``execute``'s flow live there; this package holds the state it keeps between calls.
+
+* ``breakers.PoolBreakers``: one circuit breaker per backend, the ones known to refuse
+  calls now, and the probes a recovering backend is due.
+"""
