@@ -8,12 +8,10 @@ selection runs locally on a snapshot of it.
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Unpack
 
@@ -24,6 +22,7 @@ from distlb._core.bus import Subscriber
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._core.scripts import script
 from distlb._pool.breakers import PoolBreakers
+from distlb._pool.leases import LeaseBook, new_lease_id
 from distlb._retry import RetryPolicyCore
 from distlb._shaping import Limit, TrafficShaperCore
 from distlb._shared import Shared, StoreKeywords, StoreOptions
@@ -40,33 +39,11 @@ from distlb.strategies.base import MAX_ID_CHARS, check_id, check_metadata
 
 #: A pool name leaves room for "/<backend id>" in its breakers' names.
 MAX_POOL_NAME_CHARS = _keys.MAX_NAME_CHARS - MAX_ID_CHARS - 1
-#: Lease members given back per call, and remembered at most, after unanswered calls.
-GHOSTS_PER_CALL = 32
-MAX_GHOSTS = 4096
-#: Deferred releases (``release="deferred"``) carried per script call.
-RELEASES_PER_CALL = 32
 #: The release modes: "sync" returns a lease on the caller's critical path, "deferred"
 #: hands it to the next call of this process or the background flusher.
 RELEASE_MODES = ("sync", "deferred")
 #: The ops that change the registry: they take the pool name and events channel.
 _PUBLISHING = frozenset({"add", "put", "remove", "patch"})
-
-
-def _lease_ids() -> Iterator[str]:
-    """Lease ids unique fleet-wide: a random per-process prefix and a counter (cheaper than
-    a uuid4 per lease). A forked child gets a new prefix (see ``os.register_at_fork``)."""
-    prefix = uuid.uuid4().hex[:16]
-    return (f"{prefix}{n:x}" for n in itertools.count())
-
-
-_LEASE_IDS = [_lease_ids()]
-
-
-def _new_lease_ids_in_child() -> None:
-    _LEASE_IDS[0] = _lease_ids()
-
-
-os.register_at_fork(after_in_child=_new_lease_ids_in_child)
 
 
 _SET = object.__setattr__
@@ -246,11 +223,7 @@ class LoadBalancerCore(Subscriber, Shared):
         self._lock = threading.Lock()
         self._records: dict[str, pl.Record] = {}
         self._version = ""                # the registry token of the view; "" = none yet
-        # Leases whose acquire (or release) never got an answer: the script may have run,
-        # so they are given back by the next call that reaches the store (no extra trip).
-        self._ghosts: dict[str, None] = {}
-        # Deferred releases not yet sent: (id, lease, latency_ms, failed, alpha) each.
-        self._pending: list[tuple[str, str, str, str, str]] = []
+        self._leases = LeaseBook()        # held, ghosts, deferred releases
         self._conns: dict[str, int] = {}
         self._stats: dict[str, float] = {}
         self._refreshed_at = -math.inf
@@ -259,8 +232,6 @@ class LoadBalancerCore(Subscriber, Shared):
         self._tput: dict[str, tuple[float, float, float]] = {}   # id -> (requests, at, rate)
         self._view: tuple[Backend, ...] = ()    # read through _snapshot
         self._recount = False             # connection counts arrived since _view was built
-        self._held: dict[str, float] = {}  # lease members this process holds -> local start
-        self._pid = os.getpid()
         self._pool_breakers = PoolBreakers(name, breaker, self.subscribe, self._new_breaker)
         self._checker_id = uuid.uuid4().hex
 
@@ -272,35 +243,17 @@ class LoadBalancerCore(Subscriber, Shared):
         """A ``pool.lua`` call. ``ghost``: the lease member this call may create or keep;
         if the call gets no answer it is given back by a later call. Deferred releases
         waiting in this process ride along (at most ``RELEASES_PER_CALL``)."""
-        ghosts: list[str] = []
-        releases: list[tuple[str, str, str, str, str]] = []
-        if self._ghosts or self._pending:       # rare, or with release="deferred"
-            with self._lock:
-                ghosts = list(itertools.islice(self._ghosts, GHOSTS_PER_CALL))
-                releases = self._pending[:RELEASES_PER_CALL]
-                del self._pending[:RELEASES_PER_CALL]
+        book = self._leases
+        releases, ghosts = book.trailing()     # usually none: rare, or release="deferred"
 
         def parse(reply: Any) -> pl.PoolState:
             state = pl.parse(reply)
-            if ghosts:
-                with self._lock:
-                    for member in ghosts:
-                        self._ghosts.pop(member, None)
+            book.answered(ghosts)
             self._apply(state)
             return state
 
         def unavailable() -> pl.PoolState:
-            lost = [f"{r[0]}|{r[1]}" for r in releases if r[1]]
-            if ghost is not None:
-                lost.append(ghost)
-            if lost:
-                # The call may have run or not: its leases are given back by a later call
-                # (their outcomes are not recorded twice: they are lost).
-                with self._lock:
-                    for member in lost:
-                        self._ghosts[member] = None
-                    while len(self._ghosts) > MAX_GHOSTS:   # the oldest expire by TTL anyway
-                        self._ghosts.pop(next(iter(self._ghosts)))
+            book.unanswered(releases, ghost)
             if fallback is None:
                 raise StoreUnavailable(f"store unreachable: pool {self.name!r} not changed")
             return fallback()
@@ -510,7 +463,7 @@ class LoadBalancerCore(Subscriber, Shared):
                 backend = yield from self._select(
                     ctx.excluding(*tried) if tried else ctx)                # skips known-open
             tried.add(backend.id)
-            lease_id = next(_LEASE_IDS[0])
+            lease_id = new_lease_id()
             member = f"{backend.id}|{lease_id}"
             state: pl.PoolState = yield self._acquire_call(backend.id, lease_id, ctx, admit)
             if state.status.startswith("limited:"):
@@ -537,8 +490,7 @@ class LoadBalancerCore(Subscriber, Shared):
             # statistics (and the samples adaptive strategies score by) measure the backend.
             lease.started_s = self.clock()
             if lease.lease_id is not None:
-                with self._lock:
-                    self._held[member] = lease.started_s
+                self._leases.hold(member, lease.started_s)
             _observe.selection(self.name, backend.id)
             return lease
 
@@ -556,17 +508,13 @@ class LoadBalancerCore(Subscriber, Shared):
             if self.release == "deferred":
                 # Off the critical path: the next call of this process carries it, or the
                 # flusher within release_delay_s.
-                with self._lock:
-                    self._held.pop(lease.member, None)
-                    self._pending.append(release)
+                self._leases.let_go(lease.member, release)
             else:
-                with self._lock:
-                    self._held.pop(lease.member, None)
+                self._leases.let_go(lease.member)
                 yield self._plan("release", list(release), self._local_state,
                                  ghost=lease.member if lease.lease_id is not None else None)
         else:
-            with self._lock:
-                self._held.pop(lease.member, None)
+            self._leases.let_go(lease.member)
         if cb is not None:
             yield from steps(cb._outcome(lease.attempt, verdict))
         observe = getattr(self.strategy, "observe", None)
@@ -587,23 +535,19 @@ class LoadBalancerCore(Subscriber, Shared):
             yield from steps(cb._record(not success, None))
 
     def _renew(self) -> Op[Any]:
-        with self._lock:
-            if self._pid != os.getpid():   # a forked child must not keep its parent's leases alive
-                self._held.clear()
-                self._pid = os.getpid()
-            members = list(self._held)
+        members = self._leases.to_renew()
         if not members:
             return self._flush()
         return self._plan("renew", [self._ttl_ms, *members], self._local_state)
 
     def _flush(self) -> Op[Any]:
         """Send the deferred releases waiting in this process (``release="deferred"``)."""
-        if not self._pending:
+        if not self._leases.pending:
             return Done(None)
         return self._flush_all()
 
     def _flush_all(self) -> Steps[None]:
-        while self._pending:
+        while self._leases.pending:
             yield self._plan("flush", [], self._local_state)
 
     # -- execute -----------------------------------------------------------------------------

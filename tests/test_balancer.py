@@ -119,7 +119,7 @@ def test_a_dead_holder_gives_its_connections_back_after_the_ttl(r: redis.Redis, 
                                                                 tcp: list[TcpBackend]) -> None:
     lb = pool(r, prefix, tcp, lease_ttl_s=0.3)
     lease = lb._run(lb._lease(None, set()))          # taken, never released or renewed
-    lb._held.clear()
+    lb._leases.held.clear()
     assert lb.backends()[0].active_connections + lb.backends()[1].active_connections \
         + lb.backends()[2].active_connections == 1
     time.sleep(0.35)
@@ -292,14 +292,14 @@ def test_a_forked_child_does_not_renew_its_parents_leases(r: redis.Redis, prefix
     lb = pool(r, prefix, tcp)
     guard = lb.connection()
     guard.__enter__()
-    assert len(lb._held) == 1
+    assert len(lb._leases.held) == 1
     pid = os.fork()
     if pid == 0:
         lb._run(lb._renew())          # nothing to renew in the child
-        os._exit(0 if not lb._held else 1)
+        os._exit(0 if not lb._leases.held else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert len(lb._held) == 1        # the parent still holds its lease
+    assert len(lb._leases.held) == 1        # the parent still holds its lease
     guard.__exit__(None, None, None)
 
 
@@ -396,7 +396,7 @@ def test_a_deferred_release_rides_on_the_next_call_and_close_sends_the_rest(
     assert 2 <= _counts(r)[0] - calls <= 3
     lb.close()                                    # sends n1's release (if still pending)
     assert r.hget(conns, "n1") == b"0" and r.hget(stats, "n1:requests") == b"1"
-    assert lb._pending == []
+    assert lb._leases.pending == []
 
 
 def test_deferred_releases_reach_the_fleet_within_the_delay(r: redis.Redis, prefix: str) -> None:
@@ -414,7 +414,7 @@ def test_deferred_releases_reach_the_fleet_within_the_delay(r: redis.Redis, pref
             break
         assert time.monotonic() < deadline, (n0, stat)
         time.sleep(0.02)
-    assert lb._pending == []
+    assert lb._leases.pending == []
     lb.close()
     other.close()
 

@@ -254,7 +254,7 @@ def test_acquire_that_timed_out_but_ran_is_given_back(own_server: EmbeddedServer
     wait_for(lambda: lb.backends() and not lb._guard._down, "the store to answer again")
     assert admin.hget(conns, "a") == b"0"
     assert admin.zrange(f"{lb.key}:leases", 0, -1) == [b"~keep"]   # no lease held
-    assert lb._ghosts == {}
+    assert lb._leases.ghosts == {}
     c.close()
     admin.close()
 

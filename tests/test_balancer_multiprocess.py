@@ -87,7 +87,7 @@ def execute_deferred_and_die(target: dict[str, Any], prefix: str, barrier: Any,
     barrier.wait()
     for _ in range(3):
         lb.execute(lambda b: b.id)
-    out.put({"pending": len(lb._pending)})
+    out.put({"pending": len(lb._leases.pending)})
     out.close()
     out.join_thread()         # the queue writes from a thread: flush before dying
     os.kill(os.getpid(), signal.SIGKILL)

@@ -5,4 +5,6 @@
 
 * ``breakers.PoolBreakers``: one circuit breaker per backend, the ones known to refuse
   calls now, and the probes a recovering backend is due.
+* ``leases.LeaseBook``: the leases this process holds (renewed), the ghosts it must give
+  back, the releases it deferred; what each pool.lua call carries besides its own op.
 """

@@ -133,7 +133,7 @@ class LoadBalancer(AsyncShared, _balancer.LoadBalancerCore):
         """Stop background work (lease renewal, health checks), leave the event bus and
         close the backends' breakers. The client stays open (it is yours). Deferred
         releases are sent first."""
-        if self._pending:
+        if self._leases.pending:
             drive = self._run     # the asyncio twin's is a coroutine: see _finish_flush
             # Unreachable or refused: their leases expire by TTL.
             with contextlib.suppress(Exception):
