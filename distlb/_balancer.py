@@ -9,7 +9,6 @@ selection runs locally on a snapshot of it.
 from __future__ import annotations
 
 import math
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._core.scripts import script
 from distlb._pool.breakers import PoolBreakers
 from distlb._pool.leases import LeaseBook, new_lease_id
+from distlb._pool.view import PoolView
 from distlb._retry import RetryPolicyCore
 from distlb._shaping import Limit, TrafficShaperCore
 from distlb._shared import Shared, StoreKeywords, StoreOptions
@@ -44,26 +44,6 @@ MAX_POOL_NAME_CHARS = _keys.MAX_NAME_CHARS - MAX_ID_CHARS - 1
 RELEASE_MODES = ("sync", "deferred")
 #: The ops that change the registry: they take the pool name and events channel.
 _PUBLISHING = frozenset({"add", "put", "remove", "patch"})
-
-
-_SET = object.__setattr__
-
-
-def _counted(b: Backend, active_connections: int) -> Backend:
-    """``b`` with another connection count: what ``dataclasses.replace`` does, without
-    validating again what the snapshot validated already (the hot path's one change)."""
-    c = object.__new__(Backend)
-    _SET(c, "id", b.id)
-    _SET(c, "address", b.address)
-    _SET(c, "weight", b.weight)
-    _SET(c, "healthy", b.healthy)
-    _SET(c, "active_connections", active_connections)
-    _SET(c, "latency_ms", b.latency_ms)
-    _SET(c, "error_rate", b.error_rate)
-    _SET(c, "throughput_per_s", b.throughput_per_s)
-    _SET(c, "added_at_s", b.added_at_s)
-    _SET(c, "metadata", b.metadata)
-    return c
 
 
 class BackendExists(DistlbError, LookupError):
@@ -220,18 +200,8 @@ class LoadBalancerCore(Subscriber, Shared):
         k = self.key
         self.keys = (k, *(_keys.part(k, p) for p in ("backends", "conns", "leases", "stats",
                                                        "since")))
-        self._lock = threading.Lock()
-        self._records: dict[str, pl.Record] = {}
-        self._version = ""                # the registry token of the view; "" = none yet
+        self._pool_view = PoolView()      # registry, counts, statistics; the snapshot
         self._leases = LeaseBook()        # held, ghosts, deferred releases
-        self._conns: dict[str, int] = {}
-        self._stats: dict[str, float] = {}
-        self._refreshed_at = -math.inf
-        self._stale = True
-        self._offset_s = 0.0              # local clock - server clock, for slow start
-        self._tput: dict[str, tuple[float, float, float]] = {}   # id -> (requests, at, rate)
-        self._view: tuple[Backend, ...] = ()    # read through _snapshot
-        self._recount = False             # connection counts arrived since _view was built
         self._pool_breakers = PoolBreakers(name, breaker, self.subscribe, self._new_breaker)
         self._checker_id = uuid.uuid4().hex
 
@@ -261,67 +231,21 @@ class LoadBalancerCore(Subscriber, Shared):
         flat = [x for r in releases for x in r] if releases else ()
         return Call(script("pool"), self.keys + extra_keys,
                     (op, *args, *((self.name, self.channel) if op in _PUBLISHING else ()),
-                     *flat, len(releases), *ghosts, len(ghosts), self._version),
+                     *flat, len(releases), *ghosts, len(ghosts), self._pool_view.version),
                     parse, unavailable, self._guard)
 
     def _local_state(self) -> pl.PoolState:
         """The fallback while the store is unreachable: keep the last known view."""
         if self.on_store_error == "fail_closed":
             raise StoreUnavailable(f"store unreachable and pool {self.name!r} fails closed")
-        return pl.PoolState("unavailable", self._version, 0, None, self._conns, self._stats)
+        return self._pool_view.local_state()
 
     @property
     def _snapshot(self) -> tuple[Backend, ...]:
-        """The view as strategies see it. Replies of the hot path only move connection
-        counts: those are applied here, once per selection rather than once per reply,
-        and only the backends whose count changed get a new entry."""
-        if self._recount:
-            with self._lock:
-                if self._recount:
-                    conns = self._conns
-                    self._view = tuple(
-                        b if conns.get(b.id, 0) == b.active_connections
-                        else _counted(b, conns.get(b.id, 0)) for b in self._view)
-                    self._recount = False
-        return self._view
+        return self._pool_view.snapshot
 
     def _apply(self, state: pl.PoolState) -> None:
-        now = self.clock()
-        with self._lock:
-            counts_only = state.records is None and state.stats is None and bool(self._view)
-            if state.records is not None:
-                self._records = state.records
-                self._version = state.version
-            self._conns = state.conns
-            if state.stats is not None:
-                self._stats = state.stats
-            if state.server_us:           # 0: a hot op that did not read the clock
-                self._offset_s = now - state.server_us / 1e6
-            if state.stats is not None:   # a full snapshot: records, counts and statistics
-                self._refreshed_at = now
-                self._stale = False
-            if counts_only:
-                self._recount = True      # applied by the next read of _snapshot
-            else:
-                self._view = self._build_snapshot(now)
-                self._recount = False
-
-    def _build_snapshot(self, now: float) -> tuple[Backend, ...]:
-        out = []
-        for bid, r in sorted(self._records.items()):
-            requests = self._stats.get(f"{bid}:requests", 0.0)
-            prev = self._tput.get(bid)
-            rate = prev[2] if prev else 0.0
-            if prev is None or now - prev[1] >= 1.0:
-                if prev is not None:
-                    rate = max(0.0, requests - prev[0]) / (now - prev[1])
-                self._tput[bid] = (requests, now, rate)
-            out.append(Backend(
-                bid, r.address, r.weight, r.healthy, self._conns.get(bid, 0),
-                self._stats.get(f"{bid}:latency_ms", 0.0),
-                self._stats.get(f"{bid}:error_rate", 0.0), rate,
-                r.since_us / 1e6 + self._offset_s, dict(r.metadata)))
-        return tuple(out)
+        self._pool_view.apply(state, self.clock())
 
     @property
     def known_backends(self) -> tuple[Backend, ...]:
@@ -330,13 +254,12 @@ class LoadBalancerCore(Subscriber, Shared):
         return self._snapshot
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        if str(event.get("version")) != self._version:
-            self._stale = True
+        self._pool_view.on_event(str(event.get("version")))
 
     def _refresh(self, force: bool = False) -> Op[Any]:
         """A snapshot call when the view is older than ``refresh_s`` or an event said so."""
         self._subscribed_since()          # join the bus: events mark the view stale
-        if not force and not self._stale and self.clock() - self._refreshed_at < self.refresh_s:
+        if not force and not self._pool_view.due(self.clock(), self.refresh_s):
             return Done(None)
         return self._plan("snapshot", [], self._local_state)
 
@@ -376,12 +299,10 @@ class LoadBalancerCore(Subscriber, Shared):
         never decodes records). A conflicting reply carries the fresh records: try again."""
         check_id(backend_id, "backend_id")
         for _ in range(self.patch_attempts):
-            with self._lock:
-                rec = self._records.get(backend_id)
+            rec = self._pool_view.record(backend_id)
             if rec is None:                     # not in this view: read the registry
                 yield self._plan("snapshot", [])
-                with self._lock:
-                    rec = self._records.get(backend_id)
+                rec = self._pool_view.record(backend_id)
                 if rec is None:
                     raise UnknownBackend(f"pool {self.name!r} has no (readable) backend "
                                          f"{backend_id!r}")
@@ -394,9 +315,9 @@ class LoadBalancerCore(Subscriber, Shared):
                 return
             if state.status == "unknown":
                 raise UnknownBackend(f"pool {self.name!r} has no backend {backend_id!r}")
-            with self._lock:                    # "conflict": the reply refreshed the view
-                if self._records.get(backend_id) is rec:
-                    self._records.pop(backend_id, None)   # unreadable now: read it again
+            # "conflict": the reply refreshed the view; a record still the same one is
+            # unreadable now: read it again.
+            self._pool_view.forget(backend_id, rec)
         raise StoreError(f"pool {self.name!r}: backend {backend_id!r} changed concurrently "
                          f"{self.patch_attempts} times; not updated")
 
@@ -429,11 +350,12 @@ class LoadBalancerCore(Subscriber, Shared):
         try:
             return self.strategy.select(self._snapshot, ctx)
         except NoBackendAvailable as exc:
-            if not self._snapshot and (not self._version or self._guard.skip()):
+            version = self._pool_view.version
+            if not self._snapshot and (not version or self._guard.skip()):
                 # Empty because the store is out of reach, not because the pool is empty.
                 raise StoreUnavailable(
                     f"store unreachable: pool {self.name!r} has no known backends"
-                    + ("" if self._version else " (the store was never reached)")) from exc
+                    + ("" if version else " (the store was never reached)")) from exc
             raise
 
     def _acquire_call(self, backend_id: str, lease_id: str, ctx: Context,
@@ -588,13 +510,13 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def _statistics(self) -> Steps[Statistics]:
         yield from steps(self._refresh(force=True))
-        per = []
+        per, stats = [], self._pool_view.stats
         for b in self._snapshot:
             state = self._pool_breakers.state_of(b.id)
             per.append(BackendStats(
                 b.id, b.address, b.weight, b.healthy, state, b.active_connections,
-                int(self._stats.get(f"{b.id}:requests", 0)),
-                int(self._stats.get(f"{b.id}:errors", 0)), b.error_rate, b.latency_ms,
+                int(stats.get(f"{b.id}:requests", 0)),
+                int(stats.get(f"{b.id}:errors", 0)), b.error_rate, b.latency_ms,
                 b.throughput_per_s))
         answered = [s for s in per if s.requests]
         avg = sum(s.latency_ms for s in answered) / len(answered) if answered else 0.0

@@ -110,7 +110,7 @@ def test_a_recounted_backend_equals_a_replaced_one() -> None:
     """The hot path's copy of a Backend with a new count misses no field."""
     import dataclasses
 
-    from distlb._balancer import _counted
+    from distlb._pool.view import counted as _counted
     from distlb.strategies import Backend
     b = Backend("n1", "10.0.0.1:80", 7, False, 1, 2.5, 0.1, 3.0, 12.0, {"zone": "a"})
     c = _counted(b, 4)
