@@ -34,6 +34,7 @@ from distlb.errors import (
     StoreError,
     StoreUnavailable,
 )
+from distlb.results import Decision
 from distlb.strategies import Backend, Context, NoBackendAvailable, RoundRobinBalancer, Strategy
 from distlb.strategies.base import MAX_ID_CHARS, check_id, check_metadata
 
@@ -477,8 +478,7 @@ class LoadBalancerCore(Subscriber, Shared):
     def _admit(self, ctx: Context | None) -> Op[Any]:
         if self.traffic_shaper is None:
             return Done(None)
-        call = self.traffic_shaper._call("take", ctx.client_id if ctx else None, 1, 0, None)
-        return _admitted(call)
+        return _admitted(self.traffic_shaper.admission(ctx.client_id if ctx else None))
 
     def _attempt_once(self, fn: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any], ctx: Context | None,
@@ -544,8 +544,8 @@ class LoadBalancerCore(Subscriber, Shared):
         return changed
 
 
-def _admitted(call: Call[Any]) -> Steps[None]:
-    decision = yield call
+def _admitted(op: Op[Decision]) -> Steps[None]:
+    decision = yield from steps(op)
     if not decision.allowed:
         raise RateLimited(decision.explanation, decision.retry_after_s)
 

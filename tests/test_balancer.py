@@ -359,7 +359,8 @@ def _counts(r: redis.Redis) -> tuple[int, int]:
 @pytest.mark.real_server  # counts server commands with INFO commandstats, which fakeredis lacks
 @pytest.mark.parametrize("breaker", [None, BreakerSettings()], ids=["no-breaker", "breaker"])
 def test_execute_is_two_round_trips_and_at_most_ten_server_commands(
-        r: redis.Redis, prefix: str, breaker: BreakerSettings | None) -> None:
+        own_server: EmbeddedServer, prefix: str, breaker: BreakerSettings | None) -> None:
+    r = own_server.client()            # its own server: no other test's objects in the counts
     lb = LoadBalancer(r, "api", prefix=prefix, breaker=breaker, refresh_s=3600,
                       subscribe=False)
     for i in range(5):
@@ -377,11 +378,13 @@ def test_execute_is_two_round_trips_and_at_most_ten_server_commands(
     assert sum(s.requests for s in stats.values()) == n + 10
     assert sum(s.active_connections for s in stats.values()) == 0
     lb.close()
+    r.close()
 
 
 @pytest.mark.real_server  # counts round trips with INFO commandstats, which fakeredis lacks
 def test_a_deferred_release_rides_on_the_next_call_and_close_sends_the_rest(
-        r: redis.Redis, prefix: str) -> None:
+        own_server: EmbeddedServer, prefix: str) -> None:
+    r = own_server.client()            # its own server: no other test's objects in the counts
     lb = LoadBalancer(r, "api", prefix=prefix, breaker=None, refresh_s=3600, subscribe=False,
                       release="deferred", release_delay_s=1.0)
     for i in range(2):
@@ -397,6 +400,7 @@ def test_a_deferred_release_rides_on_the_next_call_and_close_sends_the_rest(
     lb.close()                                    # sends n1's release (if still pending)
     assert r.hget(conns, "n1") == b"0" and r.hget(stats, "n1:requests") == b"1"
     assert lb._leases.pending == []
+    r.close()
 
 
 def test_deferred_releases_reach_the_fleet_within_the_delay(r: redis.Redis, prefix: str) -> None:
