@@ -345,9 +345,10 @@ class LoadBalancerCore(Subscriber, Shared):
     def _select(self, ctx: Context | None) -> Steps[Backend]:
         yield from steps(self._refresh())
         ctx = ctx if ctx is not None else Context()
-        open_ = self._pool_breakers.refusing(self.clock())
-        if open_:
-            ctx = ctx.excluding(*open_)
+        if self._pool_breakers.watching:
+            open_ = self._pool_breakers.refusing(self.clock())
+            if open_:
+                ctx = ctx.excluding(*open_)
         try:
             return self.strategy.select(self._snapshot, ctx)
         except NoBackendAvailable as exc:
@@ -379,7 +380,9 @@ class LoadBalancerCore(Subscriber, Shared):
         that takes the lease (one round trip for both)."""
         ctx = ctx if ctx is not None else Context()
         while True:
-            probe = self._pool_breakers.due_probe(self._snapshot, tried, self.clock())
+            breakers = self._pool_breakers
+            probe = breakers.due_probe(self._snapshot, tried, self.clock()) \
+                if breakers.watching else None
             if probe is not None:
                 backend = probe
             else:

@@ -67,6 +67,11 @@ class PoolBreakers:
         cb = self._breakers.get(backend_id)
         return (cb.known_state or "closed") if cb is not None else "closed"
 
+    @property
+    def watching(self) -> bool:
+        """Whether any breaker was seen open or refusing (else nothing to look at)."""
+        return bool(self._open_ids)
+
     def refused(self, backend_id: str) -> None:
         """A call was refused by this backend's breaker: look at it from now on."""
         self._open_ids.add(backend_id)
