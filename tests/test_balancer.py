@@ -303,6 +303,28 @@ def test_a_forked_child_does_not_renew_its_parents_leases(r: redis.Redis, prefix
     guard.__exit__(None, None, None)
 
 
+def test_a_forked_child_does_not_send_its_parents_deferred_releases(r: redis.Redis,
+                                                                   prefix: str) -> None:
+    import os
+    lb = LoadBalancer(r, "api", prefix=prefix, breaker=None, release="deferred",
+                      release_delay_s=1.0, refresh_s=3600, subscribe=False)
+    lb.add_backend(Backend("n0", "10.0.0.1:80"))
+    # execute's operation without the shell's background flusher: the release stays
+    # pending, however slow the machine
+    lb._run(lb._execute(lambda b: None, (), {}, None))
+    assert len(lb._leases.pending) == 1
+    sent = int(r.hget(f"{lb.key}:stats", "n0:requests") or 0)
+    pid = os.fork()
+    if pid == 0:
+        lb._run(lb._flush())          # nothing to send in the child: the parent sends it
+        os._exit(0 if not lb._leases.pending else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(r.hget(f"{lb.key}:stats", "n0:requests") or 0) == sent   # not sent by the child
+    lb.close()                        # the parent's flush: counted once
+    assert int(r.hget(f"{lb.key}:stats", "n0:requests") or 0) == sent + 1
+
+
 def test_rate_limited_calls_do_not_earn_retries(r: redis.Redis, prefix: str,
                                                 tcp: list[TcpBackend]) -> None:
     from distlb import RetryBudget

@@ -17,6 +17,7 @@ import itertools
 import os
 import threading
 import uuid
+import weakref
 from collections.abc import Iterator
 
 #: Lease members given back per call, and remembered at most, after unanswered calls.
@@ -40,11 +41,20 @@ def _lease_ids() -> Iterator[str]:
 _LEASE_IDS = [_lease_ids()]
 
 
-def _new_lease_ids_in_child() -> None:
+#: Every book of this process, so that a forked child starts with clean ones.
+_BOOKS: weakref.WeakSet[LeaseBook] = weakref.WeakSet()
+
+
+def _in_child() -> None:
+    """A forked child gets new lease ids, and neither renews nor releases its parent's
+    leases (the parent does: a release sent twice would count its statistics twice)."""
     _LEASE_IDS[0] = _lease_ids()
+    for book in list(_BOOKS):
+        book.held.clear()
+        book.pending.clear()
 
 
-os.register_at_fork(after_in_child=_new_lease_ids_in_child)
+os.register_at_fork(after_in_child=_in_child)
 
 
 def new_lease_id() -> str:
@@ -60,6 +70,7 @@ class LeaseBook:
         self.ghosts: dict[str, None] = {}     # insertion-ordered: the oldest go first
         self.pending: list[Release] = []
         self._pid = os.getpid()
+        _BOOKS.add(self)
 
     def hold(self, member: str, started_s: float) -> None:
         with self._lock:
