@@ -55,6 +55,19 @@ class PoolBreakers:
                 cb.add_listener(functools.partial(self._on_transition, backend_id))
             return cb
 
+    def reset(self, settings: BreakerSettings | None, subscribe: bool) -> list[BreakerBase]:
+        """New settings (a fleet-wide configuration change): every breaker is made again,
+        with them, at its next use (their shared state is in the store and stays). Returns
+        the old breakers, for the caller to let go of (leave their bus)."""
+        with self._lock:
+            self.settings = settings
+            if settings is not None and not subscribe:
+                self.settings = settings.replace(subscribe=False)
+            old = list(self._breakers.values())
+            self._breakers = {}
+            self._open_ids.clear()
+        return old
+
     def all(self) -> Iterable[BreakerBase]:
         """Every breaker made so far (to close them)."""
         with self._lock:

@@ -54,6 +54,10 @@ class PoolView:
         """Whether a snapshot read is due: never read, older than ``refresh_s``, or stale."""
         return self.stale or now - self.refreshed_at >= refresh_s
 
+    def mark_stale(self) -> None:
+        """Read a snapshot at the next call (something the view does not show changed)."""
+        self.stale = True
+
     def on_event(self, version: str) -> None:
         """A registry event: the view is stale unless it already has that version."""
         if version != self.version:

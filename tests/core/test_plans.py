@@ -141,3 +141,33 @@ def test_every_primitive_plans_its_calls_under_its_own_guard() -> None:
         assert call.owner is obj._guard, obj
         assert all(k.startswith(_keys.entity("p", obj.kind, obj.name.replace("/", "%2F")))
                    for k in call.keys), (obj, call.keys)
+
+
+def test_pool_breakers_reset_forgets_every_breaker_and_takes_the_new_settings() -> None:
+    """The interface a fleet-wide configuration change uses (no reach into the pool)."""
+    from distlb._breaker import BreakerSettings
+    from distlb._pool.breakers import PoolBreakers
+
+    made: list[tuple[str, BreakerSettings]] = []
+
+    class Stub:
+        metrics_pool = ""
+        known_state = None
+
+        def add_listener(self, listener: object) -> None:
+            pass
+
+    def new(name: str, settings: BreakerSettings) -> Any:
+        made.append((name, settings))
+        return Stub()
+
+    pb = PoolBreakers("pool", BreakerSettings(), False, new)
+    first = pb.of("a")
+    assert pb.of("a") is first and made[0][1].subscribe is False
+    pb.refused("a")
+    assert pb.watching
+    old = pb.reset(BreakerSettings(failure_threshold=9), subscribe=False)
+    assert old == [first] and not pb.watching
+    assert pb.of("a") is not first
+    assert made[-1][1].failure_threshold == 9 and made[-1][1].subscribe is False
+    assert pb.reset(None, subscribe=False) and pb.of("a") is None and pb.state_of("a") == "-"
