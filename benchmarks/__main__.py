@@ -151,6 +151,14 @@ def multiprocess_accuracy(url: str, seconds: float, workers: int = 4) -> tuple[i
     return admitted, 500 * seconds + 50
 
 
+def _server_commands(r: redis.Redis) -> int:
+    """Commands the server has run, other than the script calls around them (and the
+    INFO that asks): scripts' own commands, for a per-call count from two readings."""
+    stats = r.info("commandstats")
+    return sum(int(v.get("calls", 0)) for k, v in stats.items()
+               if k not in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_info"))
+
+
 def _server_version(r: redis.Redis) -> str:
     info = r.info("server")
     if "valkey_version" in info:
@@ -340,30 +348,40 @@ def main(argv: list[str] | None = None) -> int:
             rep.add("  peer: pybreaker (Redis storage), closed", f"{pb_rate:,.0f}/s",
                     f"{pb_rate / bare:.2f}x bare; distlb {cb_rate / pb_rate:.1f}x pybreaker")
 
-        lb = LoadBalancer(r, "bench", RoundRobinBalancer(), prefix=prefix)
-        for i in range(5):
-            lb.add_backend(Backend(f"node{i}", f"10.0.0.{i}:8080"))
-        for _ in range(20):              # every backend's breaker seen once
-            lb.execute(lambda b: b.id)
-        before = lb.store_stats.calls
-        for _ in range(100):
-            lb.execute(lambda b: b.id)
-        trips = (lb.store_stats.calls - before) / 100
-        lb_rate, lb_ratio = paired(lambda: lb.execute(lambda b: b.id), bare_call, rounds,
-                                   seconds)
-        rep.add(f"LoadBalancer.execute (no-op call), {trips:g} round trips", f"{lb_rate:,.0f}/s",
-                f"{lb_ratio:.2f}x bare (lease + release/record)")
-        lb.close()
+        lb_rates: dict[str, float] = {}
+        for mode in ("sync", "deferred"):
+            lb = LoadBalancer(r, "bench", RoundRobinBalancer(), prefix=prefix, release=mode)
+            if mode == "sync":
+                for i in range(5):
+                    lb.add_backend(Backend(f"node{i}", f"10.0.0.{i}:8080"))
+            for _ in range(20):              # every backend's breaker seen once
+                lb.execute(lambda b: b.id)
+            before, commands = lb.store_stats.calls, _server_commands(r)
+            for _ in range(100):
+                lb.execute(lambda b: b.id)
+            trips = (lb.store_stats.calls - before) / 100
+            per_call = (_server_commands(r) - commands) / 100
+            lb_rate, lb_ratio = paired(lambda lb=lb: lb.execute(lambda b: b.id), bare_call,
+                                       rounds, seconds)
+            lb_rates[mode] = lb_rate
+            what = ("lease + release/record" if mode == "sync" else
+                    "lease; the release rides on the next call")
+            rep.add(f"LoadBalancer.execute (no-op), release={mode}, {trips:g} round trips",
+                    f"{lb_rate:,.0f}/s",
+                    f"{lb_ratio:.2f}x bare ({what}; {per_call:.1f} server commands)")
+            lb.close()
 
-        async def alb_of(ar: Any) -> Any:
-            alb = aio.LoadBalancer(ar, "bench", RoundRobinBalancer(), prefix=prefix)
-            for _ in range(20):
-                await alb.execute(lambda b: b.id)
-            return lambda: alb.execute(lambda b: b.id)
+        for mode in ("sync", "deferred"):
+            async def alb_of(ar: Any, mode: str = mode) -> Any:
+                alb = aio.LoadBalancer(ar, "bench", RoundRobinBalancer(), prefix=prefix,
+                                       release=mode)
+                for _ in range(20):
+                    await alb.execute(lambda b: b.id)
+                return lambda: alb.execute(lambda b: b.id)
 
-        a_rate = asyncio.run(run_async(alb_of, 64))
-        rep.add("aio LoadBalancer.execute (no-op), 64 tasks", f"{a_rate:,.0f}/s",
-                f"{a_rate / lb_rate:.2f}x sync")
+            a_rate = asyncio.run(run_async(alb_of, 64))
+            rep.add(f"aio LoadBalancer.execute (no-op), release={mode}, 64 tasks",
+                    f"{a_rate:,.0f}/s", f"{a_rate / lb_rates[mode]:.2f}x sync")
 
         delays = [trip_propagation(url, watchers=3) for _ in range(1 if args.quick else 3)]
         worst = max(max(d) for d in delays) * 1000

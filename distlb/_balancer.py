@@ -8,14 +8,10 @@ selection runs locally on a snapshot of it.
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
-import os
-import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Unpack
 
 from distlb import _keys, _observe
@@ -25,6 +21,9 @@ from distlb._core import poolconfig as pc
 from distlb._core.bus import Subscriber
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._core.scripts import script
+from distlb._pool.breakers import PoolBreakers
+from distlb._pool.leases import LeaseBook, new_lease_id
+from distlb._pool.view import PoolView
 from distlb._retry import RetryPolicyCore
 from distlb._shaping import Limit, TrafficShaperCore
 from distlb._shared import Shared, StoreKeywords, StoreOptions
@@ -36,15 +35,17 @@ from distlb.errors import (
     StoreError,
     StoreUnavailable,
 )
-from distlb.results import Transition
+from distlb.results import Decision
 from distlb.strategies import Backend, Context, NoBackendAvailable, RoundRobinBalancer, Strategy
 from distlb.strategies.base import MAX_ID_CHARS, check_id, check_metadata
 
 #: A pool name leaves room for "/<backend id>" in its breakers' names.
 MAX_POOL_NAME_CHARS = _keys.MAX_NAME_CHARS - MAX_ID_CHARS - 1
-#: Lease members given back per call, and remembered at most, after unanswered calls.
-GHOSTS_PER_CALL = 32
-MAX_GHOSTS = 4096
+#: The release modes: "sync" returns a lease on the caller's critical path, "deferred"
+#: hands it to the next call of this process or the background flusher.
+RELEASE_MODES = ("sync", "deferred")
+#: The ops that change the registry: they take the pool name and events channel.
+_PUBLISHING = frozenset({"add", "put", "remove", "patch"})
 
 
 class BackendExists(DistlbError, LookupError):
@@ -130,6 +131,14 @@ class LoadBalancerCore(Subscriber, Shared):
     weight of each call in the latency and error-rate moving averages, in (0, 1].
     ``subscribe``: follow registry changes (and, for the breakers, state changes) by
     pub/sub; ``False``: poll every ``refresh_s``.
+    ``release``: ``"sync"`` (default) returns each lease and records its outcome in a
+    second round trip before ``execute`` returns; ``"deferred"`` takes that round trip
+    off the caller's path: the release rides on this process's next pool call, or the
+    background flusher sends it within ``release_delay_s`` (seconds in [0.001, 1],
+    default 0.05), at most 32 per call; ``close()`` sends what is left. Fleet-wide
+    connection counts and statistics then lag by at most that delay; a process that
+    dies with releases unsent gives its connections back by lease expiry (within
+    ``lease_ttl_s`` plus the fleet's ``refresh_s``), like any dead process.
     ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
     ``retry_store_after_s``, ``clock``, ``sleep``) shared with other primitives, or
     those fields as keywords; a field given both ways is a ``ConfigError``.
@@ -151,7 +160,8 @@ class LoadBalancerCore(Subscriber, Shared):
                  retry_policy: RetryPolicyCore | None = None,
                  breaker: BreakerSettings | None = BreakerSettings(),  # noqa: B008 (frozen)
                  lease_ttl_s: float = 30.0, refresh_s: float = 1.0, latency_alpha: float = 0.1,
-                 subscribe: bool = True, options: StoreOptions | None = None,
+                 subscribe: bool = True, release: str = "sync",
+                 release_delay_s: float = 0.05, options: StoreOptions | None = None,
                  **store: Unpack[StoreKeywords]) -> None:
         super().__init__(client, name, options=options, **store)
         if len(name) > MAX_POOL_NAME_CHARS:
@@ -179,29 +189,22 @@ class LoadBalancerCore(Subscriber, Shared):
         self.lease_ttl_s = number("lease_ttl_s", lease_ttl_s, low=0.1, high=86400)
         self.refresh_s = number("refresh_s", refresh_s, low_inclusive=True, high=3600)
         self.latency_alpha = number("latency_alpha", latency_alpha, high=1)
+        self._alpha = repr(self.latency_alpha)
+        if release not in RELEASE_MODES:
+            raise ConfigError("release", f"must be one of {', '.join(RELEASE_MODES)}, got "
+                                         f"{release!r:.40}")
+        self.release = release
+        self.release_delay_s = number("release_delay_s", release_delay_s, low=0.001,
+                                      low_inclusive=True, high=1.0)
+        self._ttl_ms = math.ceil(self.lease_ttl_s * 1000)
         self.subscribe = bool(subscribe)
         self.channel = _keys.events_channel(self.prefix)
         k = self.key
         self.keys = (k, *(_keys.part(k, p) for p in ("backends", "conns", "leases", "stats",
                                                        "since")))
-        self._lock = threading.Lock()
-        self._records: dict[str, pl.Record] = {}
-        self._version = ""                # the registry token of the view; "" = none yet
-        # Leases whose acquire (or release) never got an answer: the script may have run,
-        # so they are given back by the next call that reaches the store (no extra trip).
-        self._ghosts: dict[str, None] = {}
-        self._conns: dict[str, int] = {}
-        self._stats: dict[str, float] = {}
-        self._refreshed_at = -math.inf
-        self._stale = True
-        self._offset_s = 0.0              # local clock - server clock, for slow start
-        self._tput: dict[str, tuple[float, float, float]] = {}   # id -> (requests, at, rate)
-        self._snapshot: tuple[Backend, ...] = ()
-        self._held: dict[str, float] = {}  # lease members this process holds -> local start
-        self._pid = os.getpid()
-        self._breakers: dict[str, BreakerBase] = {}
-        self._open_ids: set[str] = set()
-        self._next_probe: dict[str, float] = {}
+        self._pool_view = PoolView()      # registry, counts, statistics; the snapshot
+        self._leases = LeaseBook()        # held, ghosts, deferred releases
+        self._pool_breakers = PoolBreakers(name, breaker, self.subscribe, self._new_breaker)
         self._checker_id = uuid.uuid4().hex
         # Fleet-wide configuration (distlb/_core/poolconfig.py): stored values override the
         # limits, breaker settings and strategy parameters above at each refresh.
@@ -213,82 +216,41 @@ class LoadBalancerCore(Subscriber, Shared):
               fallback: Callable[[], pl.PoolState] | None = None,
               extra_keys: tuple[str, ...] = (), ghost: str | None = None) -> Call[pl.PoolState]:
         """A ``pool.lua`` call. ``ghost``: the lease member this call may create or keep;
-        if the call gets no answer it is given back by a later call."""
-        ghosts: list[str] = []
-        if self._ghosts:                        # rare: only after unanswered calls
-            with self._lock:
-                ghosts = list(itertools.islice(self._ghosts, GHOSTS_PER_CALL))
+        if the call gets no answer it is given back by a later call. Deferred releases
+        waiting in this process ride along (at most ``RELEASES_PER_CALL``)."""
+        book = self._leases
+        releases, ghosts = book.trailing()     # usually none: rare, or release="deferred"
 
         def parse(reply: Any) -> pl.PoolState:
             state = pl.parse(reply)
-            if ghosts:
-                with self._lock:
-                    for member in ghosts:
-                        self._ghosts.pop(member, None)
+            book.answered(ghosts)
             self._apply(state)
             return state
 
         def unavailable() -> pl.PoolState:
-            if ghost is not None:
-                with self._lock:
-                    self._ghosts[ghost] = None
-                    while len(self._ghosts) > MAX_GHOSTS:   # the oldest expire by TTL anyway
-                        self._ghosts.pop(next(iter(self._ghosts)))
+            book.unanswered(releases, ghost)
             if fallback is None:
                 raise StoreUnavailable(f"store unreachable: pool {self.name!r} not changed")
             return fallback()
 
+        flat = [x for r in releases for x in r] if releases else ()
         return Call(script("pool"), self.keys + extra_keys,
-                    (op, *args, *ghosts, len(ghosts), self._version, self.name, self.channel),
+                    (op, *args, *((self.name, self.channel) if op in _PUBLISHING else ()),
+                     *flat, len(releases), *ghosts, len(ghosts), self._pool_view.version),
                     parse, unavailable, self._guard)
 
     def _local_state(self) -> pl.PoolState:
         """The fallback while the store is unreachable: keep the last known view."""
         if self.on_store_error == "fail_closed":
             raise StoreUnavailable(f"store unreachable and pool {self.name!r} fails closed")
-        return pl.PoolState("unavailable", self._version, 0, None, self._conns, self._stats)
+        return self._pool_view.local_state()
+
+    @property
+    def _snapshot(self) -> tuple[Backend, ...]:
+        return self._pool_view.snapshot
 
     def _apply(self, state: pl.PoolState) -> None:
-        now = self.clock()
-        with self._lock:
-            counts_only = state.records is None and state.stats is None and bool(self._snapshot)
-            if state.records is not None:
-                self._records = state.records
-                self._version = state.version
-            self._conns = state.conns
-            if state.stats is not None:
-                self._stats = state.stats
-            self._offset_s = now - state.server_us / 1e6
-            if state.stats is not None:   # a full snapshot: records, counts and statistics
-                self._refreshed_at = now
-                self._stale = False
-            if counts_only:
-                # The hot path (lease, release): only connection counts moved, so only the
-                # backends whose count changed get a new snapshot entry.
-                conns = self._conns
-                self._snapshot = tuple(
-                    b if conns.get(b.id, 0) == b.active_connections
-                    else replace(b, active_connections=conns.get(b.id, 0))
-                    for b in self._snapshot)
-            else:
-                self._snapshot = self._build_snapshot(now)
-
-    def _build_snapshot(self, now: float) -> tuple[Backend, ...]:
-        out = []
-        for bid, r in sorted(self._records.items()):
-            requests = self._stats.get(f"{bid}:requests", 0.0)
-            prev = self._tput.get(bid)
-            rate = prev[2] if prev else 0.0
-            if prev is None or now - prev[1] >= 1.0:
-                if prev is not None:
-                    rate = max(0.0, requests - prev[0]) / (now - prev[1])
-                self._tput[bid] = (requests, now, rate)
-            out.append(Backend(
-                bid, r.address, r.weight, r.healthy, self._conns.get(bid, 0),
-                self._stats.get(f"{bid}:latency_ms", 0.0),
-                self._stats.get(f"{bid}:error_rate", 0.0), rate,
-                r.since_us / 1e6 + self._offset_s, dict(r.metadata)))
-        return tuple(out)
+        self._pool_view.apply(state, self.clock())
 
     @property
     def known_backends(self) -> tuple[Backend, ...]:
@@ -299,13 +261,12 @@ class LoadBalancerCore(Subscriber, Shared):
     def _on_event(self, event: dict[str, Any]) -> None:
         if self._fleet_config.on_event(event):     # a configuration change
             return
-        if str(event.get("version")) != self._version:
-            self._stale = True
+        self._pool_view.on_event(str(event.get("version")))
 
     def _refresh(self, force: bool = False) -> Op[Any]:
         """A snapshot call when the view is older than ``refresh_s`` or an event said so."""
         self._subscribed_since()          # join the bus: events mark the view stale
-        if not force and not self._stale and self.clock() - self._refreshed_at < self.refresh_s:
+        if not force and not self._pool_view.due(self.clock(), self.refresh_s):
             # ... unless the fleet-wide configuration was never read (a first call after
             # add_backend, whose reply refreshed the view): it is read before any admission.
             return Done(None) if self._fleet_config.version >= 0 else self._fleet_config.read()
@@ -314,76 +275,13 @@ class LoadBalancerCore(Subscriber, Shared):
     def _breaker_of(self, backend_id: str) -> BreakerBase | None:
         """The circuit breaker of one backend (shared by every process), if the pool has them
         (the shells' public ``breaker_for`` types it as their own breaker class)."""
-        if self.breaker_settings is None:
-            return None
-        with self._lock:
-            cb = self._breakers.get(backend_id)
-            if cb is None:
-                settings = self.breaker_settings
-                if not self.subscribe:    # a pool that polls: its breakers poll too
-                    settings = settings.replace(subscribe=False)
-                cb = self._breakers[backend_id] = self._new_breaker(
-                    f"{self.name}/{backend_id}", settings)
-                # The backend id is bound here, never recovered from the breaker's name
-                # (an id may itself contain "/").
-                cb.metrics_pool = self.name
-                cb.add_listener(functools.partial(self._on_breaker, backend_id))
-            return cb
+        return self._pool_breakers.of(backend_id)
 
     def _new_breaker(self, name: str, settings: BreakerSettings) -> BreakerBase:
         """A backend's circuit breaker on this pool's client, with ``settings`` and the pool's
         own ``options`` (prefix, failure policy, retry interval, clock, sleep): the shell
         builds its own flavour (``distlb.CircuitBreaker`` or ``distlb.aio.CircuitBreaker``)."""
         raise NotImplementedError
-
-    def _on_breaker(self, backend_id: str, transition: Transition) -> None:
-        if transition.to_state == "closed":
-            self._open_ids.discard(backend_id)
-        else:
-            self._open_ids.add(backend_id)
-
-    #: How often this process may send a recovering backend a probe, whatever the strategy.
-    probe_interval_s = 0.05
-
-    def _due_probe(self, tried: set[str]) -> Backend | None:
-        """A backend whose breaker may take a probe now (its open timeout has passed).
-
-        Probes go to it whatever the strategy would pick: a strategy that scores by
-        past errors (adaptive) would otherwise never send a recovering backend the
-        calls that let its breaker close. At most one try per ``probe_interval_s``
-        per backend and process; the breaker still rations probes fleet-wide.
-        """
-        if not self._open_ids:
-            return None
-        now = self.clock()
-        by_id = {b.id: b for b in self._snapshot}
-        for bid in list(self._open_ids):
-            cb, b = self._breakers.get(bid), by_id.get(bid)
-            if cb is None or b is None or not b.healthy or bid in tried:
-                continue
-            if cb._view.fast_attempt(now, cb._subscribed_since()) is not None:
-                continue                      # known closed or still open: not due
-            if now < self._next_probe.get(bid, 0.0):
-                continue
-            self._next_probe[bid] = now + self.probe_interval_s
-            return b
-        return None
-
-    def _open_breakers(self) -> frozenset[str]:
-        """Backends whose breaker this process knows to refuse calls now (no round trip).
-
-        Only breakers seen open or refusing are looked at (kept by their transition
-        events), so the common all-closed case costs nothing.
-        """
-        if not self._open_ids:
-            return frozenset()
-        now, out = self.clock(), set()
-        for bid in list(self._open_ids):
-            cb = self._breakers.get(bid)
-            fast = cb._view.fast_attempt(now, cb._subscribed_since()) if cb else None
-            if fast is not None and not fast.allowed:
-                out.add(bid)
-        return frozenset(out)
 
     # -- registry ----------------------------------------------------------------------------
 
@@ -410,12 +308,10 @@ class LoadBalancerCore(Subscriber, Shared):
         never decodes records). A conflicting reply carries the fresh records: try again."""
         check_id(backend_id, "backend_id")
         for _ in range(self.patch_attempts):
-            with self._lock:
-                rec = self._records.get(backend_id)
+            rec = self._pool_view.record(backend_id)
             if rec is None:                     # not in this view: read the registry
                 yield self._plan("snapshot", [])
-                with self._lock:
-                    rec = self._records.get(backend_id)
+                rec = self._pool_view.record(backend_id)
                 if rec is None:
                     raise UnknownBackend(f"pool {self.name!r} has no (readable) backend "
                                          f"{backend_id!r}")
@@ -428,9 +324,9 @@ class LoadBalancerCore(Subscriber, Shared):
                 return
             if state.status == "unknown":
                 raise UnknownBackend(f"pool {self.name!r} has no backend {backend_id!r}")
-            with self._lock:                    # "conflict": the reply refreshed the view
-                if self._records.get(backend_id) is rec:
-                    self._records.pop(backend_id, None)   # unreadable now: read it again
+            # "conflict": the reply refreshed the view; a record still the same one is
+            # unreadable now: read it again.
+            self._pool_view.forget(backend_id, rec)
         raise StoreError(f"pool {self.name!r}: backend {backend_id!r} changed concurrently "
                          f"{self.patch_attempts} times; not updated")
 
@@ -457,22 +353,24 @@ class LoadBalancerCore(Subscriber, Shared):
     def _select(self, ctx: Context | None) -> Steps[Backend]:
         yield from steps(self._refresh())
         ctx = ctx if ctx is not None else Context()
-        open_ = self._open_breakers()
-        if open_:
-            ctx = ctx.excluding(*open_)
+        if self._pool_breakers.watching:
+            open_ = self._pool_breakers.refusing(self.clock())
+            if open_:
+                ctx = ctx.excluding(*open_)
         try:
             return self.strategy.select(self._snapshot, ctx)
         except NoBackendAvailable as exc:
-            if not self._snapshot and (not self._version or self._guard.skip()):
+            version = self._pool_view.version
+            if not self._snapshot and (not version or self._guard.skip()):
                 # Empty because the store is out of reach, not because the pool is empty.
                 raise StoreUnavailable(
                     f"store unreachable: pool {self.name!r} has no known backends"
-                    + ("" if self._version else " (the store was never reached)")) from exc
+                    + ("" if version else " (the store was never reached)")) from exc
             raise
 
     def _acquire_call(self, backend_id: str, lease_id: str, ctx: Context,
                       admit: bool) -> Call[pl.PoolState]:
-        args: list[Any] = [backend_id, lease_id, math.ceil(self.lease_ttl_s * 1000)]
+        args: list[Any] = [backend_id, lease_id, self._ttl_ms]
         if not admit or (self.rate_limit is None and self.client_limit is None):
             return self._plan("acquire", args, self._local_state,
                               ghost=f"{backend_id}|{lease_id}")
@@ -490,13 +388,16 @@ class LoadBalancerCore(Subscriber, Shared):
         that takes the lease (one round trip for both)."""
         ctx = ctx if ctx is not None else Context()
         while True:
-            probe = self._due_probe(tried)
+            breakers = self._pool_breakers
+            probe = breakers.due_probe(self._snapshot, tried, self.clock()) \
+                if breakers.watching else None
             if probe is not None:
                 backend = probe
             else:
-                backend = yield from self._select(ctx.excluding(*tried))   # skips known-open
+                backend = yield from self._select(
+                    ctx.excluding(*tried) if tried else ctx)                # skips known-open
             tried.add(backend.id)
-            lease_id = uuid.uuid4().hex
+            lease_id = new_lease_id()
             member = f"{backend.id}|{lease_id}"
             state: pl.PoolState = yield self._acquire_call(backend.id, lease_id, ctx, admit)
             if state.status.startswith("limited:"):
@@ -514,7 +415,7 @@ class LoadBalancerCore(Subscriber, Shared):
             if cb is not None:
                 lease.attempt = yield from steps(cb._attempt())
                 if not lease.attempt.allowed:   # open, or half-open with its probes taken
-                    self._open_ids.add(backend.id)
+                    self._pool_breakers.refused(backend.id)
                     if lease.lease_id is not None:
                         yield self._plan("drop", [backend.id, lease_id], self._local_state,
                                          ghost=member)
@@ -523,8 +424,7 @@ class LoadBalancerCore(Subscriber, Shared):
             # statistics (and the samples adaptive strategies score by) measure the backend.
             lease.started_s = self.clock()
             if lease.lease_id is not None:
-                with self._lock:
-                    self._held[member] = lease.started_s
+                self._leases.hold(member, lease.started_s)
             _observe.selection(self.name, backend.id)
             return lease
 
@@ -536,13 +436,19 @@ class LoadBalancerCore(Subscriber, Shared):
         cb = self._breaker_of(lease.backend.id)
         verdict = cb.classify(error, duration) if cb is not None else (
             "failure" if error is not None else "success")
-        with self._lock:
-            self._held.pop(lease.member, None)
         if lease.lease_id is not None or verdict != "ignored":
-            yield self._plan("release", [lease.backend.id, lease.lease_id or "",
-                                         f"{duration * 1000:.3f}", int(verdict == "failure"),
-                                         repr(self.latency_alpha)], self._local_state,
-                             ghost=lease.member if lease.lease_id is not None else None)
+            release = (lease.backend.id, lease.lease_id or "", f"{duration * 1000:.3f}",
+                       "1" if verdict == "failure" else "0", self._alpha)
+            if self.release == "deferred":
+                # Off the critical path: the next call of this process carries it, or the
+                # flusher within release_delay_s.
+                self._leases.let_go(lease.member, release)
+            else:
+                self._leases.let_go(lease.member)
+                yield self._plan("release", list(release), self._local_state,
+                                 ghost=lease.member if lease.lease_id is not None else None)
+        else:
+            self._leases.let_go(lease.member)
         if cb is not None:
             yield from steps(cb._outcome(lease.attempt, verdict))
         observe = getattr(self.strategy, "observe", None)
@@ -556,30 +462,34 @@ class LoadBalancerCore(Subscriber, Shared):
             raise ConfigError("success", "must be True or False")
         number("duration_s", duration_s, low_inclusive=True, high=86400)
         yield self._plan("release", [backend_id, "", f"{duration_s * 1000:.3f}",
-                                     int(not success), repr(self.latency_alpha)],
+                                     int(not success), self._alpha],
                          self._local_state)
         cb = self._breaker_of(backend_id)
         if cb is not None:
             yield from steps(cb._record_unadmitted(not success))
 
     def _renew(self) -> Op[Any]:
-        with self._lock:
-            if self._pid != os.getpid():   # a forked child must not keep its parent's leases alive
-                self._held.clear()
-                self._pid = os.getpid()
-            members = list(self._held)
+        members = self._leases.to_renew()
         if not members:
+            return self._flush()
+        return self._plan("renew", [self._ttl_ms, *members], self._local_state)
+
+    def _flush(self) -> Op[Any]:
+        """Send the deferred releases waiting in this process (``release="deferred"``)."""
+        if not self._leases.pending:
             return Done(None)
-        return self._plan("renew", [math.ceil(self.lease_ttl_s * 1000), *members],
-                          self._local_state)
+        return self._flush_all()
+
+    def _flush_all(self) -> Steps[None]:
+        while self._leases.pending:
+            yield self._plan("flush", [], self._local_state)
 
     # -- execute -----------------------------------------------------------------------------
 
     def _admit(self, ctx: Context | None) -> Op[Any]:
         if self.traffic_shaper is None:
             return Done(None)
-        call = self.traffic_shaper._call("take", ctx.client_id if ctx else None, 1, 0, None)
-        return _admitted(call)
+        return _admitted(self.traffic_shaper.admission(ctx.client_id if ctx else None))
 
     def _attempt_once(self, fn: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any], ctx: Context | None,
@@ -611,15 +521,13 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def _statistics(self) -> Steps[Statistics]:
         yield from steps(self._refresh(force=True))
-        per = []
+        per, stats = [], self._pool_view.stats
         for b in self._snapshot:
-            cb = self._breakers.get(b.id)
-            state = "-" if self.breaker_settings is None else (
-                cb._view.state or "closed" if cb is not None else "closed")
+            state = self._pool_breakers.state_of(b.id)
             per.append(BackendStats(
                 b.id, b.address, b.weight, b.healthy, state, b.active_connections,
-                int(self._stats.get(f"{b.id}:requests", 0)),
-                int(self._stats.get(f"{b.id}:errors", 0)), b.error_rate, b.latency_ms,
+                int(stats.get(f"{b.id}:requests", 0)),
+                int(stats.get(f"{b.id}:errors", 0)), b.error_rate, b.latency_ms,
                 b.throughput_per_s))
         answered = [s for s in per if s.requests]
         avg = sum(s.latency_ms for s in answered) / len(answered) if answered else 0.0
@@ -647,8 +555,8 @@ class LoadBalancerCore(Subscriber, Shared):
         return changed
 
 
-def _admitted(call: Call[Any]) -> Steps[None]:
-    decision = yield call
+def _admitted(op: Op[Decision]) -> Steps[None]:
+    decision = yield from steps(op)
     if not decision.allowed:
         raise RateLimited(decision.explanation, decision.retry_after_s)
 

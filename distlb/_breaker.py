@@ -197,6 +197,12 @@ class BreakerBase(Subscriber, Shared):
         a round trip; None before it saw any. ``state()`` reads the store."""
         return self._view.state
 
+    def local_attempt(self, now: float) -> Attempt | None:
+        """The answer to an attempt at ``now`` that this process can give without a round
+        trip (its view is fresh enough: closed, or open and not yet due a probe), else
+        None. For the load balancer's breakers: which backends refuse calls now."""
+        return self._view.fast_attempt(now, self._subscribed_since())
+
     def _subscription(self) -> float | None:
         """The healthy subscription now, if this object already joined a bus (joins none)."""
         return self._bus.subscribed_since() if self._bus is not None else None

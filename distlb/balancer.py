@@ -6,6 +6,9 @@ client. ``distlb.aio.balancer`` is generated from this file.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -80,6 +83,11 @@ class LoadBalancer(SyncShared, _balancer.LoadBalancerCore):
         self._renewer().ensure()
         return self._run(self._execute(fn, args, kwargs, ctx))
 
+    def flush_releases(self) -> None:
+        """Send the leases this process returned with ``release="deferred"`` and has not sent
+        yet (done for you: by the next call, within ``release_delay_s``, and by ``close``)."""
+        self._run(self._flush())
+
     def connection(self, ctx: Context | None = None) -> ConnectionGuard:
         """``with balancer.connection(ctx) as backend:`` holds a lease for the block and
         records its duration and outcome."""
@@ -138,18 +146,50 @@ class LoadBalancer(SyncShared, _balancer.LoadBalancerCore):
         if ticker is None:
             ticker = self._renewer_ticker = SyncTicker(
                 f"distlb-leases-{self.name}", self.lease_ttl_s / 3, self.renew_leases)
+            if self.release == "deferred":
+                self._flusher_ticker = SyncTicker(f"distlb-releases-{self.name}",
+                                                  self.release_delay_s, self.flush_releases)
+        flusher: SyncTicker | None = getattr(self, "_flusher_ticker", None)
+        if flusher is not None:
+            flusher.ensure()
         return ticker
 
     def close(self) -> None:
         """Stop background work (lease renewal, health checks), leave the event bus and
-        close the backends' breakers. The client stays open (it is yours)."""
-        for attr in ("_renewer_ticker", "_checker"):
+        close the backends' breakers. The client stays open (it is yours). Deferred
+        releases are sent first."""
+        if self._leases.pending:
+            drive = self._run     # the asyncio twin's is a coroutine: see _finish_flush
+            # Unreachable or refused: their leases expire by TTL.
+            with contextlib.suppress(Exception):
+                _finish_flush(drive(self._flush()))
+        for attr in ("_renewer_ticker", "_flusher_ticker", "_checker"):
             ticker = getattr(self, attr, None)
             if ticker is not None:
                 ticker.stop()
-        for cb in list(self._breakers.values()):
+        for cb in self._pool_breakers.all():
             cb.close()
         super().close()
+
+
+def _finish_flush(result: object) -> None:
+    """``close()`` cannot wait. The sync flush has run already; the asyncio twin's flush
+    (a coroutine) runs as a task of the running loop, or, without one, is dropped: its
+    leases then return by their TTL like a killed process's."""
+    if not inspect.iscoroutine(result):
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        result.close()
+        return
+    task = loop.create_task(result)
+    _FLUSHING.add(task)
+    task.add_done_callback(_FLUSHING.discard)
+
+
+#: Flushes started by close() in asyncio, held until done (the loop keeps only weak refs).
+_FLUSHING: set[asyncio.Task[Any]] = set()
 
 
 class ConnectionGuard:

@@ -116,7 +116,7 @@ def drive(target: dict[str, Any], prefix: str, placement: dict[str, str], durati
     ended = time.time()
     conns = {t: objects[t].get_statistics().connections for t in objects
              if t.startswith("pool")}
-    breaker_falls = {t: sum(cb.store_stats.fallbacks for cb in objects[t]._breakers.values())
+    breaker_falls = {t: sum(cb.store_stats.fallbacks for cb in objects[t]._pool_breakers.all())
                      for t in objects if t.startswith("pool")}
     out.put({"breaker_fallbacks": breaker_falls, "slowest_call_s": slowest,
              "tracks": {n: t.report() for n, (t, _) in tracks.items()},

@@ -112,14 +112,14 @@ def test_connection_lease_counts_and_releases(r: redis.Redis, prefix: str,
         raise ValueError("the caller's bug")
     stats = {s.id: s for s in lb.get_statistics().per_backend}
     assert stats[b3.id].requests == 1                 # recorded, as a non-backend error
-    assert r.zcard(f"{prefix}:{{pool:api}}:leases") == 0
+    assert r.zrange(f"{prefix}:{{pool:api}}:leases", 0, -1) == [b"~keep"]   # no lease held
 
 
 def test_a_dead_holder_gives_its_connections_back_after_the_ttl(r: redis.Redis, prefix: str,
                                                                 tcp: list[TcpBackend]) -> None:
     lb = pool(r, prefix, tcp, lease_ttl_s=0.3)
     lease = lb._run(lb._lease(None, set()))          # taken, never released or renewed
-    lb._held.clear()
+    lb._leases.held.clear()
     assert lb.backends()[0].active_connections + lb.backends()[1].active_connections \
         + lb.backends()[2].active_connections == 1
     time.sleep(0.35)
@@ -293,15 +293,37 @@ def test_a_forked_child_does_not_renew_its_parents_leases(r: redis.Redis, prefix
     lb = pool(r, prefix, tcp)
     guard = lb.connection()
     guard.__enter__()
-    assert len(lb._held) == 1
+    assert len(lb._leases.held) == 1
     pid = os.fork()
     if pid == 0:
         lb._run(lb._renew())          # nothing to renew in the child
-        os._exit(0 if not lb._held else 1)
+        os._exit(0 if not lb._leases.held else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert len(lb._held) == 1        # the parent still holds its lease
+    assert len(lb._leases.held) == 1        # the parent still holds its lease
     guard.__exit__(None, None, None)
+
+
+def test_a_forked_child_does_not_send_its_parents_deferred_releases(r: redis.Redis,
+                                                                   prefix: str) -> None:
+    import os
+    lb = LoadBalancer(r, "api", prefix=prefix, breaker=None, release="deferred",
+                      release_delay_s=1.0, refresh_s=3600, subscribe=False)
+    lb.add_backend(Backend("n0", "10.0.0.1:80"))
+    # execute's operation without the shell's background flusher: the release stays
+    # pending, however slow the machine
+    lb._run(lb._execute(lambda b: None, (), {}, None))
+    assert len(lb._leases.pending) == 1
+    sent = int(r.hget(f"{lb.key}:stats", "n0:requests") or 0)
+    pid = os.fork()
+    if pid == 0:
+        lb._run(lb._flush())          # nothing to send in the child: the parent sends it
+        os._exit(0 if not lb._leases.pending else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert int(r.hget(f"{lb.key}:stats", "n0:requests") or 0) == sent   # not sent by the child
+    lb.close()                        # the parent's flush: counted once
+    assert int(r.hget(f"{lb.key}:stats", "n0:requests") or 0) == sent + 1
 
 
 def test_rate_limited_calls_do_not_earn_retries(r: redis.Redis, prefix: str,
@@ -339,3 +361,128 @@ def test_a_pool_in_use_never_expires(r: redis.Redis, prefix: str) -> None:
         r.pexpire(k, 5000)                     # as if the last registry change were long ago
     lb.backends()                              # any process's periodic snapshot read
     assert all(r.pttl(k) > 29 * 86400 * 1000 for k in lb.keys[:2])
+
+
+# -- issue 12 item 3: execute at the speed of the wire ------------------------------------------
+
+#: The commands pool.lua may run (everything but the EVALSHA around them and the tests' own).
+POOL_COMMANDS = ("time", "hmget", "hget", "hgetall", "hset", "hsetnx", "hincrby", "hexists",
+                 "hdel", "zadd", "zrem", "zrange", "zrangebyscore", "pexpire", "publish")
+
+
+def _counts(r: redis.Redis) -> tuple[int, int]:
+    """(script calls, commands run inside them) on the whole server so far."""
+    stats = r.info("commandstats")
+
+    def calls(name: str) -> int:
+        return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+    return calls("evalsha") + calls("eval"), sum(calls(c) for c in POOL_COMMANDS)
+
+
+@pytest.mark.real_server  # counts server commands with INFO commandstats, which fakeredis lacks
+@pytest.mark.parametrize("breaker", [None, BreakerSettings()], ids=["no-breaker", "breaker"])
+def test_execute_is_two_round_trips_and_at_most_ten_server_commands(
+        own_server: EmbeddedServer, prefix: str, breaker: BreakerSettings | None) -> None:
+    r = own_server.client()            # its own server: no other test's objects in the counts
+    lb = LoadBalancer(r, "api", prefix=prefix, breaker=breaker, refresh_s=3600,
+                      subscribe=False)
+    for i in range(5):
+        lb.add_backend(Backend(f"n{i}", f"10.0.0.{i}:80"))
+    for _ in range(10):
+        lb.execute(lambda b: b.id)                # the view, every breaker seen once
+    calls, commands = _counts(r)
+    n = 50
+    for _ in range(n):
+        lb.execute(lambda b: b.id)
+    calls2, commands2 = _counts(r)
+    assert calls2 - calls == 2 * n                # admit + lease, then release + statistics
+    assert commands2 - commands <= 10 * n, (commands2 - commands) / n
+    stats = {s.id: s for s in lb.get_statistics().per_backend}
+    assert sum(s.requests for s in stats.values()) == n + 10
+    assert sum(s.active_connections for s in stats.values()) == 0
+    lb.close()
+    r.close()
+
+
+@pytest.mark.real_server  # counts round trips with INFO commandstats, which fakeredis lacks
+def test_a_deferred_release_rides_on_the_next_call_and_close_sends_the_rest(
+        own_server: EmbeddedServer, prefix: str) -> None:
+    r = own_server.client()            # its own server: no other test's objects in the counts
+    lb = LoadBalancer(r, "api", prefix=prefix, breaker=None, refresh_s=3600, subscribe=False,
+                      release="deferred", release_delay_s=1.0)
+    for i in range(2):
+        lb.add_backend(Backend(f"n{i}", f"10.0.0.{i}:80"))
+    lb.backends()
+    conns, stats = f"{lb.key}:conns", f"{lb.key}:stats"
+    calls = _counts(r)[0]
+    assert lb.execute(lambda b: b.id) == "n0"
+    assert lb.execute(lambda b: b.id) == "n1"     # its admit carried n0's release
+    assert r.hget(conns, "n0") == b"0" and r.hget(stats, "n0:requests") == b"1"
+    # One round trip per call, plus at most one flush per release_delay_s meanwhile.
+    assert 2 <= _counts(r)[0] - calls <= 3
+    lb.close()                                    # sends n1's release (if still pending)
+    assert r.hget(conns, "n1") == b"0" and r.hget(stats, "n1:requests") == b"1"
+    assert lb._leases.pending == []
+    r.close()
+
+
+def test_deferred_releases_reach_the_fleet_within_the_delay(r: redis.Redis, prefix: str) -> None:
+    lb = LoadBalancer(r, "api", prefix=prefix, breaker=None, release="deferred",
+                      release_delay_s=0.05)
+    other = LoadBalancer(r, "api", prefix=prefix, breaker=None)
+    lb.add_backend(Backend("n0", "10.0.0.1:80"))
+    for _ in range(20):
+        lb.execute(lambda b: None)
+    deadline = time.monotonic() + 30              # the flusher, however slow the machine
+    while True:
+        (n0,) = other.backends()
+        stat = other.get_statistics().per_backend[0]
+        if n0.active_connections == 0 and stat.requests == 20:
+            break
+        assert time.monotonic() < deadline, (n0, stat)
+        time.sleep(0.02)
+    assert lb._leases.pending == []
+    lb.close()
+    other.close()
+
+
+def test_release_mode_is_checked(r: redis.Redis, prefix: str) -> None:
+    with pytest.raises(ConfigError, match="release"):
+        LoadBalancer(r, "api", prefix=prefix, release="later")
+    with pytest.raises(ConfigError, match="release_delay_s"):
+        LoadBalancer(r, "api", prefix=prefix, release="deferred", release_delay_s=5)
+    assert r.keys(f"{prefix}:*") == []
+
+
+def test_aio_deferred_releases_are_sent_by_aclose(server_url: str, r: redis.Redis,
+                                                  prefix: str) -> None:
+    async def main() -> None:
+        c = redis.asyncio.Redis.from_url(server_url)
+        lb = aio.LoadBalancer(c, "api", prefix=prefix, breaker=None, release="deferred",
+                              release_delay_s=1.0)
+        await lb.add_backend(Backend("n0", "10.0.0.1:80"))
+        await asyncio.gather(*(lb.execute(lambda b: None) for _ in range(8)))
+        await lb.aclose()
+        deadline = time.monotonic() + 30
+        while r.hget(f"{lb.key}:stats", "n0:requests") != b"8":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert r.hget(f"{lb.key}:conns", "n0") == b"0"
+        await c.aclose()
+
+    asyncio.run(main())
+
+
+def test_removing_a_backend_drops_its_leases(r: redis.Redis, prefix: str) -> None:
+    """A lease held proves its backend exists (the release trusts it): so a removed
+    backend's leases go with it, and their late release neither counts nor records."""
+    lb = LoadBalancer(r, "api", prefix=prefix, breaker=None)
+    lb.add_backend(Backend("n0", "10.0.0.1:80"))
+    other = LoadBalancer(r, "api", prefix=prefix, breaker=None)
+    with lb.connection() as b:
+        other.remove_backend(b.id)
+        assert r.zrange(f"{lb.key}:leases", 0, -1) == [b"~keep"]
+    assert r.hgetall(f"{lb.key}:conns") == {}
+    assert r.hgetall(f"{lb.key}:stats") == {}
+    lb.close()
+    other.close()

@@ -74,3 +74,43 @@ def test_sigkilled_worker_leases_heal_within_the_ttl(target: dict[str, Any]) -> 
     while sum(b.active_connections for b in admin.backends()) > 0:
         assert time.monotonic() - t0 < 2.0                 # TTL 1 s, plus slack
         time.sleep(0.05)
+
+
+def execute_deferred_and_die(target: dict[str, Any], prefix: str, barrier: Any,
+                             out: Any) -> None:
+    """Run calls with release="deferred", then get killed with a release not yet sent."""
+    import os
+    import signal
+
+    lb = LoadBalancer(workers.make_client(target), "api", prefix=prefix, lease_ttl_s=3.0,
+                      release="deferred", release_delay_s=1.0)
+    barrier.wait()
+    for _ in range(3):
+        lb.execute(lambda b: b.id)
+    out.put({"pending": len(lb._leases.pending)})
+    out.close()
+    out.join_thread()         # the queue writes from a thread: flush before dying
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_sigkilled_worker_with_deferred_releases_leaves_no_ghosts(
+        target: dict[str, Any]) -> None:
+    """The release a killed process never sent comes back with its lease's expiry: the
+    fleet's snapshots give it back within lease_ttl_s + refresh_s."""
+    prefix = f"mp{uuid.uuid4().hex[:8]}"
+    admin = LoadBalancer(workers.make_client(target), "api", prefix=prefix, breaker=None)
+    for i in range(2):
+        admin.add_backend(Backend(f"node{i}", f"127.0.0.1:{9000 + i}"))
+    barrier, out = ctx.Barrier(1), ctx.Queue()
+    p = ctx.Process(target=execute_deferred_and_die, args=(target, prefix, barrier, out))
+    p.start()
+    assert out.get(timeout=60)["pending"] == 1      # the last call's release: never sent
+    p.join(30)
+    assert p.exitcode == -9
+    stats = admin.get_statistics()
+    assert stats.connections == 1 and sum(s.requests for s in stats.per_backend) == 2
+    t0 = time.monotonic()
+    while admin.get_statistics().connections > 0:
+        assert time.monotonic() - t0 < 30             # TTL 3 s (+ refresh), however slow
+        time.sleep(0.05)
+    admin.close()

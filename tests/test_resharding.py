@@ -130,10 +130,10 @@ def test_tryagain_outlasting_client_retries_is_the_failure_policy(
 
 
 def test_last_lease_given_back_while_its_slot_migrates(movable: EmbeddedCluster) -> None:
-    """The release that empties the lease set deletes that key; while the slot is
-    MIGRATING the server refuses a script's touch of a missing key ("non local key").
-    pool.lua's closing TTL refresh must not trip over the key it just emptied: the
-    release is exact and nothing reaches the caller."""
+    """While the slot is MIGRATING the server refuses a script's touch of a missing key
+    ("non local key"). The last lease's release must not trip over the lease set it
+    leaves (kept by "~keep", never emptied): the release is exact and nothing reaches
+    the caller."""
     prefix = f"rs{uuid.uuid4().hex[:8]}"
     source = movable.primaries()[0]
     dst = next(n for n in movable.primaries() if n is not source)

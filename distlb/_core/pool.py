@@ -128,6 +128,16 @@ def _numbers(flat: Any, kind: type[int] | type[float]) -> dict[str, Any]:
 
 
 def parse(reply: Any) -> PoolState:
+    if len(reply) == 2:             # a hot op's short reply: "<token> <server_us> <status>"
+        token, server_us, status = text(reply[0]).split(" ", 2)
+        flat = reply[1]
+        conns: dict[str, int] = {}
+        if flat:
+            try:
+                conns = {text(k): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+            except ValueError:      # a count written by hand that is not a number: skip it
+                conns = _numbers(flat, int)
+        return PoolState(status, token, int(server_us), None, conns, None)
     records = _records(reply[3]) if int(reply[7]) else None
     return PoolState(text(reply[0]), text(reply[1]), int(text(reply[2])), records,
                      _numbers(reply[4], int),

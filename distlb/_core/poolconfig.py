@@ -370,7 +370,7 @@ class Follower:
         if str(event.get("config_version")) != str(self.version):
             pool = self._pool()
             if pool is not None:
-                pool._stale = True
+                pool._pool_view.mark_stale()
         return True
 
     def after(self, op: Op[Any]) -> Steps[Any]:
@@ -484,10 +484,8 @@ class Follower:
         if breaker != pool.breaker_settings:
             # Breakers are re-created with the new settings at their next use; their shared
             # state (open, failures, probes) is in Redis and stays.
-            with pool._lock:
-                pool.breaker_settings = breaker
-                old, pool._breakers = pool._breakers, {}
-            for cb in old.values():
+            pool.breaker_settings = breaker
+            for cb in pool._pool_breakers.reset(breaker, pool.subscribe):
                 cb._leave_bus()
 
     def _overrides(self, limits: dict[str, Limit | None], breaker: BreakerSettings | None,

@@ -17,6 +17,7 @@ PKG = Path(__file__).resolve().parents[2] / "distlb"
 
 #: The pure layer: plans, parses, twins, the retry loop, views, execute's decisions.
 CORE = sorted({f"distlb._core.{p.stem}" for p in (PKG / "_core").glob("*.py")} | {
+    f"distlb._pool.{p.stem}" for p in (PKG / "_pool").glob("*.py") if p.stem != "__init__"} | {
     "distlb._shared", "distlb._shaping", "distlb._breaker", "distlb._retry",
     "distlb._balancer", "distlb._keys", "distlb._validate", "distlb._observe",
     "distlb.results", "distlb.errors", "distlb.strategies"})

@@ -96,6 +96,30 @@ def test_pool_parse_reads_records_counts_and_stats() -> None:
     assert hot.records is None and hot.stats is None
 
 
+def test_pool_parse_reads_the_short_hot_reply() -> None:
+    """Acquire, admit, release: "<token> <server_us> <status>" and the non-zero counts."""
+    state = pool.parse([b"1.7 1700000000000000 ok", [b"n1", b"2", b"n 2", b"1"]])
+    assert (state.status, state.version, state.server_us) == ("ok", "1.7", 1700000000000000)
+    assert state.conns == {"n1": 2, "n 2": 1} and state.records is None and state.stats is None
+    limited = pool.parse([" 0 limited:client 0.25", ["n1", "many", "n2", "3"]])  # decoded
+    assert (limited.status, limited.version, limited.server_us) == ("limited:client 0.25", "", 0)
+    assert limited.conns == {"n2": 3}                     # a count written by hand: skipped
+
+
+def test_a_recounted_backend_equals_a_replaced_one() -> None:
+    """The hot path's copy of a Backend with a new count misses no field."""
+    import dataclasses
+
+    from distlb._pool.view import counted as _counted
+    from distlb.strategies import Backend
+    b = Backend("n1", "10.0.0.1:80", 7, False, 1, 2.5, 0.1, 3.0, 12.0, {"zone": "a"})
+    c = _counted(b, 4)
+    assert c == dataclasses.replace(b, active_connections=4)
+    for f in dataclasses.fields(Backend):
+        assert getattr(c, f.name) == getattr(dataclasses.replace(b, active_connections=4),
+                                             f.name)
+
+
 # -- the primitives' own plans: keys from the key builder, owner = the primitive's guard ------
 
 def test_every_primitive_plans_its_calls_under_its_own_guard() -> None:
@@ -117,3 +141,33 @@ def test_every_primitive_plans_its_calls_under_its_own_guard() -> None:
         assert call.owner is obj._guard, obj
         assert all(k.startswith(_keys.entity("p", obj.kind, obj.name.replace("/", "%2F")))
                    for k in call.keys), (obj, call.keys)
+
+
+def test_pool_breakers_reset_forgets_every_breaker_and_takes_the_new_settings() -> None:
+    """The interface a fleet-wide configuration change uses (no reach into the pool)."""
+    from distlb._breaker import BreakerSettings
+    from distlb._pool.breakers import PoolBreakers
+
+    made: list[tuple[str, BreakerSettings]] = []
+
+    class Stub:
+        metrics_pool = ""
+        known_state = None
+
+        def add_listener(self, listener: object) -> None:
+            pass
+
+    def new(name: str, settings: BreakerSettings) -> Any:
+        made.append((name, settings))
+        return Stub()
+
+    pb = PoolBreakers("pool", BreakerSettings(), False, new)
+    first = pb.of("a")
+    assert pb.of("a") is first and made[0][1].subscribe is False
+    pb.refused("a")
+    assert pb.watching
+    old = pb.reset(BreakerSettings(failure_threshold=9), subscribe=False)
+    assert old == [first] and not pb.watching
+    assert pb.of("a") is not first
+    assert made[-1][1].failure_threshold == 9 and made[-1][1].subscribe is False
+    assert pb.reset(None, subscribe=False) and pb.of("a") is None and pb.state_of("a") == "-"

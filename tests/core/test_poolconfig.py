@@ -91,7 +91,7 @@ def test_an_unchanged_version_is_not_applied_again_and_events_mark_the_view_stal
     assert [c.args[1] for n, c, _ in store.calls if n == "poolconfig"] == [""]
     lb.rate_limit = Limit(1, 1)                   # not re-applied unless the version changes
     assert lb._fleet_config.on_event({"event": "config", "config_version": 2})
-    assert lb._stale
+    assert lb._pool_view.stale
     lb._run(lb._select(None))
     tokens = [c.args[1] for n, c, _ in store.calls if n == "poolconfig"]
     assert tokens == ["", "1:1000000"] and lb.rate_limit == Limit(1, 1)
