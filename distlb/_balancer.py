@@ -21,6 +21,7 @@ from typing import Any, Unpack
 from distlb import _keys, _observe
 from distlb._breaker import BreakerBase, BreakerSettings
 from distlb._core import pool as pl
+from distlb._core.admission import Admission, denial
 from distlb._core.bus import Subscriber
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._core.scripts import script
@@ -146,6 +147,9 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def __init__(self, client: Any, name: str, strategy: Strategy | None = None, *,
                  rate_limit: Limit | None = None, client_limit: Limit | None = None,
+                 client_bandwidth: Limit | None = None, backend_bandwidth: Limit | None = None,
+                 priority_reserve: float = 0.5, priority_min_share: float = 0.05,
+                 priority_window_s: float = 10.0,
                  traffic_shaper: TrafficShaperCore | None = None,
                  retry_policy: RetryPolicyCore | None = None,
                  breaker: BreakerSettings | None = BreakerSettings(),  # noqa: B008 (frozen)
@@ -166,6 +170,9 @@ class LoadBalancerCore(Subscriber, Shared):
                 raise ConfigError(field_name, "must be a distlb.Limit or None")
         self.rate_limit = rate_limit
         self.client_limit = client_limit
+        # priority and bandwidth admission (distlb/_core/admission.py)
+        self.admission = Admission(rate_limit, client_limit, client_bandwidth, backend_bandwidth,
+                                   priority_reserve, priority_min_share, priority_window_s)
         if traffic_shaper is not None and not isinstance(traffic_shaper, TrafficShaperCore):
             raise ConfigError("traffic_shaper", "must be a TrafficShaper or None")
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicyCore):
@@ -465,14 +472,11 @@ class LoadBalancerCore(Subscriber, Shared):
     def _acquire_call(self, backend_id: str, lease_id: str, ctx: Context,
                       admit: bool) -> Call[pl.PoolState]:
         args: list[Any] = [backend_id, lease_id, math.ceil(self.lease_ttl_s * 1000)]
-        if not admit or (self.rate_limit is None and self.client_limit is None):
+        if not self.admission.applies(ctx, admit):
             return self._plan("acquire", args, self._local_state,
                               ghost=f"{backend_id}|{lease_id}")
-        client = _keys.escape(ctx.client_id, "client_id") if ctx.client_id else "-"
-        specs = [self.rate_limit.encode() if self.rate_limit else "-",
-                 self.client_limit.encode() if self.client_limit and ctx.client_id else "-"]
-        return self._plan("admit", [*args, *specs], self._local_state,
-                          (_keys.part(self.key, "rl"), _keys.part(self.key, "rl", "c", client)),
+        more, keys = self.admission.plan(self.key, backend_id, ctx, admit)
+        return self._plan("admit", [*args, *more], self._local_state, keys,
                           ghost=f"{backend_id}|{lease_id}")
 
     def _lease(self, ctx: Context | None, tried: set[str], admit: bool = True) -> Steps[Lease]:
@@ -492,12 +496,10 @@ class LoadBalancerCore(Subscriber, Shared):
             member = f"{backend.id}|{lease_id}"
             state: pl.PoolState = yield self._acquire_call(backend.id, lease_id, ctx, admit)
             if state.status.startswith("limited:"):
-                which, _, wait = state.status[len("limited:"):].partition(" ")
-                label = f"pool {self.name!r}" if which == "pool" else f"client:{ctx.client_id}"
-                raise RateLimited(label, float(wait))
-            admit = False
-            if state.status == "unknown":          # removed meanwhile: pick again
+                raise denial(state.status, self.name, ctx, backend.id)
+            if state.status == "unknown":          # removed meanwhile: nothing charged, pick again
                 continue
+            admit = False
             lease = Lease(backend, None if state.status == "unavailable" else lease_id,
                           0.0, None, member)
             # The breaker is asked after admission and lease, so a half-open probe permit
@@ -570,7 +572,8 @@ class LoadBalancerCore(Subscriber, Shared):
     def _admit(self, ctx: Context | None) -> Op[Any]:
         if self.traffic_shaper is None:
             return Done(None)
-        call = self.traffic_shaper._call("take", ctx.client_id if ctx else None, 1, 0, None)
+        call = self.traffic_shaper._call("take", ctx.client_id if ctx else None, 1,
+                                         ctx.bytes if ctx else 0, None)
         return _admitted(call)
 
     def _attempt_once(self, fn: Callable[..., Any], args: tuple[Any, ...],
