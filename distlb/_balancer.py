@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Unpack
 
@@ -403,7 +403,8 @@ class LoadBalancerCore(Subscriber, Shared):
     patch_attempts = 8
 
     def _patch(self, backend_id: str, *, weight: int | None = None,
-               healthy: bool | None = None) -> Steps[None]:
+               healthy: bool | None = None,
+               metadata: dict[str, Any] | None = None) -> Steps[None]:
         """Change a record: the client builds the new record from its view and the script
         stores it only if the stored one is still the one it was built from (the script
         never decodes records). A conflicting reply carries the fresh records: try again."""
@@ -420,7 +421,7 @@ class LoadBalancerCore(Subscriber, Shared):
                                          f"{backend_id!r}")
             new_healthy = rec.healthy if healthy is None else healthy
             raw = pl.encode_record(rec.address, rec.weight if weight is None else weight,
-                                   new_healthy, rec.metadata)
+                                   new_healthy, rec.metadata if metadata is None else metadata)
             state: pl.PoolState = yield self._plan(
                 "patch", [backend_id, raw, rec.raw, int(new_healthy and not rec.healthy)])
             if state.status == "ok":
@@ -440,6 +441,9 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def _set_weight(self, backend_id: str, weight: int) -> Steps[None]:
         return self._patch(backend_id, weight=integer("weight", weight, low=0, high=1_000_000))
+
+    def _set_metadata(self, backend_id: str, metadata: Mapping[str, Any]) -> Steps[None]:
+        return self._patch(backend_id, metadata=check_metadata(metadata))
 
     def _remove(self, backend_id: str) -> Steps[None]:
         check_id(backend_id, "backend_id")
