@@ -121,6 +121,13 @@ class LoadBalancerCore(Subscriber, Shared):
       ``ctx.client_id``) are checked by the script that takes the lease: admission
       and lease are one round trip. A ``traffic_shaper`` (shared beyond one pool,
       with its own hash tag) costs one more.
+    * Priority and bandwidth (``distlb/_core/admission.py``): under contention for
+      ``rate_limit`` higher ``ctx.priority`` levels (0..9) are admitted first; a reserve
+      of ``priority_reserve`` (in [0, 1]) of its burst is kept for the highest level
+      asking within ``priority_window_s`` (seconds, in [0.1, 3600]), and every level
+      keeps ``priority_min_share`` (in [0, 0.1]) of recent admissions. ``client_bandwidth``
+      (per ``ctx.client_id``) and ``backend_bandwidth`` (per chosen backend), bytes per
+      second, are charged with ``ctx.bytes`` in the same script call.
 
     ``strategy``: how a backend is selected (default ``RoundRobinBalancer()``).
     ``breaker``: the ``BreakerSettings`` every backend's breaker gets as they are,

@@ -66,7 +66,7 @@ def test_pool_admission_settings_are_validated(r: redis.Redis, prefix: str,
 def test_a_request_larger_than_a_bandwidth_burst_is_a_config_error(r: redis.Redis,
                                                                    prefix: str) -> None:
     lb = pool(r, prefix, backend_bandwidth=Limit(1000, 500))
-    with pytest.raises(ConfigError, match="bytes.*backend_bandwidth burst"):
+    with pytest.raises(ConfigError, match=r"bytes.*backend_bandwidth burst"):
         lb.execute(echo, ctx=Context().with_bytes(501))
     lb.close()
 
@@ -206,3 +206,20 @@ def test_the_traffic_shaper_is_charged_with_the_requests_bytes_and_client(
     with pytest.raises(RateLimited, match="client_bandwidth:c1"):
         lb.execute(echo, ctx=Context(client_id="c1").with_bytes(300))
     lb.close()
+
+
+def test_inspect_shows_the_per_level_counters_and_bandwidth_buckets(server_url: str,
+                                                                    prefix: str) -> None:
+    from tests.test_cli import inspect_json
+    r = redis.Redis.from_url(server_url)
+    lb = pool(r, prefix, rate_limit=Limit(0.001, 2), backend_bandwidth=Limit(0.001, 100))
+    ctx = Context(priority=7).with_bytes(10)
+    lb.execute(echo, ctx=ctx)
+    lb.execute(echo, ctx=ctx)
+    with pytest.raises(RateLimited):
+        lb.execute(echo, ctx=ctx)
+    lb.close()
+    doc = inspect_json(server_url, prefix)
+    summary = {(e["kind"], e["name"]): e for e in doc["entities"]}[("pool", "p")]["summary"]
+    assert "priority admitted/denied 7: 2/1" in summary
+    assert "backend bandwidth n" in summary
