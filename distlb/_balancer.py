@@ -125,7 +125,8 @@ class LoadBalancerCore(Subscriber, Shared):
       ``rate_limit`` higher ``ctx.priority`` levels (0..9) are admitted first; a reserve
       of ``priority_reserve`` (in [0, 1]) of its burst is kept for the highest level
       asking within ``priority_window_s`` (seconds, in [0.1, 3600]), and every level
-      keeps ``priority_min_share`` (in [0, 0.1]) of recent admissions. ``client_bandwidth``
+      asking gets about ``priority_min_share`` (in [0, 0.1]) of the rate or more (aging).
+      ``client_bandwidth``
       (per ``ctx.client_id``) and ``backend_bandwidth`` (per chosen backend), bytes per
       second, are charged with ``ctx.bytes`` in the same script call.
 

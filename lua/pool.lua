@@ -28,7 +28,7 @@
 --                                       (unhealthy -> healthy) restarts its slow start
 --   "acquire" <id> <lease> <ttl_ms>     take a connection slot on a backend
 --   "admit" <id> <lease> <ttl_ms> <global "rate burst"|-> <client "rate burst"|->
---           <priority 0..9> <"reserve_per_level min_share window_us"> <bytes>
+--           <priority 0..9> <"reserve_per_level starve_us window_us"> <bytes>
 --           <client bandwidth "rate burst"|-> <backend bandwidth "rate burst"|->
 --                                       the pool's limits (a reserve for higher
 --                                       priorities on the global one), then acquire, in

@@ -116,22 +116,41 @@ def test_without_a_higher_level_asking_the_lowest_has_the_whole_burst(r: redis.R
     lb.close()
 
 
-def test_a_starved_level_gets_its_minimum_share(r: redis.Redis, prefix: str) -> None:
-    lb = pool(r, prefix, rate_limit=Limit(0.001, 40), priority_reserve=1.0,
-              priority_min_share=0.1)
-    lb.execute(echo, ctx=Context(priority=9))
-    low = 0
-    for _ in range(60):
-        for p in (9, 0):
+def flood(lb: LoadBalancer, seconds: float, stop_at_low: int) -> tuple[int, int]:
+    """Level 9 asks three times for each time level 0 asks, for ``seconds`` or until level 0
+    was admitted ``stop_at_low`` times: (admitted at 9, admitted at 0)."""
+    import time
+    high = low = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and low < stop_at_low:
+        for p in (9, 9, 9, 0):
             try:
                 lb.execute(echo, ctx=Context(priority=p))
+                high += p == 9
                 low += p == 0
             except RateLimited:
                 pass
-    c = prio(r, prefix)
-    # Level 0 would get nothing from a full reserve; its minimum share lets some in.
-    assert low >= 1 and int(c["0:admitted"]) == low
-    assert int(c["9:admitted"]) > low
+    return high, low
+
+
+@pytest.mark.parametrize("min_share", [0.1, 0.0])
+def test_aging_lets_a_starved_level_in(r: redis.Redis, prefix: str, min_share: float) -> None:
+    # 20/s, burst 100: level 0's reserve is the whole burst but one token, which level 9
+    # (taking every token) never leaves; aging lets it in once per 1 / (0.1 x 20) = 0.5 s.
+    lb = pool(r, prefix, rate_limit=Limit(20, 100), priority_reserve=1.0,
+              priority_min_share=min_share)
+    while True:                                   # level 9 drains the burst
+        try:
+            lb.execute(echo, ctx=Context(priority=9))
+        except RateLimited:
+            break
+    if min_share:
+        high, low = flood(lb, 60, stop_at_low=3)
+        assert low == 3 and high > low
+    else:                                         # strict priority: level 0 gets nothing
+        high, low = flood(lb, 1.5, stop_at_low=1)
+        assert low == 0 and high > 0
+    assert int(prio(r, prefix).get("0:admitted", "0")) == low
     lb.close()
 
 

@@ -15,9 +15,10 @@ The rule (the README's "Priority and bandwidth through the pool"):
   that level, or above it). So when the fleet is over its limit, lower levels are
   shed first and higher ones keep being admitted; when only one level asks, it has
   the whole burst (a pool used without priorities behaves as before).
-  No starvation: a level whose share of recent admissions (a moving sum with time
-  constant ``priority_window_s``, per level, in the ``:prio`` hash) is below
-  ``priority_min_share`` asks without reserve until it has its share back.
+  No starvation (aging): a level not admitted for ``1 / (priority_min_share x
+  rate)`` seconds (its last admission is in the ``:prio`` hash) asks without
+  reserve, so every level that keeps asking gets about ``priority_min_share`` of the
+  limit or more.
 * **Bandwidth** (``Context.bytes``): ``client_bandwidth`` (per ``ctx.client_id``)
   and ``backend_bandwidth`` (per backend, the one actually chosen) are byte
   buckets charged with the request's size in the same script call that takes the
@@ -50,10 +51,10 @@ class Admission:
 
     ``priority_reserve``: the part of ``rate_limit``'s burst held back from the
     lowest level for the highest, in [0, 1] (0 = strict FIFO, priorities ignored).
-    ``priority_min_share``: the share of recent admissions every asking level is
-    guaranteed, in [0, 0.1] (10 levels x 0.1 = everything). ``priority_window_s``:
-    seconds, in [0.1, 3600]: how long a level counts as asking, and the time constant
-    of the per-level shares.
+    ``priority_min_share``: the part of ``rate_limit``'s rate every asking level gets
+    at least (about), in [0, 0.1] (10 levels x 0.1 = everything; 0 = strict priority,
+    lower levels may starve). ``priority_window_s``: seconds, in [0.1, 3600], a level
+    counts as asking after its last request (the reserve is held for it that long).
     """
 
     rate_limit: Limit | None
@@ -77,6 +78,13 @@ class Admission:
         object.__setattr__(self, "priority_window_s", number(
             "priority_window_s", self.priority_window_s, low=0.1, low_inclusive=True,
             high=3600))
+
+    def _starve_us(self) -> int:
+        """Microseconds without an admission after which a level asks without reserve
+        (0: never): one admission per ``1 / (min_share x rate)`` seconds."""
+        if self.rate_limit is None or not self.priority_min_share:
+            return 0
+        return math.ceil(1e6 / (self.priority_min_share * self.rate_limit.rate_per_s))
 
     def applies(self, ctx: Context, first: bool) -> bool:
         """Whether a request meets any limit (else the plain ``acquire`` op serves it)."""
@@ -106,7 +114,7 @@ class Admission:
             spec(self.rate_limit, first),
             spec(self.client_limit, first and bool(ctx.client_id)),
             ctx.priority,
-            f"{self.priority_reserve / MAX_PRIORITY!r} {self.priority_min_share!r} "
+            f"{self.priority_reserve / MAX_PRIORITY!r} {self._starve_us()} "
             f"{math.ceil(self.priority_window_s * 1e6)}",
             repr(float(nbytes)),
             spec(self.client_bandwidth, first and bool(nbytes) and bool(ctx.client_id)),
