@@ -126,9 +126,8 @@ class LoadBalancerCore(Subscriber, Shared):
       of ``priority_reserve`` (in [0, 1]) of its burst is kept for the highest level
       asking within ``priority_window_s`` (seconds, in [0.1, 3600]), and every level
       asking gets about ``priority_min_share`` (in [0, 0.1]) of the rate or more (aging).
-      ``client_bandwidth``
-      (per ``ctx.client_id``) and ``backend_bandwidth`` (per chosen backend), bytes per
-      second, are charged with ``ctx.bytes`` in the same script call.
+      ``client_bandwidth`` (per ``ctx.client_id``) and ``backend_bandwidth`` (per chosen
+      backend), bytes per second, are charged with ``ctx.bytes`` in the same script call.
 
     ``strategy``: how a backend is selected (default ``RoundRobinBalancer()``).
     ``breaker``: the ``BreakerSettings`` every backend's breaker gets as they are,
@@ -179,8 +178,8 @@ class LoadBalancerCore(Subscriber, Shared):
         self.rate_limit = rate_limit
         self.client_limit = client_limit
         # priority and bandwidth admission (distlb/_core/admission.py)
-        self.admission = Admission(rate_limit, client_limit, client_bandwidth, backend_bandwidth,
-                                   priority_reserve, priority_min_share, priority_window_s)
+        self.admission = Admission(client_bandwidth, backend_bandwidth, priority_reserve,
+                                   priority_min_share, priority_window_s)
         if traffic_shaper is not None and not isinstance(traffic_shaper, TrafficShaperCore):
             raise ConfigError("traffic_shaper", "must be a TrafficShaper or None")
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicyCore):
@@ -484,10 +483,11 @@ class LoadBalancerCore(Subscriber, Shared):
     def _acquire_call(self, backend_id: str, lease_id: str, ctx: Context,
                       admit: bool) -> Call[pl.PoolState]:
         args: list[Any] = [backend_id, lease_id, math.ceil(self.lease_ttl_s * 1000)]
-        if not self.admission.applies(ctx, admit):
+        if not self.admission.applies(ctx, admit, self.rate_limit, self.client_limit):
             return self._plan("acquire", args, self._local_state,
                               ghost=f"{backend_id}|{lease_id}")
-        more, keys = self.admission.plan(self.key, backend_id, ctx, admit)
+        more, keys = self.admission.plan(self.key, backend_id, ctx, admit, self.rate_limit,
+                                         self.client_limit)
         return self._plan("admit", [*args, *more], self._local_state, keys,
                           ghost=f"{backend_id}|{lease_id}")
 

@@ -47,7 +47,9 @@ KINDS = ("pool", "client", "client_bandwidth", "backend_bandwidth")
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """A pool's admission settings, validated once (see the module docstring).
+    """A pool's admission settings, validated once (see the module docstring). The
+    request limits (``rate_limit``, ``client_limit``) are passed at each call, as the pool
+    holds them then (they may change at run time).
 
     ``priority_reserve``: the part of ``rate_limit``'s burst held back from the
     lowest level for the highest, in [0, 1] (0 = strict FIFO, priorities ignored).
@@ -57,8 +59,6 @@ class Admission:
     counts as asking after its last request (the reserve is held for it that long).
     """
 
-    rate_limit: Limit | None
-    client_limit: Limit | None
     client_bandwidth: Limit | None
     backend_bandwidth: Limit | None
     priority_reserve: float = 0.5
@@ -67,7 +67,7 @@ class Admission:
 
     def __post_init__(self) -> None:
         from distlb._shaping import Limit
-        for name in ("rate_limit", "client_limit", "client_bandwidth", "backend_bandwidth"):
+        for name in ("client_bandwidth", "backend_bandwidth"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Limit):
                 raise ConfigError(name, "must be a distlb.Limit or None")
@@ -79,23 +79,25 @@ class Admission:
             "priority_window_s", self.priority_window_s, low=0.1, low_inclusive=True,
             high=3600))
 
-    def _starve_us(self) -> int:
+    def _starve_us(self, rate_limit: Limit | None) -> int:
         """Microseconds without an admission after which a level asks without reserve
         (0: never): one admission per ``1 / (min_share x rate)`` seconds."""
-        if self.rate_limit is None or not self.priority_min_share:
+        if rate_limit is None or not self.priority_min_share:
             return 0
-        return math.ceil(1e6 / (self.priority_min_share * self.rate_limit.rate_per_s))
+        return math.ceil(1e6 / (self.priority_min_share * rate_limit.rate_per_s))
 
-    def applies(self, ctx: Context, first: bool) -> bool:
+    def applies(self, ctx: Context, first: bool, rate_limit: Limit | None,
+                client_limit: Limit | None) -> bool:
         """Whether a request meets any limit (else the plain ``acquire`` op serves it)."""
         if ctx.bytes and (self.backend_bandwidth is not None
                           or (first and self.client_bandwidth is not None and ctx.client_id)):
             return True
-        return first and (self.rate_limit is not None
-                          or (self.client_limit is not None and bool(ctx.client_id)))
+        return first and (rate_limit is not None
+                          or (client_limit is not None and bool(ctx.client_id)))
 
-    def plan(self, pool_key: str, backend_id: str, ctx: Context,
-             first: bool) -> tuple[list[Any], tuple[str, ...]]:
+    def plan(self, pool_key: str, backend_id: str, ctx: Context, first: bool,
+             rate_limit: Limit | None,
+             client_limit: Limit | None) -> tuple[list[Any], tuple[str, ...]]:
         """The ``admit`` op's arguments after ``<id> <lease> <ttl_ms>`` and its keys after
         pool.lua's six: ``first`` is the first attempt of a call (request limits and the
         client's bandwidth are charged once; the chosen backend's bandwidth every time)."""
@@ -111,10 +113,10 @@ class Admission:
             return limit.encode() if limit is not None and when else "-"
 
         args: list[Any] = [
-            spec(self.rate_limit, first),
-            spec(self.client_limit, first and bool(ctx.client_id)),
+            spec(rate_limit, first),
+            spec(client_limit, first and bool(ctx.client_id)),
             ctx.priority,
-            f"{self.priority_reserve / MAX_PRIORITY!r} {self._starve_us()} "
+            f"{self.priority_reserve / MAX_PRIORITY!r} {self._starve_us(rate_limit)} "
             f"{math.ceil(self.priority_window_s * 1e6)}",
             repr(float(nbytes)),
             spec(self.client_bandwidth, first and bool(nbytes) and bool(ctx.client_id)),
