@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Unpack
 
@@ -18,6 +18,7 @@ from distlb import _keys, _observe
 from distlb._breaker import BreakerBase, BreakerSettings
 from distlb._core import pool as pl
 from distlb._core import poolconfig as pc
+from distlb._core.admission import Admission, denial
 from distlb._core.bus import Subscriber
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._core.scripts import script
@@ -122,6 +123,13 @@ class LoadBalancerCore(Subscriber, Shared):
       ``ctx.client_id``) are checked by the script that takes the lease: admission
       and lease are one round trip. A ``traffic_shaper`` (shared beyond one pool,
       with its own hash tag) costs one more.
+    * Priority and bandwidth (``distlb/_core/admission.py``): under contention for
+      ``rate_limit`` higher ``ctx.priority`` levels (0..9) are admitted first; a reserve
+      of ``priority_reserve`` (in [0, 1]) of its burst is kept for the highest level
+      asking within ``priority_window_s`` (seconds, in [0.1, 3600]), and every level
+      asking gets about ``priority_min_share`` (in [0, 0.1]) of the rate or more (aging).
+      ``client_bandwidth`` (per ``ctx.client_id``) and ``backend_bandwidth`` (per chosen
+      backend), bytes per second, are charged with ``ctx.bytes`` in the same script call.
 
     ``strategy``: how a backend is selected (default ``RoundRobinBalancer()``).
     ``breaker``: the ``BreakerSettings`` every backend's breaker gets as they are,
@@ -156,6 +164,9 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def __init__(self, client: Any, name: str, strategy: Strategy | None = None, *,
                  rate_limit: Limit | None = None, client_limit: Limit | None = None,
+                 client_bandwidth: Limit | None = None, backend_bandwidth: Limit | None = None,
+                 priority_reserve: float = 0.5, priority_min_share: float = 0.05,
+                 priority_window_s: float = 10.0,
                  traffic_shaper: TrafficShaperCore | None = None,
                  retry_policy: RetryPolicyCore | None = None,
                  breaker: BreakerSettings | None = BreakerSettings(),  # noqa: B008 (frozen)
@@ -177,6 +188,9 @@ class LoadBalancerCore(Subscriber, Shared):
                 raise ConfigError(field_name, "must be a distlb.Limit or None")
         self.rate_limit = rate_limit
         self.client_limit = client_limit
+        # priority and bandwidth admission (distlb/_core/admission.py)
+        self.admission = Admission(client_bandwidth, backend_bandwidth, priority_reserve,
+                                   priority_min_share, priority_window_s)
         if traffic_shaper is not None and not isinstance(traffic_shaper, TrafficShaperCore):
             raise ConfigError("traffic_shaper", "must be a TrafficShaper or None")
         if retry_policy is not None and not isinstance(retry_policy, RetryPolicyCore):
@@ -302,7 +316,8 @@ class LoadBalancerCore(Subscriber, Shared):
     patch_attempts = 8
 
     def _patch(self, backend_id: str, *, weight: int | None = None,
-               healthy: bool | None = None) -> Steps[None]:
+               healthy: bool | None = None,
+               metadata: dict[str, Any] | None = None) -> Steps[None]:
         """Change a record: the client builds the new record from its view and the script
         stores it only if the stored one is still the one it was built from (the script
         never decodes records). A conflicting reply carries the fresh records: try again."""
@@ -317,7 +332,7 @@ class LoadBalancerCore(Subscriber, Shared):
                                          f"{backend_id!r}")
             new_healthy = rec.healthy if healthy is None else healthy
             raw = pl.encode_record(rec.address, rec.weight if weight is None else weight,
-                                   new_healthy, rec.metadata)
+                                   new_healthy, rec.metadata if metadata is None else metadata)
             state: pl.PoolState = yield self._plan(
                 "patch", [backend_id, raw, rec.raw, int(new_healthy and not rec.healthy)])
             if state.status == "ok":
@@ -337,6 +352,9 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def _set_weight(self, backend_id: str, weight: int) -> Steps[None]:
         return self._patch(backend_id, weight=integer("weight", weight, low=0, high=1_000_000))
+
+    def _set_metadata(self, backend_id: str, metadata: Mapping[str, Any]) -> Steps[None]:
+        return self._patch(backend_id, metadata=check_metadata(metadata))
 
     def _remove(self, backend_id: str) -> Steps[None]:
         check_id(backend_id, "backend_id")
@@ -371,14 +389,12 @@ class LoadBalancerCore(Subscriber, Shared):
     def _acquire_call(self, backend_id: str, lease_id: str, ctx: Context,
                       admit: bool) -> Call[pl.PoolState]:
         args: list[Any] = [backend_id, lease_id, self._ttl_ms]
-        if not admit or (self.rate_limit is None and self.client_limit is None):
+        if not self.admission.applies(ctx, admit, self.rate_limit, self.client_limit):
             return self._plan("acquire", args, self._local_state,
                               ghost=f"{backend_id}|{lease_id}")
-        client = _keys.escape(ctx.client_id, "client_id") if ctx.client_id else "-"
-        specs = [self.rate_limit.encode() if self.rate_limit else "-",
-                 self.client_limit.encode() if self.client_limit and ctx.client_id else "-"]
-        return self._plan("admit", [*args, *specs], self._local_state,
-                          (_keys.part(self.key, "rl"), _keys.part(self.key, "rl", "c", client)),
+        more, keys = self.admission.plan(self.key, backend_id, ctx, admit, self.rate_limit,
+                                         self.client_limit)
+        return self._plan("admit", [*args, *more], self._local_state, keys,
                           ghost=f"{backend_id}|{lease_id}")
 
     def _lease(self, ctx: Context | None, tried: set[str], admit: bool = True) -> Steps[Lease]:
@@ -401,12 +417,10 @@ class LoadBalancerCore(Subscriber, Shared):
             member = f"{backend.id}|{lease_id}"
             state: pl.PoolState = yield self._acquire_call(backend.id, lease_id, ctx, admit)
             if state.status.startswith("limited:"):
-                which, _, wait = state.status[len("limited:"):].partition(" ")
-                label = f"pool {self.name!r}" if which == "pool" else f"client:{ctx.client_id}"
-                raise RateLimited(label, float(wait))
-            admit = False
-            if state.status == "unknown":          # removed meanwhile: pick again
+                raise denial(state.status, self.name, ctx, backend.id)
+            if state.status == "unknown":          # removed meanwhile: nothing charged, pick again
                 continue
+            admit = False
             lease = Lease(backend, None if state.status == "unavailable" else lease_id,
                           0.0, None, member)
             # The breaker is asked after admission and lease, so a half-open probe permit
@@ -489,7 +503,8 @@ class LoadBalancerCore(Subscriber, Shared):
     def _admit(self, ctx: Context | None) -> Op[Any]:
         if self.traffic_shaper is None:
             return Done(None)
-        return _admitted(self.traffic_shaper.admission(ctx.client_id if ctx else None))
+        return _admitted(self.traffic_shaper.admission(ctx.client_id if ctx else None,
+                                                       ctx.bytes if ctx else 0))
 
     def _attempt_once(self, fn: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any], ctx: Context | None,

@@ -63,7 +63,7 @@ KIND_TABLE: tuple[Kind, ...] = (
     Kind("rb", "retry budget", "budget", ("",), "requests and retries in the window"),
     Kind("pool", "load balancer pool", "pool",
          ("", "backends", "since", "conns", "leases", "stats", "rl", "rl:c:<client>",
-          "checker", "config", "config:history"),
+           "rl:cb:<client>", "rl:bb:<backend>", "prio", "checker", "config", "config:history"),
          "healthy backends, connections, leases, requests served; the fleet-wide config",
          kept_on_reset=("config", "config:history")),
 )

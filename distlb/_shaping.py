@@ -421,11 +421,11 @@ class TrafficShaperCore(_Limiter):
               backend: str | None) -> Op[Decision]:
         return self._call("peek", client_id, cost, nbytes, backend)
 
-    def admission(self, client_id: str | None) -> Op[Decision]:
-        """The decision for one request of ``client_id`` (None: global only), as
-        ``try_acquire`` takes it: the internal interface a load balancer admits by (its
-        call runs on this shaper's client and guard)."""
-        return self._try_acquire(client_id, 1, 0, None)
+    def admission(self, client_id: str | None, nbytes: float = 0) -> Op[Decision]:
+        """The decision for one request of ``client_id`` (None: global only) and
+        ``nbytes`` bytes, as ``try_acquire`` takes it: the internal interface a load
+        balancer admits by (its call runs on this shaper's client and guard)."""
+        return self._try_acquire(client_id, 1, nbytes, None)
 
     def _acquire(self, client_id: str | None, cost: float, nbytes: float, backend: str | None,
                  timeout_s: float) -> Op[Decision]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -63,6 +63,11 @@ class LoadBalancer(SyncShared, _balancer.LoadBalancerCore):
     def update_backend_weight(self, backend_id: str, weight: int) -> None:
         """Change a backend's weight for every process."""
         self._run(self._set_weight(backend_id, weight))
+
+    def update_backend_metadata(self, backend_id: str, metadata: Mapping[str, Any]) -> None:
+        """Replace a backend's metadata (zone, cost, ...) for every process; validated as
+        ``add_backend`` validates it (``ConfigError``)."""
+        self._run(self._set_metadata(backend_id, metadata))
 
     def backends(self) -> tuple[Backend, ...]:
         """The registry with live connection counts and statistics, fresh from the store."""

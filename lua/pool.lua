@@ -17,8 +17,9 @@
 -- KEYS[5]  stats hash: "<id>:requests", "<id>:errors", "<id>:latency_ms" (EWMA),
 --          "<id>:error_rate" (EWMA)
 -- KEYS[6]  since hash: id -> server us when it joined or last recovered (slow start)
--- KEYS[7], KEYS[8]  only for "admit": the pool's token buckets (global, then per client;
---          hashes as in bucket.lua); "-" in ARGV skips a limit
+-- KEYS[7..11]  only for "admit": the pool's token buckets (global, per client; hashes as
+--          in bucket.lua), the priority hash, the bandwidth buckets (per client, per
+--          backend); "-" in ARGV skips a limit (see admit_read in _common.lua)
 -- ARGV[1]  op:
 --   "add" <record JSON> <id> <name> <channel>   add a backend (status "exists" if the id
 --                                       exists); <name> (the pool's) and <channel> (""
@@ -33,9 +34,14 @@
 --                                       (unhealthy -> healthy) restarts its slow start
 --   "acquire" <id> <lease> <ttl_ms>     take a connection slot on a backend
 --   "admit" <id> <lease> <ttl_ms> <global "rate burst"|-> <client "rate burst"|->
---                                       the pool's rate limits, then acquire, in one call:
---                                       status "limited:<which> <retry_after_s>" when denied
---                                       (nothing is charged or leased then)
+--           <priority 0..9> <"reserve_per_level starve_us window_us"> <bytes>
+--           <client bandwidth "rate burst"|-> <backend bandwidth "rate burst"|->
+--                                       the pool's limits (a reserve for higher
+--                                       priorities on the global one), then acquire, in
+--                                       one call: status "limited:<which> <retry_after_s>"
+--                                       when denied (nothing is charged or leased then;
+--                                       which: pool, client, client_bandwidth,
+--                                       backend_bandwidth); per-level counters either way
 --   "release" <id> <lease> <latency_ms> <failed 0|1> <alpha>   return it, record the outcome
 --                                       (<lease> "": record only)
 --   "renew" <ttl_ms> <member>...        extend leases ("<id>|<lease>") still held
@@ -168,23 +174,10 @@ local hot = true
 if op == 'acquire' or op == 'admit' then
   local id, lease, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
   now = now_us()
-  local buckets = {}
-  if op == 'admit' then
-    for i, spec in ipairs({ARGV[5], ARGV[6]}) do
-      local rate_s, burst_s = string.match(spec, '^(%S+) (%S+)$')
-      if rate_s then
-        local rate, burst = tonumber(rate_s), tonumber(burst_s)
-        local tokens, _, rewrite, exp = bucket_read(KEYS[6 + i], rate, burst, now, rate_s,
-          burst_s)
-        buckets[#buckets + 1] = {KEYS[6 + i], tokens, rate, burst, rewrite,
-          i == 1 and 'pool' or 'client', rate_s, burst_s, exp}
-      end
-    end
-  end
-  for _, b in ipairs(buckets) do
-    if status == 'ok' and b[2] < 1 then
-      status = string.format('limited:%s %s', b[6], fmt(bucket_wait_s(b[2], b[3], b[4], 1)))
-    end
+  local adm = nil
+  if op == 'admit' then            -- limits, priority, bandwidth: _common.lua admit_read
+    adm = admit_read(now)
+    status = adm.status
   end
   if status ~= 'ok' then
     -- denied by a limit: nothing charged, nothing leased
@@ -194,13 +187,12 @@ if op == 'acquire' or op == 'admit' then
     -- exists. Otherwise look.
     status = 'unknown'
   else
-    for _, b in ipairs(buckets) do
-      bucket_write(b[1], b[2] - 1, b[3], b[4], now, b[5], b[7], b[8], b[9])
-    end
+    if adm then admit_charge(adm, now) end
     -- The zset ("~keep") and the conns hash exist already, with their TTLs.
     redis.call('ZADD', leases, now + ttl * 1000, id .. '|' .. lease)
     incr(conns, id, 1)
   end
+  if adm then admit_count(adm, now, POOL_TTL_MS) end
 elseif op == 'release' then
   release(ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1', tonumber(ARGV[6]))
 elseif op == 'drop' then

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -66,6 +66,11 @@ class LoadBalancer(AsyncShared, _balancer.LoadBalancerCore):
     async def update_backend_weight(self, backend_id: str, weight: int) -> None:
         """Change a backend's weight for every process."""
         await self._run(self._set_weight(backend_id, weight))
+
+    async def update_backend_metadata(self, backend_id: str, metadata: Mapping[str, Any]) -> None:
+        """Replace a backend's metadata (zone, cost, ...) for every process; validated as
+        ``add_backend`` validates it (``ConfigError``)."""
+        await self._run(self._set_metadata(backend_id, metadata))
 
     async def backends(self) -> tuple[Backend, ...]:
         """The registry with live connection counts and statistics, fresh from the store."""

@@ -120,6 +120,8 @@ def part_label(part: str) -> str:
     """``c:ali%3Ace`` -> ``client ali:ce``: the key part as a person reads it."""
     if part.startswith("rl:c:"):
         return f"client {admin.decode_name(part[5:])} limit"
+    if part.startswith(("rl:cb:", "rl:bb:")):
+        return part_label(part[3:])
     kind, sep, ident = part.partition(":")
     if not sep:
         return part or "bucket"
@@ -185,6 +187,12 @@ def summarize(e: Entity, now_us: int) -> str:
             parts.append("connections " + " ".join(f"{n}={v}" for n, v in sorted(f.items())))
         elif k.part == "leases":
             parts.append(plural(k.size, "lease"))
+        elif k.part == "prio":
+            levels = sorted({n.partition(":")[0] for n in f if n.endswith(
+                (":admitted", ":denied"))}, key=lambda n: -int(n) if n.isdigit() else 0)
+            parts.append("priority admitted/denied " + ", ".join(
+                f"{n}: {f.get(n + ':admitted', '0')}/{f.get(n + ':denied', '0')}"
+                for n in levels))
         elif k.part == "stats":
             total = sum(int(float(v)) for n, v in f.items() if n.endswith(":requests"))
             parts.append(plural(total, "request") + " served")

@@ -134,24 +134,68 @@ class Backend:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+#: The request priorities a pool's admission knows (``Context.priority``): higher is
+#: admitted first when the pool is over its ``rate_limit`` (see the README's "Priority").
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+#: The largest ``Context.bytes``: 1 TB, far above any one request (and exact in a double).
+MAX_BYTES = 10**12
+
+
+def check_priority(priority: object) -> int:
+    """An int priority in [MIN_PRIORITY, MAX_PRIORITY] (0..9), else ``ConfigError``."""
+    if isinstance(priority, bool) or not isinstance(priority, int) \
+            or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ConfigError("priority", f"must be an int in [{MIN_PRIORITY}, {MAX_PRIORITY}], "
+                                      f"got {priority!r:.40}")
+    return priority
+
+
+def check_bytes(nbytes: object) -> int | float:
+    """A request size in bytes: a finite number in [0, 1e12], else ``ConfigError``."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int | float) \
+            or not 0 <= nbytes <= MAX_BYTES:
+        raise ConfigError("bytes", f"must be a number of bytes in [0, {MAX_BYTES:g}], "
+                                   f"got {nbytes!r:.40}")
+    return nbytes
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a request tells the strategy: a hash key, a client, a priority.
+    """What a request tells the strategy and the pool: a hash key, a client, a priority,
+    a size.
 
-    ``exclude`` holds backend ids not to pick (e.g. those already tried by a retry).
+    ``priority``: an int in [0, 9] (``ConfigError`` otherwise), 0 by default; under
+    contention for the pool's ``rate_limit`` higher levels are admitted first and lower
+    ones shed first (each level keeps a minimum share). ``bytes``: the request's size,
+    charged against the pool's (and its traffic shaper's) bandwidth limits; 0 = not
+    counted. ``exclude`` holds backend ids not to pick (e.g. those already tried by a
+    retry).
     """
 
     key: str | None = None
     client_id: str | None = None
     priority: int = 0
     exclude: frozenset[str] = frozenset()
+    bytes: int | float = 0
+
+    def __post_init__(self) -> None:
+        if self.priority != 0 or type(self.priority) is not int:
+            check_priority(self.priority)
+        if self.bytes != 0 or type(self.bytes) is not int:
+            check_bytes(self.bytes)
 
     @classmethod
     def with_key(cls, key: str) -> Context:
         return cls(key=key)
 
     def with_priority(self, priority: int) -> Context:
+        """A copy at ``priority`` (an int in [0, 9]; higher is admitted first)."""
         return replace(self, priority=priority)
+
+    def with_bytes(self, nbytes: int | float) -> Context:
+        """A copy whose request is ``nbytes`` bytes (charged against bandwidth limits)."""
+        return replace(self, bytes=nbytes)
 
     def with_client(self, client_id: str) -> Context:
         return replace(self, client_id=client_id)
