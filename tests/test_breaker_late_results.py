@@ -132,7 +132,7 @@ def test_the_view_learns_each_new_period_from_events(r: redis.Redis, prefix: str
                              max_staleness_s=0, subscribe=True)
     first = watcher.can_attempt()
     deadline = time.monotonic() + 30
-    while not watcher.can_attempt().source == "cache":   # fresh by its subscription
+    while watcher.can_attempt().source != "cache":       # fresh by its subscription
         assert time.monotonic() < deadline, "the subscription never came up"
         time.sleep(0.02)
     through_a_trip(CircuitBreaker(r, "node", prefix=prefix, **STORE), 2)
