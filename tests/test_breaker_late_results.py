@@ -163,3 +163,49 @@ def test_the_local_twin_drops_a_late_result_of_an_earlier_closed_period() -> Non
     assert now.period == 1
     twin.record(True, None, now.period)
     assert twin.state == "open"
+
+
+def test_a_pool_call_admitted_before_a_trip_fails_late_without_reopening(
+        r: redis.Redis, prefix: str) -> None:
+    """Through ``LoadBalancer.execute``: the backend's breaker admitted the call (its
+    ``Attempt`` held by the lease); meanwhile the breaker trips and closes again; the
+    call's failure then changes nothing (with ``failure_threshold=1`` it would reopen)."""
+    import threading
+
+    from distlb import Backend, BreakerSettings, LoadBalancer
+
+    settings = dict(failure_threshold=1, open_timeout_s=0.2, success_threshold=1,
+                    half_open_max_requests=1)
+    lb = LoadBalancer(r, "pool", prefix=prefix, subscribe=False,
+                      breaker=BreakerSettings(**settings, subscribe=False, max_staleness_s=5))
+    lb.add_backend(Backend("a", "10.0.0.1:80"))
+    cb = lb.breaker_for("a")
+    assert cb is not None
+    started, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def slow(backend: Any) -> None:
+        started.set()
+        release.wait(60)
+        raise ConnectionError("the slow call finally failed")
+
+    def run() -> None:
+        try:
+            lb.execute(slow)
+        except BaseException as exc:      # the call's own error, checked below
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        assert started.wait(60)
+        other = CircuitBreaker(r, cb.name, prefix=prefix, **STORE | settings)
+        through_a_trip(other, 1)
+    finally:
+        release.set()
+        t.join(60)
+    assert len(errors) == 1 and isinstance(errors[0], ConnectionError)
+    st = other.state()
+    assert (st.state, st.failures) == ("closed", 0)     # before the fix: open
+    lb.close()
+    other.close()
