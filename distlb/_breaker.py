@@ -215,15 +215,18 @@ class BreakerBase(Subscriber, Shared):
         changes: tuple[bk.Change, ...] = ()
         if event.get("event") == "transition" and "from" in event and "to" in event:
             changes = ((str(event["from"]), str(event["to"]), version),)
+        raw_period = event.get("period")        # a string, like version; absent: unknown
+        period = int(raw_period) if isinstance(raw_period, str) and raw_period.isdigit() \
+            else None
         self._notify(self._view.apply(state, event.get("forced") or None,
                                       int(event["failures"]), version, half_open_in, "event",
-                                      changes, self._subscription()))
+                                      changes, self._subscription(), period))
 
     def _observe(self, st: BreakerState, changes: tuple[bk.Change, ...] = (),
                  subscription: float | None = None) -> None:
         wait = st.retry_after_s if st.state == "open" and st.forced is None else None
         self._notify(self._view.apply(st.state, st.forced, st.failures, st.version, wait,
-                                      "call", changes, subscription))
+                                      "call", changes, subscription, st.period))
 
     def _local_transition(self, from_state: str, to_state: str) -> None:
         self._notify([Transition(self.name, from_state, to_state, 0, "local")])
@@ -242,8 +245,8 @@ class BreakerBase(Subscriber, Shared):
 
     # -- planning ----------------------------------------------------------------------------
 
-    def _plan(self, op: bk.BreakerOp, arg: str,
-              fallback: Callable[[], BreakerState]) -> Call[BreakerState]:
+    def _plan(self, op: bk.BreakerOp, arg: str, fallback: Callable[[], BreakerState],
+              period: int | None = None) -> Call[BreakerState]:
         shed = self._take_shed() if op in ("success", "failure") else 0
         # The subscription up before the call: if it is still the same one when the reply
         # is read, no event published meanwhile was missed.
@@ -255,7 +258,7 @@ class BreakerBase(Subscriber, Shared):
 
         return bk.plan(op, self.keys, name=self.name, arg=arg, channel=self.channel,
                        config=self._config, parse_hook=hook, fallback=fallback, shed=shed,
-                       owner=self._guard)
+                       period=period, owner=self._guard)
 
     def _take_shed(self) -> int:
         """Requests shed locally since the last result sent (client-side throttling)."""
@@ -272,13 +275,14 @@ class BreakerBase(Subscriber, Shared):
             st = self._twin.snapshot(self.name)
             return BreakerState(self.name, a.state, None, st.failures, st.successes,
                                 st.probes_in_flight, a.retry_after_s, 0, allowed=a.allowed,
-                                permit=a.permit, source="local")
+                                permit=a.permit, source="local", period=a.period)
         return self._policy_state(self.on_store_error == "fail_open")
 
-    def _record_fallback(self, failed: bool, permit: str) -> Callable[[], BreakerState]:
+    def _record_fallback(self, failed: bool, permit: str,
+                         period: int | None) -> Callable[[], BreakerState]:
         def fallback() -> BreakerState:
             if self.on_store_error == "local":
-                self._twin.record(failed, permit)
+                self._twin.record(failed, permit, period)
                 return self._twin.snapshot(self.name)
             return self._policy_state(self.on_store_error == "fail_open")
         return fallback
@@ -291,7 +295,9 @@ class BreakerBase(Subscriber, Shared):
 
     def _attemptsteps(self) -> Steps[Attempt]:
         st: BreakerState = yield self._plan("attempt", uuid.uuid4().hex, self._attempt_fallback)
-        return Attempt(st.allowed, st.state, st.permit, st.retry_after_s, st.source)
+        # A closed admission carries its closed period (the store's, or the twin's).
+        period = st.period if st.allowed and st.permit is None else None
+        return Attempt(st.allowed, st.state, st.permit, st.retry_after_s, st.source, period)
 
     def _result_is_news(self, failed: bool, attempt: Attempt | None) -> bool:
         """Whether a result must reach the store; the adaptive breaker records every one."""
@@ -305,8 +311,14 @@ class BreakerBase(Subscriber, Shared):
         if not self._result_is_news(failed, attempt):
             return Done(None)
         permit = attempt.permit if attempt is not None and attempt.permit else ""
+        # The closed period the call was admitted in: the store's (a reply or the view) goes
+        # to the store, the twin's only to the twin. Unknown (no attempt, or the failure
+        # policy answered): the result counts in whatever closed period is current.
+        period = attempt.period if attempt is not None and not permit else None
+        local = attempt is not None and attempt.source == "local"
         return self._plan("failure" if failed else "success", permit,
-                          self._record_fallback(failed, permit))
+                          self._record_fallback(failed, permit, period if local else None),
+                          None if local else period)
 
     def _record_unadmitted(self, failed: bool) -> Op[Any]:
         """Record the result of a call that never asked the breaker (the pool's
@@ -319,7 +331,7 @@ class BreakerBase(Subscriber, Shared):
         known open) costs no extra round trip."""
         fast = self._view.fast_attempt(self.clock(), self._subscribed_since())
         if fast is not None:
-            return self._record(failed, None) if fast.allowed else Done(None)
+            return self._record(failed, fast) if fast.allowed else Done(None)
         return self._record_unadmitted_steps(failed)
 
     def _record_unadmitted_steps(self, failed: bool) -> Steps[Any]:

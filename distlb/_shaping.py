@@ -24,7 +24,7 @@ from distlb._rates import parse_rates
 from distlb._shared import Shared, StoreKeywords, StoreOptions
 from distlb._validate import check_cost as check_amount
 from distlb._validate import cost as check_cost
-from distlb._validate import integer, number
+from distlb._validate import integer, number, request_burst
 from distlb._validate import limit as check_limit
 from distlb.errors import ConfigError, RateLimited
 from distlb.results import Decision, LeakyDecision, PriorityDecision
@@ -40,6 +40,12 @@ class Limit:
     For bandwidth limits the unit is bytes: ``Limit(1_000_000, 64_000)`` is 1 MB/s
     with 64 kB bursts. Both lie in [1e-9, 1e12] and the refill time ``burst /
     rate_per_s`` is at most 10 years (what the scripts represent exactly).
+
+    A limit on requests (a pool's ``rate_limit``/``client_limit``, a shaper's
+    ``global_limit``/``client_limit`` and their ``set_*`` overrides) must also hold one
+    request of cost 1: ``burst >= 1`` (``check_request_limit``). A slow rate is a small
+    ``rate_per_s`` with a burst of 1 (``Limit(0.5, 1)``: one request every 2 s), never
+    a burst below 1, which could admit no request at all.
     """
 
     rate_per_s: float
@@ -49,6 +55,13 @@ class Limit:
         rate, burst = check_limit("rate_per_s", self.rate_per_s, "burst", self.burst)
         object.__setattr__(self, "rate_per_s", rate)
         object.__setattr__(self, "burst", burst)
+
+    def check_request_limit(self, field: str) -> Limit:
+        """This limit, if it can be used to limit requests (each costs 1): its ``burst`` in
+        ``[1, 1e12]``; else ``ConfigError`` naming ``field`` (e.g. ``"rate_limit"``),
+        ``burst`` and the range. Every place that limits requests calls it."""
+        request_burst(field, self.burst)
+        return self
 
     def encode(self) -> str:
         return f"{self.rate_per_s!r} {self.burst!r}"
@@ -122,7 +135,10 @@ class TokenBucketCore(_Limiter):
     """A token bucket shared by every process: ``rate_per_s`` refill, ``burst`` capacity.
 
     ``rate_per_s``: tokens per second; ``burst``: capacity (both in [1e-9, 1e12], refill
-    time ``burst / rate_per_s`` at most 10 years).
+    time ``burst / rate_per_s`` at most 10 years). The unit is yours, so a burst below 1
+    is legal for fractional costs; every call's ``cost`` must then be at most ``burst``
+    (the default ``cost=1`` is a ``ConfigError`` naming ``cost`` and ``burst``). To limit
+    requests, use a burst of at least 1 (``Limit.check_request_limit``).
     ``expected_processes``: how many processes share it, in [1, 100000]; only the
     ``"local"`` failure policy uses it (each process then allows its share).
     ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
@@ -334,6 +350,8 @@ class TrafficShaperCore(_Limiter):
             if value is not None and not isinstance(value, Limit):
                 raise ConfigError(field,
                                   f"must be a distlb.Limit or None, got {type(value).__name__}")
+            if value is not None and field in ("global_limit", "client_limit"):
+                value.check_request_limit(field)        # a request costs 1 (the default)
         self.global_limit = global_limit
         self.client_limit = client_limit
         self.client_bandwidth = client_bandwidth
@@ -447,13 +465,15 @@ class TrafficShaperCore(_Limiter):
     def _set(self, prefix: str, ident: str, field: str, rate_per_s: float,
              burst: float) -> Op[bool]:
         limit = Limit(rate_per_s, burst)
+        if prefix == "c":
+            limit.check_request_limit("burst")          # a client's request limit
         return self._config("set", f"{prefix}:{_keys.escape(ident, field)}", limit.encode())
 
     def _remove(self, prefix: str, ident: str, field: str) -> Op[bool]:
         return self._config("del", f"{prefix}:{_keys.escape(ident, field)}")
 
     def _set_global(self, rate_per_s: float, burst: float) -> Op[bool]:
-        limit = Limit(rate_per_s, burst)
+        limit = Limit(rate_per_s, burst).check_request_limit("burst")
         self._denials.clear()
         return self._config("set", "global", limit.encode())
 

@@ -39,6 +39,10 @@ MAX_REFILL_S = 10 * 365 * 86400.0
 MIN_COST_FRACTION = 1e-12
 #: Shortest bucket of a sliding window (``window_s / buckets``), seconds.
 MIN_BUCKET_S = 0.001
+#: What one request costs where a limit counts requests (a pool's ``rate_limit`` and
+#: ``client_limit``, a shaper's ``global_limit`` and ``client_limit``): such a limit's
+#: burst must hold at least this much, or no request could ever be admitted.
+REQUEST_COST = 1.0
 
 
 def show(value: object) -> str:
@@ -109,12 +113,23 @@ def cost(value: object, burst: float, field: str = "cost", burst_field: str = "b
 def check_cost(c: float, burst: float, field: str = "cost", burst_field: str = "burst") -> None:
     """Raise unless ``burst x MIN_COST_FRACTION <= c <= burst`` (``c`` already a number)."""
     if c > burst:
-        raise ConfigError(field, f"must be at most {burst_field} ({burst:g}), got {c:g}")
+        hint = (f" (a {burst_field} below {REQUEST_COST:g} admits only fractional costs: "
+                f"pass cost=)" if burst < REQUEST_COST else "")
+        raise ConfigError(field, f"must be at most {burst_field} ({burst:g}), got {c:g}{hint}")
     low = max(MIN_AMOUNT, burst * MIN_COST_FRACTION)
     if c < low:
         raise ConfigError(field, f"must be at least {low:g} ({burst_field} x "
                                  f"{MIN_COST_FRACTION:g}, and at least {MIN_AMOUNT:g}), "
                                  f"got {c:g}")
+
+
+def request_burst(field: str, burst: float) -> None:
+    """A limit that counts requests (each costs ``REQUEST_COST``) must hold one: its burst
+    in ``[REQUEST_COST, MAX_AMOUNT]``. ``field`` names the limit (``rate_limit``, ...)."""
+    if not burst >= REQUEST_COST:
+        raise ConfigError(field, f"burst must be in [{REQUEST_COST:g}, {MAX_AMOUNT:g}] for a "
+                                 f"limit on requests (each request costs {REQUEST_COST:g}: a "
+                                 f"smaller burst could never admit one), got {burst:g}")
 
 
 def window(window_field: str, window_s: float, buckets: int) -> None:

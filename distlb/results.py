@@ -140,6 +140,14 @@ class Attempt:
     so the probe slot is released. ``source`` is ``"cache"`` when the answer came
     from this process's up-to-date view (no round trip), ``"store"`` when the
     script decided, or the failure policy while the store is unreachable.
+
+    ``period`` (a call admitted while closed): the closed period it was admitted in,
+    as this process's view knew it (the server time, in µs, of the breaker's last move
+    to closed; 0: never opened), or None if unknown. Handed back with the result, it
+    lets the store drop a late result of a call admitted before a trip, once the
+    breaker closed again. Knowing it costs no round trip: the view learns each period
+    from replies and events. For ``source="local"`` it numbers the in-process twin's
+    closed periods instead.
     """
 
     allowed: bool
@@ -147,6 +155,7 @@ class Attempt:
     permit: str | None = None
     retry_after_s: float = 0.0
     source: str = "store"
+    period: int | None = None
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -178,6 +187,9 @@ class BreakerState:
     permit: str | None = None   #: for attempts: the probe permit, if any
     source: str = "store"
     throttled: int = 0          #: requests shed by client-side throttling in the window
+    #: the current closed period (server us of the last move to closed, 0: never opened);
+    #: None if unknown (the failure policy answered)
+    period: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

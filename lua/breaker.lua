@@ -14,9 +14,12 @@
 -- probe successes close the breaker, any probe failure opens it again.
 -- Results count only in the period that admitted the call: a probe result (with its
 -- permit) only while that permit is held in the current half-open period, a result
--- without a permit only while closed; any other (late) result changes nothing.
+-- without a permit only while closed, and only in the same closed period (ARGV[8]: the
+-- closed_us its caller's view had when it admitted the call; every move to closed, and
+-- reset(), starts a new period); any other (late) result changes nothing.
 --
--- KEYS[1]   main hash: state, forced, failures, successes, opened_us, version, baseline, folded
+-- KEYS[1]   main hash: state, forced, failures, successes, opened_us, closed_us, version,
+--           baseline, folded (closed_us: version of the last move to closed, 0 if never)
 -- KEYS[2]   probes zset: permit -> lease expiry (server us)
 -- KEYS[3]   window hash ("rate" rule): "<bucket>:c" calls, "<bucket>:e" errors
 -- ARGV[1]   op: attempt | success | failure | state | force
@@ -29,9 +32,15 @@
 -- ARGV[6]   "<open_timeout_ms> <success_threshold> <half_open_max> <probe_lease_ms> <ttl_ms>"
 -- ARGV[7]   ("rate" rule) requests this process shed by client-side throttling since its
 --           last call: counted in the window as "<bucket>:t"
+-- ARGV[8]   (success/failure without a permit) the closed period its call was admitted in
+--           (a closed_us this script returned or published), or "" if unknown: then it
+--           counts in whatever closed period is current. A missing breaker (never written,
+--           or expired) has no period yet: any result counts.
 -- Returns one space-separated string:
 --   "<allowed 0|1> <state> <forced|-> <failures> <version> <permit|-> <retry_after_ms>
---    <successes> <probes> <calls> <error_rate> <baseline|-> <throttled> <transitions|->"
+--    <successes> <probes> <calls> <error_rate> <baseline|-> <throttled> <transitions|->
+--    <closed_us>"
+--   closed_us: the current closed period (see ARGV[8]); meaningful while closed.
 --   version is the server time (us) of the last change: it orders states and events.
 --   retry_after_ms while open (not forced): ms until it may turn half-open, measured on the
 --   server clock now (rounded up), so each process maps it onto its own clock once.
@@ -40,7 +49,8 @@
 --   them even when it knew nothing of the breaker before the call.
 -- Publishes (a JSON object: text, so clients with decode_responses work) on every change:
 --   kind "cb", name, event ("transition" or "failures"), from, to, state, failures, forced,
---   version (a decimal STRING: a JSON number would be rounded to 100 us by cjson), and
+--   version and period (closed_us) (decimal STRINGs: a JSON number would be rounded to
+--   100 us by cjson), and
 --   half_open_in_ms (while open and not forced: ms until it may turn half-open, measured on
 --   the server clock at publish time; -1 otherwise).
 -- Expires: every key ttl_ms after the last write (a missing breaker is closed), except
@@ -63,7 +73,9 @@ local now = now_us()
 -- The whole transition, as a function: run again once if a key had the wrong type.
 local function run()
   local h = redis.call('HMGET', main, 'state', 'forced', 'failures', 'successes', 'opened_us',
-    'version', 'baseline', 'folded')
+    'version', 'baseline', 'folded', 'closed_us')
+  -- A breaker never written (or expired) has no closed period yet.
+  local fresh = not h[1]
   -- Values not written by this script (edited by hand) read as the default.
   local state = h[1]
   if state ~= 'open' and state ~= 'half_open' then state = 'closed' end
@@ -75,6 +87,7 @@ local function run()
   local version = tonumber(h[6]) or 0
   local baseline = tonumber(h[7])
   local folded = tonumber(h[8]) or -1
+  local closed_us = tonumber(h[9]) or 0
   local dirty = false
   local calls, rate = 0, 0
 
@@ -91,7 +104,8 @@ local function run()
     if channel ~= '' then
       redis.call('PUBLISH', channel, cjson.encode({kind = 'cb', name = name, event = event,
         from = from, to = state, state = state, failures = failures,
-        version = string.format('%d', version), forced = forced,
+        version = string.format('%d', version), period = string.format('%d', closed_us),
+        forced = forced,
         half_open_in_ms = half_open_in_ms()}))
     end
   end
@@ -110,6 +124,9 @@ local function run()
     if to == 'closed' then failures = 0 end
     redis.call('DEL', probes)
     change()
+    -- Each move to closed starts a new closed period: results of calls admitted in an
+    -- earlier one (before a trip) no longer count.
+    if to == 'closed' then closed_us = version end
     if from ~= to then
       transitions[#transitions + 1] = from .. '>' .. to .. '@' .. string.format('%d', version)
     end
@@ -206,7 +223,8 @@ local function run()
           if successes >= success_threshold then move('closed') end
         end
       end
-    elseif state == 'closed' then
+    elseif state == 'closed' and (fresh or ARGV[8] == nil or ARGV[8] == ''
+        or tonumber(ARGV[8]) == closed_us) then
       local trip = false
       if rule[1] == 'rate' then
         trip = window_record(failed)
@@ -230,6 +248,7 @@ local function run()
       local from = state
       state, forced, failures, successes, opened, baseline, folded = 'closed', '', 0, 0, 0, nil, -1
       change()
+      closed_us = version     -- a new closed period: calls admitted before it no longer count
       if from ~= 'closed' then
         transitions[#transitions + 1] = from .. '>closed@' .. string.format('%d', version)
       end
@@ -243,7 +262,8 @@ local function run()
   if dirty then
     redis.call('HSET', main, 'state', state, 'forced', forced, 'failures', failures,
       'successes', successes, 'opened_us', string.format('%d', opened),
-      'version', string.format('%d', version), 'folded', folded)
+      'version', string.format('%d', version), 'folded', folded,
+      'closed_us', string.format('%d', closed_us))
     if baseline then redis.call('HSET', main, 'baseline', fmt(baseline)) end
     if forced ~= '' then
       -- An operator's forced state holds until reset(), however long: no expiry.
@@ -259,10 +279,10 @@ local function run()
   if op == 'state' then
     redis.call('ZREMRANGEBYSCORE', probes, '-inf', now)
   end
-  return string.format('%d %s %s %d %d %s %d %d %d %d %s %s %d %s', allowed, state,
+  return string.format('%d %s %s %d %d %s %d %d %d %d %s %s %d %s %d', allowed, state,
     forced == '' and '-' or forced, failures, version, permit, retry_ms, successes,
     redis.call('ZCARD', probes), calls, fmt(rate), baseline and fmt(baseline) or '-', throttled,
-    #transitions > 0 and table.concat(transitions, ',') or '-')
+    #transitions > 0 and table.concat(transitions, ',') or '-', closed_us)
 end
 
 -- A key of the wrong type under this breaker's name (planted by hand, or written by

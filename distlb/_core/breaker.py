@@ -43,8 +43,10 @@ def parse_transitions(field: str) -> tuple[Change, ...]:
 
 def plan(op: BreakerOp, keys: tuple[str, str, str], *, name: str, arg: str, channel: str,
          config: Config, parse_hook: Callable[[BreakerState, tuple[Change, ...]], None],
-         fallback: Callable[[], BreakerState], shed: int = 0,
+         fallback: Callable[[], BreakerState], shed: int = 0, period: int | None = None,
          owner: StoreGuard | None = None) -> Call[BreakerState]:
+    """``period``: for a result without a permit, the closed period its call was
+    admitted in (``Attempt.period``); None: unknown, it counts in the current one."""
     def parse(reply: Any) -> BreakerState:
         f = text(reply).split()
         st = BreakerState(
@@ -52,11 +54,13 @@ def plan(op: BreakerOp, keys: tuple[str, str, str], *, name: str, arg: str, chan
             successes=int(f[7]), probes_in_flight=int(f[8]), retry_after_s=int(f[6]) / 1000,
             version=int(f[4]), calls=int(f[9]), error_rate=float(f[10]),
             baseline=None if f[11] == "-" else float(f[11]), allowed=f[0] == "1",
-            permit=None if f[5] == "-" else f[5], throttled=int(f[12]))
+            permit=None if f[5] == "-" else f[5], throttled=int(f[12]),
+            period=int(f[14]) if len(f) > 14 else None)
         parse_hook(st, parse_transitions(f[13]))
         return st
 
-    args = (op, arg, channel, name, config.rule, config.timing, shed)
+    args = (op, arg, channel, name, config.rule, config.timing, shed,
+            "" if period is None else str(period))
     return Call(script("breaker"), keys, args, parse, fallback, owner)
 
 
@@ -94,6 +98,8 @@ class View:
         self.forced: str | None = None
         self.failures = 0
         self.version = -1
+        #: the closed period of the last update (None: unknown), given to closed attempts
+        self.period: int | None = None
         self.updated_at = 0.0
         self.half_open_at = 0.0
         #: the subscription (its start, as the bus reports it) that was up when the last
@@ -112,7 +118,7 @@ class View:
         if not self.fresh(now, subscribed_since):
             return None
         if self.forced == "closed" or (self.state == "closed" and self.forced is None):
-            return Attempt(True, "closed", None, 0.0, "cache")
+            return Attempt(True, "closed", None, 0.0, "cache", self.period)
         if self.forced == "open":
             return Attempt(False, "open", None, 0.0, "cache")
         if self.state == "open" and now < self.half_open_at:
@@ -126,14 +132,16 @@ class View:
 
     def apply(self, state: str, forced: str | None, failures: int, version: int,
               half_open_in_s: float | None, origin: str, changes: tuple[Change, ...] = (),
-              subscription: float | None = None) -> list[Transition]:
+              subscription: float | None = None,
+              period: int | None = None) -> list[Transition]:
         """Take an update (older versions are ignored); return the transitions to report.
 
         ``half_open_in_s``: while open, the time until it may turn half-open, measured on
         the server when the update was made (None: unknown, e.g. an old publisher).
         ``changes``: the transitions the update names (a reply: every one its call made;
         an event: its own). ``subscription``: the bus subscription that was up, unbroken,
-        from before the update was made until it was read (None if none was).
+        from before the update was made until it was read (None if none was). ``period``:
+        the closed period the update names (None: unknown).
         """
         now = self.clock()
         out: list[Transition] = []
@@ -152,6 +160,7 @@ class View:
                 out.extend(Transition(self.name, a, b, v, origin) for a, b, v in new)
             self.state, self.forced, self.failures = state, forced, failures
             self.version = version
+            self.period = period
             self.updated_at = now
             self.subscription = subscription
             if state == "open":
@@ -171,7 +180,8 @@ class LocalBreaker:
 
     As in ``breaker.lua``, a result counts only in the period that admitted its call:
     a probe's (its permit, unique per probe) only while it is the probe in flight, any
-    other only while closed; late results change nothing."""
+    other only while closed, in the closed period that admitted it (``Attempt.period``:
+    the twin numbers its closed periods); late results change nothing."""
 
     def __init__(self, failure_threshold: int, open_timeout_s: float,
                  success_threshold: int, clock: Callable[[], float],
@@ -188,6 +198,7 @@ class LocalBreaker:
         self.opened_at = 0.0
         self.probe: str | None = None   # the permit of the probe in flight
         self.permits = 0                # probes handed out (each permit is unique)
+        self.period = 0                 # closed periods so far (each close starts one)
 
     def _tick(self, now: float, moves: list[tuple[str, str]]) -> None:
         if self.state == "open" and now >= self.opened_at + self.open_timeout_s:
@@ -211,7 +222,7 @@ class LocalBreaker:
                 now = self.clock()
                 self._tick(now, moves)
                 if self.state == "closed":
-                    return Attempt(True, "closed", None, 0.0, "local")
+                    return Attempt(True, "closed", None, 0.0, "local", self.period)
                 if self.state == "half_open" and self.probe is None:
                     self.permits += 1
                     self.probe = f"local-{self.permits}"
@@ -221,8 +232,10 @@ class LocalBreaker:
         finally:
             self._report(moves)
 
-    def record(self, failed: bool, permit: str | None = None) -> None:
-        """Record a result; ``permit``: the probe permit its attempt got (None: none)."""
+    def record(self, failed: bool, permit: str | None = None,
+               period: int | None = None) -> None:
+        """Record a result; ``permit``: the probe permit its attempt got (None: none);
+        ``period``: the twin's closed period that admitted it (None: unknown, counts)."""
         moves: list[tuple[str, str]] = []
         with self.lock:
             now = self.clock()
@@ -240,7 +253,8 @@ class LocalBreaker:
                         if self.successes >= self.success_threshold:
                             self._move("closed", moves)
                             self.failures = 0
-            elif self.state == "closed":
+                            self.period += 1
+            elif self.state == "closed" and (period is None or period == self.period):
                 self.failures = self.failures + 1 if failed else 0
                 if self.failures >= self.failure_threshold:
                     self._move("open", moves)

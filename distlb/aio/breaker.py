@@ -34,14 +34,18 @@ class _Shell(AsyncShared, _breaker.BreakerBase):
 
     async def record_success(self, attempt: Attempt | None = None) -> None:
         """Report a successful call; pass its ``Attempt``. A half-open probe's result counts
-        only with its permit (in its own half-open period), any other only while closed:
-        a late result of a call admitted before a trip changes nothing."""
+        only with its permit (in its own half-open period), any other only in the closed
+        period the ``Attempt`` names (``attempt.period``): a late result of a call admitted
+        before a trip changes nothing, even after the breaker closed again. Without an
+        ``Attempt`` the result counts in the current closed period."""
         await self._run(self._record(False, attempt))
 
     async def record_failure(self, attempt: Attempt | None = None) -> None:
         """Report a failed call; pass its ``Attempt``. A half-open probe's result counts
-        only with its permit (in its own half-open period), any other only while closed:
-        a late result of a call admitted before a trip changes nothing."""
+        only with its permit (in its own half-open period), any other only in the closed
+        period the ``Attempt`` names (``attempt.period``): a late result of a call admitted
+        before a trip changes nothing, even after the breaker closed again. Without an
+        ``Attempt`` the result counts in the current closed period."""
         await self._run(self._record(True, attempt))
 
     async def state(self) -> BreakerState:

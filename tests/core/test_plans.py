@@ -77,11 +77,17 @@ def test_breaker_plan_and_parse(shape: Any) -> None:
     call = bk.plan("attempt", ("b", "b:probes", "b:window"), name="api", arg="tok",
                    channel="p:events", config=config, fallback=nothing,
                    parse_hook=lambda st, ch: seen.append(ch))
-    assert call.args == ("attempt", "tok", "p:events", "api", "count 5", "1000 1 1 1000 5000", 0)
-    st = call.parse(shape("0 open - 5 42 - 750 0 0 10 0.5 - 0 closed>open@42"))
-    assert (st.state, st.allowed, st.failures, st.version, st.retry_after_s) == \
-        ("open", False, 5, 42, 0.75)
+    assert call.args == ("attempt", "tok", "p:events", "api", "count 5", "1000 1 1 1000 5000", 0,
+                         "")
+    st = call.parse(shape("0 open - 5 42 - 750 0 0 10 0.5 - 0 closed>open@42 7"))
+    assert (st.state, st.allowed, st.failures, st.version, st.retry_after_s, st.period) == \
+        ("open", False, 5, 42, 0.75, 7)
     assert seen == [(("closed", "open", 42),)]
+    # A result carries the closed period its call was admitted in ("" when unknown).
+    rec = bk.plan("failure", ("b", "b:probes", "b:window"), name="api", arg="",
+                  channel="", config=config, fallback=nothing, period=1712345678901234,
+                  parse_hook=lambda st, ch: None)
+    assert rec.args[-1] == "1712345678901234"
 
 
 def test_pool_parse_reads_records_counts_and_stats() -> None:
