@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from distlb import Backend, BreakerSettings, Limit, LoadBalancer
+from distlb import admin as distlb_admin
 from distlb.balancer import ConfigConflict
 from distlb.cli import main as cli_main
 from distlb.errors import CircuitOpen, ConfigError, StoreError
@@ -134,7 +135,10 @@ def test_bad_values_are_refused_before_the_store(r: redis.Redis, prefix: str) ->
         ({"client_limit": "0/s"}, "client_limit"),
         ({"breaker": {"failure_threshold": 0}}, "breaker.failure_threshold"),
         ({"breaker": {"open_timeout_s": -1}}, "breaker.open_timeout_s"),
-        ({"breaker": {"half_open_max_requests": 1}}, "breaker.half_open_max_requests"),
+        ({"breaker": {"half_open_max_requests": 10_001}}, "breaker.half_open_max_requests"),
+        # contradicting each other: no process could apply them
+        ({"breaker": {"success_threshold": 9, "half_open_max_requests": 5}},
+         "breaker.half_open_max_requests"),
         ({"breaker": {"failure_on": 1}}, "breaker.failure_on"),
         ({"strategy": {"decay_s": "nan"}}, "strategy.decay_s"),
         ({"strategy": {"_rng": 1}}, "strategy._rng"),
@@ -181,9 +185,13 @@ def test_history_is_bounded_and_says_who_and_when(r: redis.Redis, prefix: str) -
     entries = lb.config_history(100)
     assert [e["version"] for e in entries] == [12, 11, 10, 9, 8]
     assert r.zcard(f"{cfg_key(prefix)}:history") == 5
-    assert entries[0]["by"] == "op12" and entries[0]["set"] == {"rate_limit": "12 12"}
-    assert entries[0]["previous"] == {"rate_limit": "11 11"}
-    assert int(entries[0]["at_us"]) >= before_us
+    # As people write them (not the stored "12 12"); numbers are numbers.
+    assert entries[0]["by"] == "op12" and entries[0]["set"] == {"rate_limit": "12/s burst 12"}
+    assert entries[0]["previous"] == {"rate_limit": "11/s burst 11"}
+    assert isinstance(entries[0]["at_us"], int) and entries[0]["at_us"] >= before_us
+    assert isinstance(entries[0]["version"], int)
+    first = distlb_admin.pool_config_history(r, "p", prefix=prefix, limit=100)[-1]
+    assert first["version"] == 8 and first["previous"] == {"rate_limit": "7/s burst 7"}
     assert 0 < r.pttl(f"{cfg_key(prefix)}:history") <= 30 * 86400 * 1000
     assert 0 < r.pttl(cfg_key(prefix)) <= 30 * 86400 * 1000
     lb.close()
@@ -308,7 +316,7 @@ def test_reset_keeps_the_config_and_inspect_shows_it(server_url: str, prefix: st
     base = ["--redis-url", server_url, "--prefix", prefix]
     assert cli_main(["inspect", *base]) == 0
     out = capsys.readouterr().out
-    assert "config v1: rate_limit=6 6" in out and "1 config change in history" in out
+    assert "config v1: rate_limit=6/s burst 6" in out and "1 config change in history" in out
     assert cli_main(["reset", "pool", "p", "--yes", *base]) == 0
     assert "kept its fleet-wide configuration" in capsys.readouterr().out
     assert r.hget(cfg_key(prefix), "rate_limit") == b"6 6"
