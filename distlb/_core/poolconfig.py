@@ -235,7 +235,9 @@ def strategy_value(strategy: Any, name: str, value: object, *, strict: bool) -> 
     with ``value`` (the constructor's own validation); otherwise only a finite number."""
     label = f"strategy.{name}"
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
-        raise ConfigError(label, "must name a public attribute of the strategy")
+        raise ConfigError(label, "must name a public parameter of the strategy (letters, "
+                                 "digits and _, not starting with a digit or _), got "
+                                 f"{show(name)}")
     if isinstance(value, str):
         value = _parse_number(label, value)
     v = number(label, value, low=-1e15, high=1e15, low_inclusive=True)
@@ -665,7 +667,7 @@ class Follower:
         return list(reply)
 
 
-def _human(field_name: str, raw: Any) -> Any:
+def human_value(field_name: str, raw: Any) -> Any:
     """A stored value as people write it: a limit ``"200 200"`` as ``"200/s burst 200"``."""
     if field_name in LIMIT_FIELDS and isinstance(raw, str):
         try:
@@ -692,7 +694,7 @@ def _entries(reply: Any) -> list[dict[str, Any]]:
             values = entry.get(part)
             if not isinstance(values, dict):       # cjson writes {} as []
                 values = {}
-            entry[part] = {k: None if v is False or v is None else _human(k, v)
+            entry[part] = {k: None if v is False or v is None else human_value(k, v)
                            for k, v in values.items()}
         for number_field in ("version", "at_us"):
             with contextlib.suppress(KeyError, TypeError, ValueError):
@@ -757,6 +759,19 @@ def _suppress() -> contextlib.suppress:
     return contextlib.suppress(ConfigError, KeyError, ValueError)
 
 
+def check_changes(changes: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """``set_config``'s keywords checked without a pool (``encode_changes`` with no
+    strategy: a strategy parameter must be a finite number with a public name)."""
+    for field_name in changes:
+        if field_name not in (*LIMIT_FIELDS, "breaker", "strategy", "unset"):
+            raise ConfigError(field_name, "is not a pool setting: rate_limit, client_limit, "
+                                          "breaker, strategy, unset")
+    return encode_changes(
+        strategy=None, rate_limit=changes.get("rate_limit", _MISSING),
+        client_limit=changes.get("client_limit", _MISSING), breaker=changes.get("breaker"),
+        strategy_params=changes.get("strategy"), unset=changes.get("unset", ()))
+
+
 def read_pool_config(client: Any, name: str, prefix: str) -> PoolConfig:
     """The pool's stored configuration (``stored_config``): one script call."""
     key, _ = _pool_keys(client, name, prefix)
@@ -770,14 +785,7 @@ def write_pool_config(client: Any, name: str, prefix: str, changes: Mapping[str,
     numbers only, each process checks them against its strategy), then write them.
     Returns the stored configuration and whether anything was written (False: the
     changes only removed fields that were not stored). Raises ``ConfigConflict``."""
-    for field_name in changes:
-        if field_name not in (*LIMIT_FIELDS, "breaker", "strategy", "unset"):
-            raise ConfigError(field_name, "is not a pool setting: rate_limit, client_limit, "
-                                          "breaker, strategy, unset")
-    pairs, removals = encode_changes(
-        strategy=None, rate_limit=changes.get("rate_limit", _MISSING),
-        client_limit=changes.get("client_limit", _MISSING), breaker=changes.get("breaker"),
-        strategy_params=changes.get("strategy"), unset=changes.get("unset", ()))
+    pairs, removals = check_changes(changes)
     expected, who, history_max = _write_args(expected_version, by, history_max)
     key, channel = _pool_keys(client, name, prefix)
     reply = _run(client, key, "set", [expected, CONFIG_TTL_MS, history_max, who, name,

@@ -299,7 +299,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     Built on ``distlb.admin.pool_config`` / ``set_pool_config`` / ``pool_config_history``:
     no pool object, so no constructor arguments and no strategy of its own to check
     against (each process checks strategy parameters and breaker combinations)."""
-    from distlb._core.poolconfig import ConfigConflict, parse_assignments
+    from distlb._core.poolconfig import ConfigConflict, check_changes, parse_assignments
     from distlb.errors import StoreError
 
     action = args.action
@@ -308,6 +308,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         if action == "set" and not changes:
             return _fail("config set: give at least one field=value, e.g. rate_limit=100/s "
                          "breaker.failure_threshold=3 (field=default removes a stored one)")
+        if action == "set":
+            check_changes(changes)
         notes = admin.breaker_notes(changes.get("breaker", {})) if action == "set" else []
         prefix = args.prefix or DEFAULT_PREFIX
         admin.entity_key("pool", args.pool, prefix=prefix)    # the name and prefix

@@ -142,8 +142,8 @@ def summarize(e: Entity, now_us: int) -> str:
     for k in e.keys:
         f = k.fields
         if e.kind == "pool" and k.part == "config":
-            from distlb._core.poolconfig import _human    # limits as people write them
-            shown = [f"{n}={_human(n, v)}" for n, v in sorted(f.items())
+            from distlb._core.poolconfig import human_value    # limits as people write them
+            shown = [f"{n}={human_value(n, v)}" for n, v in sorted(f.items())
                      if n not in ("version", "updated_by", "updated_at_us")]
             parts.append(f"config v{f.get('version', '?')}: " + (", ".join(shown) or "-"))
         elif e.kind == "pool" and k.part == "config:history":
