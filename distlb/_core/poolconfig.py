@@ -6,8 +6,15 @@ hash tag, ``{pool:<name>}:config``, versioned and changed by compare-and-set in 
 with a bounded history (``:config:history``). Every process reads it at its pool's
 refresh (every ``refresh_s``, at once after a ``config`` event on the pool's channel)
 and applies it: stored values win over constructor arguments (one WARNING per pool
-object says so the first time they differ). Nothing stored: the constructor
-arguments are in force; a process never publishes its own.
+object says so the first time they differ, leaving out the values that object wrote
+itself). Nothing stored: the constructor arguments are in force; a process never
+publishes its own.
+
+Writes check each field against its own range (and breaker fields given together
+against each other); the cross-field breaker rules against the fields not given, and
+strategy parameters, are each process's to check (``breaker_notes`` explains a misfit).
+``read_pool_config`` / ``write_pool_config`` / ``read_pool_history`` do the same
+without a pool object (``distlb.admin``, the command line).
 
 Pure: the pool calls :class:`Follower` from its refresh and its event handler.
 """

@@ -142,7 +142,7 @@ def summarize(e: Entity, now_us: int) -> str:
     for k in e.keys:
         f = k.fields
         if e.kind == "pool" and k.part == "config":
-            from distlb._core.poolconfig import human_value    # limits as people write them
+            from distlb._core.poolconfig import human_value  # limits as people write them
             shown = [f"{n}={human_value(n, v)}" for n, v in sorted(f.items())
                      if n not in ("version", "updated_by", "updated_at_us")]
             parts.append(f"config v{f.get('version', '?')}: " + (", ".join(shown) or "-"))
