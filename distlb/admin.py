@@ -39,6 +39,7 @@ __all__ = [
     "Kind",
     "Reset",
     "breaker_notes",
+    "check_pool_config",
     "decode_event",
     "decode_name",
     "delete",
@@ -203,6 +204,12 @@ def set_pool_config(client: Any, name: str, *, prefix: str = DEFAULT_PREFIX,
     Compare-and-set with ``expected_version`` (``ConfigConflict``). Returns what is stored."""
     return _poolconfig.write_pool_config(client, name, prefix, changes, expected_version, by,
                                          history_max)[0]
+
+
+def check_pool_config(**changes: Any) -> None:
+    """Check ``set_pool_config``'s keywords without a server (``ConfigError`` naming the
+    field, its range and the value): what ``distlb config set`` runs before connecting."""
+    _poolconfig.check_changes(changes)
 
 
 def pool_config_history(client: Any, name: str, *, prefix: str = DEFAULT_PREFIX,

@@ -299,7 +299,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     Built on ``distlb.admin.pool_config`` / ``set_pool_config`` / ``pool_config_history``:
     no pool object, so no constructor arguments and no strategy of its own to check
     against (each process checks strategy parameters and breaker combinations)."""
-    from distlb._core.poolconfig import ConfigConflict, check_changes, parse_assignments
+    from distlb.balancer import ConfigConflict
+    from distlb.balancer import parse_config_assignments as parse_assignments
     from distlb.errors import StoreError
 
     action = args.action
@@ -309,7 +310,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             return _fail("config set: give at least one field=value, e.g. rate_limit=100/s "
                          "breaker.failure_threshold=3 (field=default removes a stored one)")
         if action == "set":
-            check_changes(changes)
+            admin.check_pool_config(**changes)
         notes = admin.breaker_notes(changes.get("breaker", {})) if action == "set" else []
         prefix = args.prefix or DEFAULT_PREFIX
         admin.entity_key("pool", args.pool, prefix=prefix)    # the name and prefix
@@ -330,8 +331,7 @@ def cmd_config(args: argparse.Namespace) -> int:
                       "warning)", file=sys.stderr)
             for note in notes:
                 print(f"distlb: note: {note}", file=sys.stderr)
-            registry = _keys_part(admin.entity_key("pool", args.pool, prefix=prefix),
-                                  "backends")
+            registry = admin.entity_key("pool", args.pool, prefix=prefix) + ":backends"
             if not client.exists(registry):
                 print(f"distlb: note: pool {args.pool!r} has no backends registered under "
                       f"prefix {prefix!r} (a typo?); the configuration is stored anyway and "
@@ -369,11 +369,6 @@ def cmd_config(args: argparse.Namespace) -> int:
         mark = "  (stored)" if k in cfg.stored else ""
         print(f"  {k.ljust(width)}  {v}{mark}")
     return 0
-
-
-def _keys_part(key: str, part: str) -> str:
-    from distlb import _keys
-    return _keys.part(key, part)
 
 
 def _print_history(entries: list[dict[str, Any]], args: argparse.Namespace) -> int:
