@@ -31,6 +31,7 @@ from distlb._core.poolconfig import PoolConfig
 from distlb._core.scripts import script
 from distlb._events import decode
 from distlb._keys import DEFAULT_PREFIX, KeyRef, Kind
+from distlb._validate import integer
 from distlb.errors import ConfigError
 
 __all__ = [
@@ -188,7 +189,10 @@ def pool_config(client: Any, name: str, *, prefix: str = DEFAULT_PREFIX) -> Pool
     ``stored`` naming the fields the store holds, ``strategy`` every stored strategy
     parameter. ``version`` 0: nothing stored. One script call; no pool object, so no
     constructor arguments to compare with and nothing logged."""
-    return _poolconfig.read_pool_config(client, name, prefix)
+    key, _ = _poolconfig.pool_keys(name, prefix)
+    reply = _scripts.run_sync(client, script("poolconfig"), _poolconfig.script_keys(key),
+                              ["get", "", _poolconfig.CONFIG_TTL_MS])
+    return _poolconfig.stored_config(_poolconfig.parse_get(reply))
 
 
 def set_pool_config(client: Any, name: str, *, prefix: str = DEFAULT_PREFIX,
@@ -202,8 +206,10 @@ def set_pool_config(client: Any, name: str, *, prefix: str = DEFAULT_PREFIX,
     parameters are checked by each process against its own settings (see
     ``breaker_notes``). Removing only fields that are not stored writes nothing.
     Compare-and-set with ``expected_version`` (``ConfigConflict``). Returns what is stored."""
-    return _poolconfig.write_pool_config(client, name, prefix, changes, expected_version, by,
-                                         history_max)[0]
+    keys_, args = _poolconfig.set_args(name, prefix, changes, expected_version, by,
+                                       history_max)
+    reply = _scripts.run_sync(client, script("poolconfig"), keys_, args)
+    return _poolconfig.set_reply(name, expected_version, reply)[0]
 
 
 def check_pool_config(**changes: Any) -> None:
@@ -218,7 +224,11 @@ def pool_config_history(client: Any, name: str, *, prefix: str = DEFAULT_PREFIX,
     with ``version`` (int), ``by``, ``at_us`` (int, server time in microseconds), ``set``
     ({field: value}, limits as ``"200/s burst 200"``), ``unset`` ([field, ...], when
     any) and ``previous`` ({field: value before, None when it was not stored})."""
-    return _poolconfig.read_pool_history(client, name, prefix, limit)
+    n = integer("limit", limit, low=1, high=10_000)
+    key, _ = _poolconfig.pool_keys(name, prefix)
+    reply = _scripts.run_sync(client, script("poolconfig"), _poolconfig.script_keys(key),
+                              ["history", "", _poolconfig.CONFIG_TTL_MS, n])
+    return _poolconfig.parse_history(reply)
 
 
 def breaker_notes(breaker: dict[str, Any]) -> list[str]:

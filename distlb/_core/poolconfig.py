@@ -13,8 +13,8 @@ publishes its own.
 Writes check each field against its own range (and breaker fields given together
 against each other); the cross-field breaker rules against the fields not given, and
 strategy parameters, are each process's to check (``breaker_notes`` explains a misfit).
-``read_pool_config`` / ``write_pool_config`` / ``read_pool_history`` do the same
-without a pool object (``distlb.admin``, the command line).
+``distlb.admin.pool_config`` / ``set_pool_config`` / ``pool_config_history`` do the
+same without a pool object (the command line), with ``set_args``/``set_reply`` here.
 
 Pure: the pool calls :class:`Follower` from its refresh and its event handler.
 """
@@ -669,7 +669,7 @@ class Follower:
 
     def history(self, limit: int) -> Steps[list[dict[str, Any]]]:
         n = integer("limit", limit, low=1, high=10_000)
-        reply = yield plan(self.pool.key, "history", ["", CONFIG_TTL_MS, n], _entries,
+        reply = yield plan(self.pool.key, "history", ["", CONFIG_TTL_MS, n], parse_history,
                            self._unavailable, self.pool._guard)
         return list(reply)
 
@@ -684,7 +684,7 @@ def human_value(field_name: str, raw: Any) -> Any:
     return raw
 
 
-def _entries(reply: Any) -> list[dict[str, Any]]:
+def parse_history(reply: Any) -> list[dict[str, Any]]:
     """History entries as documented: ``version`` and ``at_us`` ints, limits as rate
     strings (``"200/s burst 200"``), ``previous`` None for "was not stored"."""
     if isinstance(reply, list) and reply and text(reply[0]) == "wrongtype":
@@ -710,18 +710,13 @@ def _entries(reply: Any) -> list[dict[str, Any]]:
     return out
 
 
-# -- without a pool object: what ``distlb.admin`` and the command line use ------------------
+# -- without a pool object: what ``distlb.admin`` (the I/O) and the command line use ---------
 
 
-def _pool_keys(client: Any, name: str, prefix: str) -> tuple[str, str]:
+def pool_keys(name: str, prefix: str) -> tuple[str, str]:
+    """A pool's main key and its events channel (the name and prefix checked)."""
     key = _keys.entity(_keys.check_prefix(prefix), "pool", _keys.escape(name, "name"))
     return key, _keys.events_channel(_keys.check_prefix(prefix))
-
-
-def _run(client: Any, key: str, op: str, args: list[Any]) -> Any:
-    from distlb import _scripts
-    keys = (_keys.part(key, "config"), _keys.part(key, "config", "history"))
-    return _scripts.run_sync(client, script("poolconfig"), keys, [op, *args])
 
 
 def stored_config(stored: Stored | None) -> PoolConfig:
@@ -779,37 +774,31 @@ def check_changes(changes: Mapping[str, Any]) -> tuple[list[tuple[str, str]], li
         strategy_params=changes.get("strategy"), unset=changes.get("unset", ()))
 
 
-def read_pool_config(client: Any, name: str, prefix: str) -> PoolConfig:
-    """The pool's stored configuration (``stored_config``): one script call."""
-    key, _ = _pool_keys(client, name, prefix)
-    return stored_config(parse_get(_run(client, key, "get", ["", CONFIG_TTL_MS])))
-
-
-def write_pool_config(client: Any, name: str, prefix: str, changes: Mapping[str, Any],
-                      expected_version: int | None = None, by: str | None = None,
-                      history_max: int = HISTORY_MAX) -> tuple[PoolConfig, bool]:
-    """Validate ``changes`` (``set_config``'s keywords; strategy parameters as finite
-    numbers only, each process checks them against its strategy), then write them.
-    Returns the stored configuration and whether anything was written (False: the
-    changes only removed fields that were not stored). Raises ``ConfigConflict``."""
+def set_args(name: str, prefix: str, changes: Mapping[str, Any],
+             expected_version: int | None, by: str | None,
+             history_max: int) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of a ``set`` without a pool object, all validated: the caller
+    runs ``poolconfig`` with them and reads the reply with ``set_reply``."""
     pairs, removals = check_changes(changes)
     expected, who, history_max = _write_args(expected_version, by, history_max)
-    key, channel = _pool_keys(client, name, prefix)
-    reply = _run(client, key, "set", [expected, CONFIG_TTL_MS, history_max, who, name,
-                                      channel, len(pairs), *[x for p in pairs for x in p],
-                                      *removals])
+    key, channel = pool_keys(name, prefix)
+    return script_keys(key), ["set", expected, CONFIG_TTL_MS, history_max, who, name, channel,
+                              len(pairs), *[x for p in pairs for x in p], *removals]
+
+
+def set_reply(name: str, expected_version: int | None, reply: Any) -> tuple[PoolConfig, bool]:
+    """What a ``set`` stored, and whether it wrote (False: only removals of fields not
+    stored). Raises ``ConfigConflict``."""
     current = stored_config(parse_get(reply))
     status = text(reply[0])
     if status == "conflict":
-        raise ConfigConflict(name, int(expected), current)
+        raise ConfigConflict(name, int(expected_version or 0), current)
     return current, status == "ok"
 
 
-def read_pool_history(client: Any, name: str, prefix: str, limit: int) -> list[dict[str, Any]]:
-    """The newest ``limit`` history entries (``_entries``), newest first."""
-    n = integer("limit", limit, low=1, high=10_000)
-    key, _ = _pool_keys(client, name, prefix)
-    return _entries(_run(client, key, "history", ["", CONFIG_TTL_MS, n]))
+def script_keys(key: str) -> list[str]:
+    """The script's KEYS for a pool's main key."""
+    return [_keys.part(key, "config"), _keys.part(key, "config", "history")]
 
 
 def _write_args(expected_version: int | None, by: str | None,
@@ -827,4 +816,4 @@ def _none() -> None:
     return None
 
 __all__ = ["ConfigConflict", "Follower", "PoolConfig", "encode_changes", "parse_assignments",
-           "read_pool_config", "read_pool_history", "write_pool_config"]
+           "parse_history", "set_args", "set_reply", "stored_config"]
