@@ -325,24 +325,24 @@ def cmd_config(args: argparse.Namespace) -> int:
             return _print_history(admin.pool_config_history(client, args.pool, prefix=prefix,
                                                             limit=args.limit), args)
         if action == "set":
-            if "strategy" in changes:
-                print("distlb: note: strategy parameters are checked by each process against "
-                      "its own strategy (one without such a parameter ignores it with a "
-                      "warning)", file=sys.stderr)
-            for note in notes:
-                print(f"distlb: note: {note}", file=sys.stderr)
             registry = admin.entity_key("pool", args.pool, prefix=prefix) + ":backends"
             if not client.exists(registry):
-                print(f"distlb: note: pool {args.pool!r} has no backends registered under "
-                      f"prefix {prefix!r} (a typo?); the configuration is stored anyway and "
-                      "applies when processes run the pool", file=sys.stderr)
+                notes.append(f"pool {args.pool!r} has no backends registered under prefix "
+                             f"{prefix!r} (a typo?); the configuration is stored anyway and "
+                             "applies when processes run the pool")
+            if "strategy" in changes:
+                notes.append("strategy parameters are checked by each process against its "
+                             "own strategy (one without such a parameter ignores it with a "
+                             "warning)")
             before = admin.pool_config(client, args.pool, prefix=prefix).version
             cfg = admin.set_pool_config(client, args.pool, prefix=prefix,
                                         expected_version=args.expect_version, by=args.by,
                                         **changes)
-            if cfg.version == before and args.expect_version is None:
-                print("distlb: note: nothing to change (the fields to remove are not "
-                      "stored): no new version written", file=sys.stderr)
+            if cfg.version == before:      # any write bumps the version
+                notes.append("nothing to change (the fields to remove are not stored): no "
+                             "new version written")
+            for note in notes:             # on stderr: --json output stays JSON only
+                print(f"distlb: note: {note}", file=sys.stderr)
         else:
             cfg = admin.pool_config(client, args.pool, prefix=prefix)
     except ConfigConflict as exc:
