@@ -57,10 +57,12 @@ def show(value: object) -> str:
 
 def number(field: str, value: object, *, low: float = 0.0, high: float = MAX_AMOUNT,
            low_inclusive: bool = False) -> float:
-    """A finite real number in (low, high] (or [low, high] with ``low_inclusive``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(field, f"must be a number, got {type(value).__name__}")
+    """A finite real number in (low, high] (or [low, high] with ``low_inclusive``): the
+    low bound is EXCLUSIVE by default (a duration or a rate must be above 0)."""
     bracket = "[" if low_inclusive else "("
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(field, f"must be a number in {bracket}{low:g}, {high:g}], got "
+                                 f"{show(value)} ({type(value).__name__})")
     try:
         v = float(value)
     except OverflowError:  # an int beyond the largest double
@@ -75,7 +77,8 @@ def number(field: str, value: object, *, low: float = 0.0, high: float = MAX_AMO
 def integer(field: str, value: object, *, low: int, high: int) -> int:
     """An int in [low, high]."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(field, f"must be an int, got {type(value).__name__}")
+        raise ConfigError(field, f"must be an int in [{low}, {high}], got {show(value)} "
+                                 f"({type(value).__name__})")
     if not low <= value <= high:
         raise ConfigError(field, f"must be in [{low}, {high}], got {show(value)}")
     return int(value)

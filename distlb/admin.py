@@ -26,9 +26,12 @@ import redis.cluster
 
 from distlb import _keys, _scripts
 from distlb._connect import redact_url
+from distlb._core import poolconfig as _poolconfig
+from distlb._core.poolconfig import PoolConfig
 from distlb._core.scripts import script
 from distlb._events import decode
 from distlb._keys import DEFAULT_PREFIX, KeyRef, Kind
+from distlb._validate import integer
 from distlb.errors import ConfigError
 
 __all__ = [
@@ -36,6 +39,8 @@ __all__ = [
     "KeyRef",
     "Kind",
     "Reset",
+    "breaker_notes",
+    "check_pool_config",
     "decode_event",
     "decode_name",
     "delete",
@@ -44,8 +49,11 @@ __all__ = [
     "keys",
     "kind_of",
     "parse_key",
+    "pool_config",
+    "pool_config_history",
     "redact_url",
     "reset",
+    "set_pool_config",
 ]
 
 #: Every kind of entity distlb stores: code (``tb``), label ("token bucket"), command-line
@@ -57,7 +65,8 @@ def kind_of(word: str) -> Kind:
     """The kind named by its code (``"tb"``) or its command-line word (``"bucket"``)."""
     found = _keys.BY_CODE.get(word) or _keys.BY_COMMAND.get(word)
     if found is None:
-        allowed = ", ".join(sorted(_keys.BY_COMMAND) + sorted(_keys.BY_CODE))
+        # A kind whose code is its command-line word (pool) is listed once.
+        allowed = ", ".join(sorted(set(_keys.BY_COMMAND) | set(_keys.BY_CODE)))
         raise ConfigError("kind", f"must be one of {allowed}, got {word!r}")
     return found
 
@@ -169,3 +178,62 @@ def reset(client: Any, kind: str, name: str, *, prefix: str = DEFAULT_PREFIX,
     else:
         _delete(client, result.keys)
     return result
+
+
+# -- a pool's fleet-wide configuration, without a LoadBalancer -------------------------------
+
+
+def pool_config(client: Any, name: str, *, prefix: str = DEFAULT_PREFIX) -> PoolConfig:
+    """The fleet-wide configuration stored for pool ``name`` (what ``distlb config get``
+    prints): stored values over the library's defaults (no limit, ``BreakerSettings()``),
+    ``stored`` naming the fields the store holds, ``strategy`` every stored strategy
+    parameter. ``version`` 0: nothing stored. One script call; no pool object, so no
+    constructor arguments to compare with and nothing logged."""
+    key, _ = _poolconfig.pool_keys(name, prefix)
+    reply = _scripts.run_sync(client, script("poolconfig"), _poolconfig.script_keys(key),
+                              ["get", "", _poolconfig.CONFIG_TTL_MS])
+    return _poolconfig.stored_config(_poolconfig.parse_get(reply))
+
+
+def set_pool_config(client: Any, name: str, *, prefix: str = DEFAULT_PREFIX,
+                    expected_version: int | None = None, by: str | None = None,
+                    history_max: int = _poolconfig.HISTORY_MAX,
+                    **changes: Any) -> PoolConfig:
+    """Change pool ``name``'s fleet-wide configuration (``distlb config set``): the
+    keywords of ``LoadBalancer.set_config`` (``rate_limit=``, ``client_limit=``,
+    ``breaker=``, ``strategy=``, ``unset=``), each field checked against its own range
+    before anything is written (``ConfigError``). Cross-field breaker rules and strategy
+    parameters are checked by each process against its own settings (see
+    ``breaker_notes``). Removing only fields that are not stored writes nothing.
+    Compare-and-set with ``expected_version`` (``ConfigConflict``). Returns what is stored."""
+    keys_, args = _poolconfig.set_args(name, prefix, changes, expected_version, by,
+                                       history_max)
+    reply = _scripts.run_sync(client, script("poolconfig"), keys_, args)
+    return _poolconfig.set_reply(name, expected_version, reply)[0]
+
+
+def check_pool_config(**changes: Any) -> None:
+    """Check ``set_pool_config``'s keywords without a server (``ConfigError`` naming the
+    field, its range and the value): what ``distlb config set`` runs before connecting."""
+    _poolconfig.check_changes(changes)
+
+
+def pool_config_history(client: Any, name: str, *, prefix: str = DEFAULT_PREFIX,
+                        limit: int = 20) -> list[dict[str, Any]]:
+    """The newest ``limit`` changes of pool ``name``'s configuration, newest first: dicts
+    with ``version`` (int), ``by``, ``at_us`` (int, server time in microseconds), ``set``
+    ({field: value}, limits as ``"200/s burst 200"``), ``unset`` ([field, ...], when
+    any) and ``previous`` ({field: value before, None when it was not stored})."""
+    n = integer("limit", limit, low=1, high=10_000)
+    key, _ = _poolconfig.pool_keys(name, prefix)
+    reply = _scripts.run_sync(client, script("poolconfig"), _poolconfig.script_keys(key),
+                              ["history", "", _poolconfig.CONFIG_TTL_MS, n])
+    return _poolconfig.parse_history(reply)
+
+
+def breaker_notes(breaker: dict[str, Any]) -> list[str]:
+    """Why breaker fields (as stored) cannot apply over the default ``BreakerSettings``:
+    one line each; empty when they fit. A process whose settings they do not fit ignores
+    them with a warning."""
+    checked = {k: _poolconfig.breaker_value(k, v) for k, v in breaker.items()}
+    return _poolconfig.breaker_notes(checked)

@@ -13,7 +13,9 @@
 --          are not valid UTF-8 (written by hand) are left out of replies.
 -- KEYS[2]  history zset {pool:<name>}:config:history, at most ARGV[4] entries: member JSON
 --          {"version", "by", "at_us", "set": {field: value}, "unset": [field...],
---          "previous": {field: old value or false}}, score the write's server time (us).
+--          "previous": {field: old value or null (was not stored)}}, score the write's
+--          server time (us). ("at_us" is a string: cjson would round 16 digits; entries
+--          written before this change say false for null: readers take both.)
 --          (A zset, not a list: the commands stay within the README's minimal ACL.)
 -- ARGV[1]  op:
 --   "get" <known token> <ttl_ms>
@@ -27,10 +29,13 @@
 --         <n> <field> <value> ... (n pairs) <field to remove> ...
 --        Writes only if the stored version equals <expected version> ("": whatever it
 --        is). Reply {"ok", new version, field, value, ...} or {"conflict", version,
---        field, value, ...} (nothing written), or {"wrongtype"}. A write bumps
+--        field, value, ...} (nothing written), or {"unchanged", version, field, value,
+--        ...} when n = 0 and no field to remove is stored (nothing to do: no new version,
+--        no history entry, no event), or {"wrongtype"}. A write bumps
 --        "version", records who/when, pushes a history entry (trimmed to the bound) and
---        publishes {"kind": "pool", "name", "event": "config", "config_version"} on
---        <channel> ("" = none) so every process re-reads it at once.
+--        publishes {"kind": "pool", "name", "event": "config", "config_version", "by",
+--        "fields": [field set or removed, ...]} on <channel> ("" = none) so every process
+--        re-reads it at once.
 --   "history" <unused> <ttl_ms> <n>
 --        Reply: the newest <n> history entries (JSON strings), newest first.
 -- Expires: both keys ARGV[3] ms (30 days) after the last write or read; a pool in use
@@ -124,21 +129,33 @@ local max_hist, by, pool_name, channel = tonumber(ARGV[4]), ARGV[5], ARGV[6], AR
 local n = tonumber(ARGV[8])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local set, previous, unset = {}, {}, {}
+local set, previous, unset, fields = {}, {}, {}, {}
 local i = 9
+if n == 0 then
+  local any_stored = false
+  for j = i, #ARGV do
+    if redis.call('HEXISTS', cfg, ARGV[j]) == 1 then any_stored = true end
+  end
+  if not any_stored then
+    keep()
+    return whole(v, 'unchanged')
+  end
+end
 for _ = 1, n do
   local f, val = ARGV[i], ARGV[i + 1]
   local old = redis.call('HGET', cfg, f)
-  previous[f] = old and (utf8_ok(old) and old or '<not UTF-8>')
+  previous[f] = old and (utf8_ok(old) and old or '<not UTF-8>') or cjson.null
   set[f] = val
+  fields[#fields + 1] = f
   redis.call('HSET', cfg, f, val)
   i = i + 2
 end
 for j = i, #ARGV do
   local f = ARGV[j]
   local old = redis.call('HGET', cfg, f)
-  previous[f] = old and (utf8_ok(old) and old or '<not UTF-8>')
+  previous[f] = old and (utf8_ok(old) and old or '<not UTF-8>') or cjson.null
   unset[#unset + 1] = f
+  fields[#fields + 1] = f
   redis.call('HDEL', cfg, f)
 end
 v = v + 1
@@ -157,6 +174,6 @@ end
 keep()
 if channel ~= '' then
   redis.call('PUBLISH', channel, cjson.encode({kind = 'pool', name = pool_name,
-    event = 'config', config_version = v}))
+    event = 'config', config_version = v, by = by, fields = fields}))
 end
 return whole(v, 'ok')

@@ -106,3 +106,27 @@ def test_cluster_one_entity_one_slot(rc: redis.cluster.RedisCluster, prefix: str
         assert admin.delete(rc, "shaper", n, prefix=prefix) == 3
     assert admin.keys(rc, "bucket", "api0", prefix=prefix)        # another kind: untouched
     assert admin.delete(rc, "bucket", "api0", prefix=prefix) == 1
+
+
+def test_unknown_kind_lists_each_allowed_word_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        admin.kind_of("bogus")
+    allowed = str(info.value).split("must be one of ")[1].split(", got")[0].split(", ")
+    assert len(allowed) == len(set(allowed)) and "pool" in allowed
+
+
+def test_validate_messages_give_the_value_and_the_range() -> None:
+    from distlb import validate
+    with pytest.raises(ConfigError, match=r"must be a number in \(0, 1e\+12\], got 'abc' "
+                                          r"\(str\)"):
+        validate.number("rate", "abc")
+    long = "x" * 500
+    with pytest.raises(ConfigError) as info:
+        validate.number("rate", long)
+    assert "...<502 chars>" in str(info.value) and len(str(info.value)) < 200
+    with pytest.raises(ConfigError, match=r"must be an int in \[1, 32\], got 1.5 \(float\)"):
+        validate.integer("workers", 1.5, low=1, high=32)
+    # The low bound is exclusive unless low_inclusive (documented in the README).
+    with pytest.raises(ConfigError, match=r"\(1, 32\]"):
+        validate.number("workers", 1, low=1, high=32)
+    assert validate.number("workers", 1, low=1, high=32, low_inclusive=True) == 1.0

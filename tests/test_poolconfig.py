@@ -5,6 +5,7 @@ NOSCRIPT, TTLs and hand-corrupted hashes."""
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import multiprocessing as mp
 import time
@@ -15,6 +16,7 @@ import pytest
 import redis
 
 from distlb import Backend, BreakerSettings, Limit, LoadBalancer
+from distlb import admin as distlb_admin
 from distlb.balancer import ConfigConflict
 from distlb.cli import main as cli_main
 from distlb.errors import CircuitOpen, ConfigError, StoreError
@@ -134,7 +136,10 @@ def test_bad_values_are_refused_before_the_store(r: redis.Redis, prefix: str) ->
         ({"client_limit": "0/s"}, "client_limit"),
         ({"breaker": {"failure_threshold": 0}}, "breaker.failure_threshold"),
         ({"breaker": {"open_timeout_s": -1}}, "breaker.open_timeout_s"),
-        ({"breaker": {"half_open_max_requests": 1}}, "breaker.half_open_max_requests"),
+        ({"breaker": {"half_open_max_requests": 10_001}}, "breaker.half_open_max_requests"),
+        # contradicting each other: no process could apply them
+        ({"breaker": {"success_threshold": 9, "half_open_max_requests": 5}},
+         "breaker.half_open_max_requests"),
         ({"breaker": {"failure_on": 1}}, "breaker.failure_on"),
         ({"strategy": {"decay_s": "nan"}}, "strategy.decay_s"),
         ({"strategy": {"_rng": 1}}, "strategy._rng"),
@@ -181,9 +186,13 @@ def test_history_is_bounded_and_says_who_and_when(r: redis.Redis, prefix: str) -
     entries = lb.config_history(100)
     assert [e["version"] for e in entries] == [12, 11, 10, 9, 8]
     assert r.zcard(f"{cfg_key(prefix)}:history") == 5
-    assert entries[0]["by"] == "op12" and entries[0]["set"] == {"rate_limit": "12 12"}
-    assert entries[0]["previous"] == {"rate_limit": "11 11"}
-    assert int(entries[0]["at_us"]) >= before_us
+    # As people write them (not the stored "12 12"); numbers are numbers.
+    assert entries[0]["by"] == "op12" and entries[0]["set"] == {"rate_limit": "12/s burst 12"}
+    assert entries[0]["previous"] == {"rate_limit": "11/s burst 11"}
+    assert isinstance(entries[0]["at_us"], int) and entries[0]["at_us"] >= before_us
+    assert isinstance(entries[0]["version"], int)
+    first = distlb_admin.pool_config_history(r, "p", prefix=prefix, limit=100)[-1]
+    assert first["version"] == 8 and first["previous"] == {"rate_limit": "7/s burst 7"}
     assert 0 < r.pttl(f"{cfg_key(prefix)}:history") <= 30 * 86400 * 1000
     assert 0 < r.pttl(cfg_key(prefix)) <= 30 * 86400 * 1000
     lb.close()
@@ -308,7 +317,7 @@ def test_reset_keeps_the_config_and_inspect_shows_it(server_url: str, prefix: st
     base = ["--redis-url", server_url, "--prefix", prefix]
     assert cli_main(["inspect", *base]) == 0
     out = capsys.readouterr().out
-    assert "config v1: rate_limit=6 6" in out and "1 config change in history" in out
+    assert "config v1: rate_limit=6/s burst 6" in out and "1 config change in history" in out
     assert cli_main(["reset", "pool", "p", "--yes", *base]) == 0
     assert "kept its fleet-wide configuration" in capsys.readouterr().out
     assert r.hget(cfg_key(prefix), "rate_limit") == b"6 6"
@@ -332,3 +341,246 @@ def test_a_decoding_client_reads_a_config_with_non_utf8_entries(server_url: str,
     lb.close()
     decoding.close()
     raw.close()
+
+
+# -- a new user's findings on the config CLI/API (cfgpolish) ----------------------------------
+
+
+def _cli(server_url: str, prefix: str, *argv: str) -> list[str]:
+    return [*argv, "--redis-url", server_url, "--prefix", prefix]
+
+
+def test_history_json_is_json_only_with_numbers_and_nulls(
+        server_url: str, prefix: str, r: redis.Redis,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(_cli(server_url, prefix, "config", "set", "api", "rate_limit=200/s",
+                         "--by", "ops")) == 0
+    assert cli_main(_cli(server_url, prefix, "config", "set", "api", "rate_limit=300/s")) == 0
+    capsys.readouterr()
+    assert cli_main(_cli(server_url, prefix, "config", "history", "api", "--json")) == 0
+    entries = json.loads(capsys.readouterr().out)     # the whole output: JSON only
+    assert [e["version"] for e in entries] == [2, 1]
+    assert all(isinstance(e["at_us"], int) for e in entries)
+    assert entries[1]["previous"] == {"rate_limit": None}        # was not stored
+    assert entries[1]["set"] == {"rate_limit": "200/s burst 200"}
+    assert entries[0]["previous"] == {"rate_limit": "200/s burst 200"}
+    # The text form, as people write limits.
+    assert cli_main(_cli(server_url, prefix, "config", "history", "api")) == 0
+    out = capsys.readouterr().out
+    assert "by ops:  rate_limit=200/s burst 200" in out and "200 200" not in out
+    # The raw history says null (not false) for "was not stored".
+    raw = r.zrange(f"{cfg_key(prefix, 'api')}:history", 0, 0)
+    assert json.loads(raw[0])["previous"] == {"rate_limit": None}
+
+
+@pytest.mark.parametrize(("value", "wanted", "unwanted"), [
+    ("rate_limit=10/s burst 0", ["rate_limit burst:", "[1e-09, 1e+12]", "'10/s burst 0'"],
+     ["(got"]),
+    ("client_limit=10/s; 100/h", ["client_limit:", "must be one rate, got 2"],
+     ["parse_many"]),
+    ("rate_limit=lots", ["rate_limit:", "'lots' is not a rate"], ["(got"]),
+    ("breaker.failure_threshold=1.5", ["breaker.failure_threshold:", "[1, 1000000]", "1.5"],
+     []),
+    ("breaker.open_timeout_s=soon", ["breaker.open_timeout_s:", "'soon'"], []),
+    ("strategy.1bad=5", ["strategy.1bad:"], []),
+])
+def test_cli_value_errors_name_the_part_and_its_range_once(
+        value: str, wanted: list[str], unwanted: list[str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # Refused before connecting: the URL names no server.
+    assert cli_main(["config", "set", "api", value, "--redis-url",
+                     "redis://127.0.0.1:1/0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err
+    for w in wanted:
+        assert w in err, (w, err)
+    for u in unwanted:
+        assert u not in err, (u, err)
+    assert err.count("got") <= 1, err
+
+
+def test_a_breaker_field_is_checked_alone_and_a_misfit_is_explained(
+        server_url: str, prefix: str, r: redis.Redis, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # success_threshold=9 is in its own range: stored, with a note that it does not fit
+    # the default settings (half_open_max_requests 5), not an error blaming an unset field.
+    assert cli_main(_cli(server_url, prefix, "config", "set", "api",
+                         "breaker.success_threshold=9")) == 0
+    err = capsys.readouterr().err
+    assert "does not fit the default breaker settings" in err
+    assert "set breaker.half_open_max_requests too" in err
+    assert r.hget(cfg_key(prefix, "api"), "breaker.success_threshold") == b"9"
+    # A process with the defaults ignores it, with a warning (the README's rule).
+    lb = LoadBalancer(r, "api", prefix=prefix, subscribe=False)
+    with caplog.at_level(logging.WARNING, logger="distlb"):
+        cfg = lb.config()
+    assert cfg.breaker is not None and cfg.breaker.success_threshold == 3
+    assert "stored breaker settings ignored" in caplog.text
+    # With both, it fits: the process applies them.
+    assert cli_main(_cli(server_url, prefix, "config", "set", "api",
+                         "breaker.half_open_max_requests=9")) == 0
+    assert "does not fit" not in capsys.readouterr().err
+    cfg = lb.config()
+    assert cfg.breaker is not None and cfg.breaker.success_threshold == 9
+    # Two fields that contradict each other are refused: no process could apply them.
+    assert cli_main(_cli(server_url, prefix, "config", "set", "api",
+                         "breaker.success_threshold=9", "breaker.half_open_max_requests=5")
+                    ) == 2
+    assert "no process can apply them" in capsys.readouterr().err
+    lb.close()
+
+
+def test_strategy_values_are_shown_and_checked_by_each_process_only(
+        server_url: str, prefix: str, r: redis.Redis, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with caplog.at_level(logging.WARNING, logger="distlb"):
+        assert cli_main(_cli(server_url, prefix, "config", "set", "api",
+                             "strategy.decay_s=5")) == 0
+        err = capsys.readouterr().err
+        assert err.count("strategy parameters are checked by each process") == 1
+        assert cli_main(_cli(server_url, prefix, "config", "get", "api")) == 0
+        out = capsys.readouterr().out
+        assert "strategy.decay_s" in out and "5  (stored)" in out
+        assert cli_main(_cli(server_url, prefix, "config", "get", "api", "--json")) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["values"]["strategy.decay_s"] == "5" and "strategy.decay_s" in doc["stored"]
+    # The command line has no strategy of its own: nothing about RoundRobinBalancer.
+    assert "RoundRobinBalancer" not in caplog.text + err
+    assert distlb_admin.pool_config(r, "api", prefix=prefix).strategy == {"decay_s": 5}
+
+
+def test_set_on_a_pool_without_backends_notes_it(
+        server_url: str, prefix: str, r: redis.Redis,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(_cli(server_url, prefix, "config", "set", "nosuchpool",
+                         "rate_limit=5/s")) == 0
+    err = capsys.readouterr().err
+    assert "pool 'nosuchpool' has no backends registered" in err
+    assert r.hget(cfg_key(prefix, "nosuchpool"), "rate_limit") == b"5 5"   # still stored
+    lb = LoadBalancer(r, "api", prefix=prefix, subscribe=False)
+    lb.add_backend(Backend("b1", "127.0.0.1:9"))
+    assert cli_main(_cli(server_url, prefix, "config", "set", "api", "rate_limit=5/s")) == 0
+    assert "no backends" not in capsys.readouterr().err
+    lb.close()
+
+
+def test_config_usage_is_per_action(server_url: str, prefix: str, r: redis.Redis,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main(["config", "get"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "POOL" in err and "field=value" not in err
+    for argv in (["config", "get", "api", "--by", "me"],
+                 ["config", "history", "api", "--expect-version", "1"],
+                 ["config", "get", "api", "rate_limit=1/s"]):
+        with pytest.raises(SystemExit) as info:
+            cli_main(argv)
+        assert info.value.code == 2, argv
+        capsys.readouterr()
+    # A field given twice is refused (the last one silently winning hides a typo).
+    assert cli_main(_cli(server_url, prefix, "config", "set", "api", "rate_limit=1/s",
+                         "rate_limit=2/s", "--json")) == 2
+    captured = capsys.readouterr()
+    assert "rate_limit: is given twice" in captured.err and captured.out == ""
+    assert not r.exists(cfg_key(prefix, "api"))
+
+
+def test_unsetting_what_is_not_stored_writes_nothing(
+        server_url: str, prefix: str, r: redis.Redis,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    lb = LoadBalancer(r, "api", prefix=prefix, subscribe=False)
+    assert lb.set_config(unset=["rate_limit"]).version == 0
+    assert not r.exists(cfg_key(prefix, "api"))
+    assert lb.set_config(client_limit="3/s").version == 1
+    assert lb.set_config(unset=["rate_limit"]).version == 1        # not stored: no-op
+    assert len(lb.config_history()) == 1
+    assert cli_main(_cli(server_url, prefix, "config", "set", "api",
+                         "rate_limit=default")) == 0
+    assert "nothing to change" in capsys.readouterr().err
+    assert distlb_admin.pool_config(r, "api", prefix=prefix).version == 1
+    assert lb.set_config(unset=["client_limit"]).version == 2       # stored: removed
+    assert len(lb.config_history()) == 2
+    lb.close()
+
+
+def test_the_writer_does_not_warn_about_its_own_choice(
+        r: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    lb = LoadBalancer(r, "api", rate_limit=Limit(1000, 100), prefix=prefix,
+                      breaker=BreakerSettings(failure_threshold=5), subscribe=False)
+    with caplog.at_level(logging.WARNING, logger="distlb"):
+        cfg = lb.set_config(rate_limit="200/s burst 20", breaker={"failure_threshold": 3},
+                            by="ops", expected_version=0)
+    assert cfg.version == 1 and lb.rate_limit == Limit(200, 20)
+    assert "constructor arguments" not in caplog.text
+    # Another process with other constructor arguments is told, once.
+    other = LoadBalancer(r, "api", rate_limit=Limit(1000, 100), prefix=prefix,
+                         subscribe=False)
+    with caplog.at_level(logging.WARNING, logger="distlb"):
+        other.config()
+    assert caplog.text.count("constructor arguments") == 1
+    # A value someone else stores still warns the first writer (it did not choose it).
+    caplog.clear()
+    other.set_config(client_limit="7/s")
+    with caplog.at_level(logging.WARNING, logger="distlb"):
+        lb.config()
+    assert "client_limit=7/s burst 7" in caplog.text and "rate_limit=" not in caplog.text
+    lb.close()
+    other.close()
+
+
+def test_admin_config_api_needs_no_load_balancer(r: redis.Redis, prefix: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    assert distlb_admin.pool_config(r, "api", prefix=prefix).version == 0
+    with caplog.at_level(logging.WARNING, logger="distlb"):
+        cfg = distlb_admin.set_pool_config(r, "api", prefix=prefix, rate_limit="9/s",
+                                           breaker={"failure_threshold": 2}, by="me",
+                                           expected_version=0)
+    assert caplog.text == ""
+    assert cfg.version == 1 and cfg.rate_limit == Limit(9, 9) and cfg.updated_by == "me"
+    assert cfg.breaker is not None and cfg.breaker.failure_threshold == 2
+    assert cfg.stored == {"rate_limit", "breaker.failure_threshold"}
+    with pytest.raises(ConfigConflict) as info:
+        distlb_admin.set_pool_config(r, "api", prefix=prefix, rate_limit="1/s",
+                                     expected_version=0)
+    assert info.value.current.version == 1
+    assert [e["by"] for e in distlb_admin.pool_config_history(r, "api", prefix=prefix)] == ["me"]
+    lb = LoadBalancer(r, "api", prefix=prefix, subscribe=False)     # the pools see it
+    assert lb.config().rate_limit == Limit(9, 9)
+    lb.close()
+
+
+def test_reset_of_a_pool_with_only_configuration_says_what_it_kept(
+        server_url: str, prefix: str, r: redis.Redis,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    distlb_admin.set_pool_config(r, "api", prefix=prefix, rate_limit="9/s")
+    assert cli_main(_cli(server_url, prefix, "reset", "pool", "api", "--yes")) == 0
+    out = capsys.readouterr().out
+    assert "nothing to reset" in out and "kept: its fleet-wide configuration, 2 keys" in out
+    assert "no keys" not in out
+
+
+def test_watch_says_who_changed_which_fields(server_url: str, prefix: str,
+                                             r: redis.Redis) -> None:
+    import subprocess
+    import sys
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distlb.cli", "watch", "--redis-url", server_url, "--prefix",
+         prefix, "--count", "1", "--timeout", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        channel = distlb_admin.events_channel(prefix)
+        while not r.pubsub_numsub(channel)[0][1]:             # subscribed
+            assert time.monotonic() < deadline, "watch never subscribed"
+            time.sleep(0.05)
+        distlb_admin.set_pool_config(r, "api", prefix=prefix, rate_limit="9/s", by="ops",
+                                     unset=["client_limit"])
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "pool api: configuration version 1 by ops: rate_limit, client_limit" in out, out

@@ -6,14 +6,22 @@ hash tag, ``{pool:<name>}:config``, versioned and changed by compare-and-set in 
 with a bounded history (``:config:history``). Every process reads it at its pool's
 refresh (every ``refresh_s``, at once after a ``config`` event on the pool's channel)
 and applies it: stored values win over constructor arguments (one WARNING per pool
-object says so the first time they differ). Nothing stored: the constructor
-arguments are in force; a process never publishes its own.
+object says so the first time they differ, leaving out the values that object wrote
+itself). Nothing stored: the constructor arguments are in force; a process never
+publishes its own.
+
+Writes check each field against its own range (and breaker fields given together
+against each other); the cross-field breaker rules against the fields not given, and
+strategy parameters, are each process's to check (``breaker_notes`` explains a misfit).
+``distlb.admin.pool_config`` / ``set_pool_config`` / ``pool_config_history`` do the
+same without a pool object (the command line), with ``set_args``/``set_reply`` here.
 
 Pure: the pool calls :class:`Follower` from its refresh and its event handler.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,6 +37,7 @@ from distlb import _keys
 from distlb._breaker import BreakerSettings
 from distlb._core.ops import Call, Op, Steps, steps, text
 from distlb._core.scripts import script
+from distlb._rates import parse_rates
 from distlb._shaping import Limit
 from distlb._validate import integer, number, show
 from distlb.errors import ConfigError, DistlbError, StoreError
@@ -116,22 +125,31 @@ def _limit_human(limit: Limit | None) -> str:
 
 def limit_value(field_name: str, value: object) -> Limit | None:
     """A limit as given to ``set_config``: a ``Limit``, a rate string (``"100/s"``,
-    ``"1000/hour burst 50"``), ``"<rate> <burst>"``, or None / ``"none"`` (no limit)."""
+    ``"1000/hour burst 50"``), ``"<rate> <burst>"``, or None / ``"none"`` (no limit).
+
+    An error names the part at fault (``rate_limit burst``, ``rate_limit rate``) and its
+    range once, with the text given."""
     if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
         return None
     if isinstance(value, Limit):
         return value
     if isinstance(value, str):
         parts = value.split()
+        if len(parts) == 2 and all(_is_float(p) for p in parts):
+            rates = [(float(parts[0]), float(parts[1]))]
+        else:
+            rates = parse_rates(value, field_name)
+            if len(rates) != 1:
+                raise ConfigError(field_name, f"must be one rate, got {len(rates)} in "
+                                              f"{show(value)} (a pool holds one limit)")
         try:
-            if len(parts) == 2 and all(_is_float(p) for p in parts):
-                return Limit(float(parts[0]), float(parts[1]))
-            return Limit.parse(value)
+            return Limit(*rates[0])
         except ConfigError as exc:
-            raise ConfigError(field_name, f"{str(exc).partition(': ')[2] or exc} "
-                                          f"(got {show(value)})") from None
+            part = "burst" if exc.field == "burst" else "rate"
+            raise ConfigError(f"{field_name} {part}", f"{str(exc).partition(': ')[2]} "
+                                                      f"in {show(value)}") from None
     raise ConfigError(field_name, "must be a distlb.Limit, a rate string like '100/s', "
-                                  f"or None, got {type(value).__name__}")
+                                  f"or None, got {show(value)} ({type(value).__name__})")
 
 
 def _is_float(s: str) -> bool:
@@ -142,8 +160,25 @@ def _is_float(s: str) -> bool:
     return True
 
 
+#: Each breaker field's own range (``BreakerSettings``'): ints [low, high]; seconds
+#: (low, high], or [low, high] where marked. The cross-field rules (half_open_max_requests
+#: >= success_threshold, ttl_s > open_timeout_s + probe_lease_s) are each process's to check.
+BREAKER_RANGES: dict[str, tuple[float, float, bool]] = {
+    "failure_threshold": (1, 1_000_000, True), "success_threshold": (1, 10_000, True),
+    "half_open_max_requests": (1, 10_000, True), "open_timeout_s": (0.001, 86400, False),
+    "probe_lease_s": (0.001, 86400, False), "slow_call_s": (0, 86400, False),
+    "max_staleness_s": (0, 3600, True), "ttl_s": (0, 365 * 86400, False)}
+#: The settings that make every cross-field rule easiest to meet: a breaker combination
+#: that fails over these fails over any process's settings (it contradicts itself).
+_PERMISSIVE: dict[str, Any] = {
+    "failure_threshold": 1, "success_threshold": 1, "half_open_max_requests": 10_000,
+    "open_timeout_s": 0.002, "probe_lease_s": 0.002, "slow_call_s": None,
+    "max_staleness_s": 0.0, "ttl_s": 365 * 86400.0}
+
+
 def breaker_value(name: str, value: object) -> float | int | None:
-    """One breaker field, checked alone (the combination is checked by ``BreakerSettings``)."""
+    """One breaker field, checked against its own range only (the combination is each
+    process's: ``breaker_notes``)."""
     if name not in BREAKER_FIELDS:
         raise ConfigError(f"breaker.{name}", "is not a breaker setting the store can hold; "
                                              f"one of {', '.join(BREAKER_FIELDS)}")
@@ -151,11 +186,40 @@ def breaker_value(name: str, value: object) -> float | int | None:
         value = _parse_number(f"breaker.{name}", value, allow_none=name == "slow_call_s")
     if value is None and name == "slow_call_s":
         return None
+    low, high, inclusive = BREAKER_RANGES[name]
     if name in BREAKER_INTS:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        return integer(f"breaker.{name}", value, low=1, high=1_000_000)
-    return number(f"breaker.{name}", value, low_inclusive=True, high=365 * 86400)
+        return integer(f"breaker.{name}", value, low=int(low), high=int(high))
+    return number(f"breaker.{name}", value, low=low, high=high, low_inclusive=inclusive)
+
+
+def check_breaker_combination(checked: Mapping[str, Any]) -> None:
+    """Refuse breaker fields that contradict EACH OTHER (no process could apply them, e.g.
+    ``success_threshold=9 half_open_max_requests=5``): ``ConfigError`` naming the field."""
+    try:
+        BreakerSettings(**{**_PERMISSIVE, **checked})
+    except ConfigError as exc:
+        raise ConfigError(f"breaker.{exc.field}", f"{str(exc).partition(': ')[2]}, "
+                          "with the other breaker fields given: no process can apply "
+                          "them") from None
+
+
+def breaker_notes(checked: Mapping[str, Any], base: BreakerSettings | None = None,
+                  whose: str = "the default breaker settings") -> list[str]:
+    """Why stored breaker fields cannot apply over ``base`` (default: ``BreakerSettings()``)
+    - each process checks the combination over its own settings and ignores one that does
+    not fit, with a warning. Empty when they fit."""
+    if not checked:
+        return []
+    try:
+        dataclasses.replace(base or BreakerSettings(), **checked)
+    except ConfigError as exc:
+        given = " ".join(f"breaker.{k}={_num_text(v)}" for k, v in checked.items())
+        return [f"{given} does not fit {whose} (breaker.{exc.field}: "
+                f"{str(exc).partition(': ')[2]}): a process with them ignores the stored "
+                f"breaker fields with a warning; set breaker.{exc.field} too"]
+    return []
 
 
 def _parse_number(field_name: str, text_value: str, allow_none: bool = False) -> Any:
@@ -178,7 +242,9 @@ def strategy_value(strategy: Any, name: str, value: object, *, strict: bool) -> 
     with ``value`` (the constructor's own validation); otherwise only a finite number."""
     label = f"strategy.{name}"
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
-        raise ConfigError(label, "must name a public attribute of the strategy")
+        raise ConfigError(label, "must name a public parameter of the strategy (letters, "
+                                 "digits and _, not starting with a digit or _), got "
+                                 f"{show(name)}")
     if isinstance(value, str):
         value = _parse_number(label, value)
     v = number(label, value, low=-1e15, high=1e15, low_inclusive=True)
@@ -224,10 +290,7 @@ def encode_changes(*, strategy: Any, rate_limit: object = _MISSING,
             raise ConfigError("breaker", "must be a BreakerSettings or a mapping of its "
                                          "numeric fields")
         checked = {str(k): breaker_value(str(k), v) for k, v in items.items()}
-        try:                              # the combination, over the defaults
-            BreakerSettings(**checked)    # type: ignore[arg-type]
-        except ConfigError as exc:
-            raise ConfigError(f"breaker.{exc.field}", str(exc).partition(": ")[2]) from None
+        check_breaker_combination(checked)     # over each process's own: breaker_notes
         pairs.extend((f"breaker.{k}", _num_text(v)) for k, v in checked.items())
     for k, v in (strategy_params or {}).items():
         pairs.append((f"strategy.{k}", _num_text(strategy_value(strategy, k, v,
@@ -255,11 +318,15 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
     breaker: dict[str, str] = {}
     strat: dict[str, str] = {}
     unset: list[str] = []
+    seen: set[str] = set()
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name:
             raise ConfigError("assignment", f"must be field=value, got {show(item)}")
+        if name in seen:       # the last one winning silently hides a typo
+            raise ConfigError(name, "is given twice: give each field once")
+        seen.add(name)
         if value.strip().lower() == "default":      # remove it: the constructor's value
             unset.append(name)
         elif name in LIMIT_FIELDS:
@@ -297,7 +364,7 @@ def parse_get(reply: Any) -> Stored | None:
     if isinstance(reply, list) and reply and text(reply[0]) == "wrongtype":
         raise StoreError(WRONG_TYPE)
     head = [text(x) for x in reply[:2]]
-    if head[0] in ("ok", "conflict"):
+    if head[0] in ("ok", "conflict", "unchanged"):
         flat = reply[2:]
         version = int(head[1])
     else:
@@ -351,6 +418,9 @@ class Follower:
         self.updated_by = ""
         self.updated_at_s: float | None = None
         self.warned_override = False
+        #: Fields this pool object wrote itself (``set_config``): it chose those values, so
+        #: they are never reported as overriding its constructor arguments.
+        self.chosen: set[str] = set()
         self.warned_bad: set[tuple[str, str]] = set()
 
     @property
@@ -459,7 +529,8 @@ class Follower:
                 self.updated_at_s = int(f["updated_at_us"]) / 1e6
             except (KeyError, ValueError):
                 self.updated_at_s = None
-            overrides = self._overrides(limits, breaker, strategy)
+            overrides = [text_ for name, text_ in self._overrides(limits, breaker, strategy)
+                         if name not in self.chosen]
         if overrides and not self.warned_override:
             self.warned_override = True
             log.warning("pool %r: the fleet-wide configuration (version %d, stored in Redis) "
@@ -489,24 +560,25 @@ class Follower:
                 cb._leave_bus()
 
     def _overrides(self, limits: dict[str, Limit | None], breaker: BreakerSettings | None,
-                   strategy: dict[str, Any]) -> list[str]:
+                   strategy: dict[str, Any]) -> list[tuple[str, str]]:
+        """(field, text) for each value in force that differs from the constructor's."""
         base, out = self.base, []
         for name in LIMIT_FIELDS:
             if limits[name] != getattr(base, name):
-                out.append(f"{name}={_limit_human(limits[name])} (constructor: "
-                           f"{_limit_human(getattr(base, name))})")
+                out.append((name, f"{name}={_limit_human(limits[name])} (constructor: "
+                                  f"{_limit_human(getattr(base, name))})"))
         if breaker != base.breaker:
             for name in BREAKER_FIELDS:
                 new = None if breaker is None else getattr(breaker, name)
                 old = None if base.breaker is None else getattr(base.breaker, name)
                 if new != old:
-                    out.append(f"breaker.{name}={_num_text(new)} (constructor: "
-                               f"{_num_text(old)})")
+                    out.append((f"breaker.{name}", f"breaker.{name}={_num_text(new)} "
+                                                   f"(constructor: {_num_text(old)})"))
         for name, value in strategy.items():
             old = base.strategy.get(name, getattr(self.pool.strategy, name, None))
             if value != old:
-                out.append(f"strategy.{name}={_num_text(value)} (constructor: "
-                           f"{_num_text(old)})")
+                out.append((f"strategy.{name}", f"strategy.{name}={_num_text(value)} "
+                                                f"(constructor: {_num_text(old)})"))
         return out
 
     def _describe_changes(self, limits: dict[str, Limit | None],
@@ -571,18 +643,20 @@ class Follower:
             client_limit=changes.get("client_limit", _MISSING),
             breaker=changes.get("breaker"), strategy_params=changes.get("strategy"),
             unset=changes.get("unset", ()))
-        expected = "" if expected_version is None else str(
-            integer("expected_version", expected_version, low=0, high=2**53 - 1))
-        who = by if by is not None else f"{platform.node()}:{os.getpid()}"
-        if not isinstance(who, str) or not who or len(who) > MAX_BY_CHARS:
-            raise ConfigError("by", f"must be a non-empty str of at most {MAX_BY_CHARS} "
-                                    f"characters, got {show(who)}")
-        history_max = integer("history_max", history_max, low=1, high=10_000)
+        expected, who, history_max = _write_args(expected_version, by, history_max)
         flat = [x for p in pairs for x in p]
         status: list[str] = []
+        bfields = {k.removeprefix("breaker."): breaker_value(k.removeprefix("breaker."), v)
+                   for k, v in pairs if k.startswith("breaker.")}
+        for note in breaker_notes(bfields, pool.breaker_settings or BreakerSettings(),
+                                  "this process's breaker settings"):
+            log.warning("pool %r: %s", pool.name, note)
 
         def parse(reply: Any) -> None:
             status.append(text(reply[0]))
+            if status[0] == "ok":       # this process chose these: no warning about them
+                self.chosen.update(p for p, _ in pairs)
+                self.chosen.difference_update(removals)
             self._force_apply(reply)
 
         yield plan(pool.key, "set", [expected, CONFIG_TTL_MS, history_max, who, pool.name,
@@ -595,12 +669,24 @@ class Follower:
 
     def history(self, limit: int) -> Steps[list[dict[str, Any]]]:
         n = integer("limit", limit, low=1, high=10_000)
-        reply = yield plan(self.pool.key, "history", ["", CONFIG_TTL_MS, n], _entries,
+        reply = yield plan(self.pool.key, "history", ["", CONFIG_TTL_MS, n], parse_history,
                            self._unavailable, self.pool._guard)
         return list(reply)
 
 
-def _entries(reply: Any) -> list[dict[str, Any]]:
+def human_value(field_name: str, raw: Any) -> Any:
+    """A stored value as people write it: a limit ``"200 200"`` as ``"200/s burst 200"``."""
+    if field_name in LIMIT_FIELDS and isinstance(raw, str):
+        try:
+            return _limit_human(limit_value(field_name, raw))
+        except ConfigError:
+            return raw
+    return raw
+
+
+def parse_history(reply: Any) -> list[dict[str, Any]]:
+    """History entries as documented: ``version`` and ``at_us`` ints, limits as rate
+    strings (``"200/s burst 200"``), ``previous`` None for "was not stored"."""
     if isinstance(reply, list) and reply and text(reply[0]) == "wrongtype":
         raise StoreError(WRONG_TYPE)
     out = []
@@ -609,16 +695,125 @@ def _entries(reply: Any) -> list[dict[str, Any]]:
             entry = json.loads(text(raw))
         except (ValueError, UnicodeDecodeError):
             continue
-        if isinstance(entry, dict):
-            if isinstance(entry.get("set"), list):     # cjson writes {} as []
-                entry["set"] = {}
-            if isinstance(entry.get("previous"), list):
-                entry["previous"] = {}
-            out.append(entry)
+        if not isinstance(entry, dict):
+            continue
+        for part in ("set", "previous"):
+            values = entry.get(part)
+            if not isinstance(values, dict):       # cjson writes {} as []
+                values = {}
+            entry[part] = {k: None if v is False or v is None else human_value(k, v)
+                           for k, v in values.items()}
+        for number_field in ("version", "at_us"):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                entry[number_field] = int(entry[number_field])
+        out.append(entry)
     return out
+
+
+# -- without a pool object: what ``distlb.admin`` (the I/O) and the command line use ---------
+
+
+def pool_keys(name: str, prefix: str) -> tuple[str, str]:
+    """A pool's main key and its events channel (the name and prefix checked)."""
+    key = _keys.entity(_keys.check_prefix(prefix), "pool", _keys.escape(name, "name"))
+    return key, _keys.events_channel(_keys.check_prefix(prefix))
+
+
+def stored_config(stored: Stored | None) -> PoolConfig:
+    """What a store holds, over the library's defaults (no limit, ``BreakerSettings()``,
+    no strategy parameter) for the fields it does not hold. A stored value that does not
+    validate is left out (each process ignores it too); breaker fields whose combination
+    does not fit the defaults are kept in ``stored`` but the defaults shown."""
+    f = stored.fields if stored is not None else {}
+    used: set[str] = set()
+    limits: dict[str, Limit | None] = {"rate_limit": None, "client_limit": None}
+    for name in LIMIT_FIELDS:
+        if name in f:
+            with _suppress():
+                limits[name] = limit_value(name, f[name])
+                used.add(name)
+    bfields: dict[str, Any] = {}
+    for name in BREAKER_FIELDS:
+        if f"breaker.{name}" in f:
+            with _suppress():
+                bfields[name] = breaker_value(name, f[f"breaker.{name}"])
+                used.add(f"breaker.{name}")
+    breaker = BreakerSettings()
+    with _suppress():
+        breaker = dataclasses.replace(breaker, **bfields)
+    strategy: dict[str, float] = {}
+    for k, raw in f.items():
+        if k.startswith("strategy."):
+            with _suppress():
+                strategy[k.removeprefix("strategy.")] = strategy_value(
+                    None, k.removeprefix("strategy."), raw, strict=False)
+                used.add(k)
+    at: float | None = None
+    with _suppress():
+        at = int(f["updated_at_us"]) / 1e6
+    return PoolConfig(stored.version if stored is not None else 0, limits["rate_limit"],
+                      limits["client_limit"], breaker, strategy, frozenset(used),
+                      f.get("updated_by", ""), at)
+
+
+def _suppress() -> contextlib.suppress:
+    """Suppress the errors a hand-written value can raise (it is left out)."""
+    return contextlib.suppress(ConfigError, KeyError, ValueError)
+
+
+def check_changes(changes: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """``set_config``'s keywords checked without a pool (``encode_changes`` with no
+    strategy: a strategy parameter must be a finite number with a public name)."""
+    for field_name in changes:
+        if field_name not in (*LIMIT_FIELDS, "breaker", "strategy", "unset"):
+            raise ConfigError(field_name, "is not a pool setting: rate_limit, client_limit, "
+                                          "breaker, strategy, unset")
+    return encode_changes(
+        strategy=None, rate_limit=changes.get("rate_limit", _MISSING),
+        client_limit=changes.get("client_limit", _MISSING), breaker=changes.get("breaker"),
+        strategy_params=changes.get("strategy"), unset=changes.get("unset", ()))
+
+
+def set_args(name: str, prefix: str, changes: Mapping[str, Any],
+             expected_version: int | None, by: str | None,
+             history_max: int) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of a ``set`` without a pool object, all validated: the caller
+    runs ``poolconfig`` with them and reads the reply with ``set_reply``."""
+    pairs, removals = check_changes(changes)
+    expected, who, history_max = _write_args(expected_version, by, history_max)
+    key, channel = pool_keys(name, prefix)
+    return script_keys(key), ["set", expected, CONFIG_TTL_MS, history_max, who, name, channel,
+                              len(pairs), *[x for p in pairs for x in p], *removals]
+
+
+def set_reply(name: str, expected_version: int | None, reply: Any) -> tuple[PoolConfig, bool]:
+    """What a ``set`` stored, and whether it wrote (False: only removals of fields not
+    stored). Raises ``ConfigConflict``."""
+    current = stored_config(parse_get(reply))
+    status = text(reply[0])
+    if status == "conflict":
+        raise ConfigConflict(name, int(expected_version or 0), current)
+    return current, status == "ok"
+
+
+def script_keys(key: str) -> list[str]:
+    """The script's KEYS for a pool's main key."""
+    return [_keys.part(key, "config"), _keys.part(key, "config", "history")]
+
+
+def _write_args(expected_version: int | None, by: str | None,
+                history_max: int) -> tuple[str, str, int]:
+    expected = "" if expected_version is None else str(
+        integer("expected_version", expected_version, low=0, high=2**53 - 1))
+    who = by if by is not None else f"{platform.node()}:{os.getpid()}"
+    if not isinstance(who, str) or not who or len(who) > MAX_BY_CHARS:
+        raise ConfigError("by", f"must be a non-empty str of at most {MAX_BY_CHARS} "
+                                f"characters, got {show(who)}")
+    return expected, who, integer("history_max", history_max, low=1, high=10_000)
 
 
 def _none() -> None:
     return None
 
-__all__ = ["ConfigConflict", "Follower", "PoolConfig", "encode_changes", "parse_assignments"]
+__all__ = ["ConfigConflict", "Follower", "PoolConfig", "encode_changes", "parse_assignments",
+           "parse_history", "set_args", "set_reply", "stored_config"]

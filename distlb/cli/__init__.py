@@ -232,7 +232,12 @@ def _describe(event: dict[str, Any], color: bool) -> str:
             return f"{stamp}  breaker {name}: {event.get('from')} -> {to_text}{forced}"
         return f"{stamp}  breaker {name}: {event.get('failures')} consecutive failures"
     if kind == "pool" and event.get("event") == "config":
-        return f"{stamp}  pool {name}: configuration version {event.get('config_version')}"
+        fields = event.get("fields")
+        changed = (": " + ", ".join(str(f) for f in fields)
+                   if isinstance(fields, list) and fields else "")
+        by = f" by {event['by']}" if event.get("by") else ""
+        return (f"{stamp}  pool {name}: configuration version {event.get('config_version')}"
+                f"{by}{changed}")
     if kind == "pool":
         return (f"{stamp}  pool {name}: backend {event.get('backend')} {event.get('event')} "
                 f"(registry version {event.get('version')})")
@@ -261,9 +266,15 @@ def cmd_reset(args: argparse.Namespace) -> int:
         return _fail(f"reset: {exc}")
     except redis.RedisError as exc:
         return _fail(_server_error(exc, url))
+    what_kept = ("shared limit overrides" if args.kind == "shaper"
+                 else "fleet-wide configuration")
     if not plan.keys:
-        print(f"nothing to reset: no keys for {args.kind} {args.name!r} under prefix "
-              f"{args.prefix!r}")
+        if plan.kept:      # only configuration: say so, not "no keys"
+            print(f"nothing to reset for {args.kind} {args.name!r} under prefix "
+                  f"{args.prefix!r} (kept: its {what_kept}, {plural(len(plan.kept), 'key')})")
+        else:
+            print(f"nothing to reset: no keys for {args.kind} {args.name!r} under prefix "
+                  f"{args.prefix!r}")
         return 0
     if not args.yes:
         if not sys.stdin.isatty():
@@ -278,54 +289,66 @@ def cmd_reset(args: argparse.Namespace) -> int:
     except redis.RedisError as exc:
         return _fail(_server_error(exc, url))
     print(f"reset {args.kind} {args.name!r}: {plural(len(done.keys), 'key')}"
-          + ((" (kept its shared limit overrides)" if args.kind == "shaper" else
-                " (kept its fleet-wide configuration)") if done.kept else ""))
+          + (f" (kept its {what_kept})" if done.kept else ""))
     return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """``distlb config get|set|history POOL``: a pool's fleet-wide configuration."""
-    from distlb import DEFAULT_PREFIX, LoadBalancer
-    from distlb.balancer import ConfigConflict, parse_config_assignments
+    """``distlb config get|set|history POOL``: a pool's fleet-wide configuration.
+
+    Built on ``distlb.admin.pool_config`` / ``set_pool_config`` / ``pool_config_history``:
+    no pool object, so no constructor arguments and no strategy of its own to check
+    against (each process checks strategy parameters and breaker combinations)."""
+    from distlb.balancer import ConfigConflict
+    from distlb.balancer import parse_config_assignments as parse_assignments
     from distlb.errors import StoreError
 
+    action = args.action
     try:   # every value is checked before the server is contacted
-        changes = parse_config_assignments(args.assignments) if args.action == "set" else {}
-        if args.action == "set" and not changes:
+        changes = parse_assignments(args.assignments) if action == "set" else {}
+        if action == "set" and not changes:
             return _fail("config set: give at least one field=value, e.g. rate_limit=100/s "
                          "breaker.failure_threshold=3 (field=default removes a stored one)")
-        if args.action != "set" and args.assignments:
-            return _fail(f"config {args.action} takes no field=value")
+        if action == "set":
+            admin.check_pool_config(**changes)
+        notes = admin.breaker_notes(changes.get("breaker", {})) if action == "set" else []
+        prefix = args.prefix or DEFAULT_PREFIX
+        admin.entity_key("pool", args.pool, prefix=prefix)    # the name and prefix
     except ConfigError as exc:
-        return _fail(f"config {args.action}: {exc}")
+        return _fail(f"config {action}: {exc}")
     connected = _connect(args)
     if isinstance(connected, int):
         return connected
     client, url = connected
     try:
-        pool = LoadBalancer(client, args.pool, prefix=args.prefix or DEFAULT_PREFIX,
-                            subscribe=False)
-        pool._fleet_config.warned_override = True   # the CLI has no constructor arguments
-        if args.action == "history":
-            entries = pool.config_history(args.limit)
-            if args.json:
-                print(json.dumps(entries, indent=2, sort_keys=True))
-            elif not entries:
-                print(f"no configuration changes stored for pool {args.pool!r}")
-            for e in entries:
-                at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(e["at_us"]) / 1e6))
-                changed = [f"{k}={v}" for k, v in sorted(e.get("set", {}).items())]
-                changed += [f"{k}=default" for k in e.get("unset", [])]
-                print(f"v{e['version']}  {at} UTC  by {e.get('by', '?')}:  " + " ".join(changed))
-            return 0
-        if args.action == "set":
-            cfg = pool.set_config(expected_version=args.expect_version, by=args.by, **changes)
+        if action == "history":
+            return _print_history(admin.pool_config_history(client, args.pool, prefix=prefix,
+                                                            limit=args.limit), args)
+        if action == "set":
+            registry = admin.entity_key("pool", args.pool, prefix=prefix) + ":backends"
+            if not client.exists(registry):
+                notes.append(f"pool {args.pool!r} has no backends registered under prefix "
+                             f"{prefix!r} (a typo?); the configuration is stored anyway and "
+                             "applies when processes run the pool")
+            if "strategy" in changes:
+                notes.append("strategy parameters are checked by each process against its "
+                             "own strategy (one without such a parameter ignores it with a "
+                             "warning)")
+            before = admin.pool_config(client, args.pool, prefix=prefix).version
+            cfg = admin.set_pool_config(client, args.pool, prefix=prefix,
+                                        expected_version=args.expect_version, by=args.by,
+                                        **changes)
+            if cfg.version == before:      # any write bumps the version
+                notes.append("nothing to change (the fields to remove are not stored): no "
+                             "new version written")
+            for note in notes:             # on stderr: --json output stays JSON only
+                print(f"distlb: note: {note}", file=sys.stderr)
         else:
-            cfg = pool.config()
+            cfg = admin.pool_config(client, args.pool, prefix=prefix)
     except ConfigConflict as exc:
         return _fail(f"config set: {exc}")
     except ConfigError as exc:
-        return _fail(f"config {args.action}: {exc}")
+        return _fail(f"config {action}: {exc}")
     except (StoreError, redis.RedisError) as exc:
         return _fail(_server_error(exc, url) if isinstance(exc, redis.RedisError) else str(exc))
     rows = cfg.describe()
@@ -336,14 +359,30 @@ def cmd_config(args: argparse.Namespace) -> int:
         return 0
     if cfg.version == 0:
         print(f"pool {args.pool!r}: no configuration stored; each process uses its "
-              "constructor arguments (defaults shown)")
+              "constructor arguments (the library's defaults shown)")
     else:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(cfg.updated_at_s or 0))
-        print(f"pool {args.pool!r}: version {cfg.version}, by {cfg.updated_by} at {when}")
+        print(f"pool {args.pool!r}: version {cfg.version}, by {cfg.updated_by} at {when} "
+              "(fields not stored: each process's constructor argument; defaults shown)")
     width = max(len(k) for k in rows)
     for k, v in rows.items():
         mark = "  (stored)" if k in cfg.stored else ""
         print(f"  {k.ljust(width)}  {v}{mark}")
+    return 0
+
+
+def _print_history(entries: list[dict[str, Any]], args: argparse.Namespace) -> int:
+    """``config history``: JSON only with ``--json``, else one line per change."""
+    if args.json:
+        print(json.dumps(entries, indent=2, sort_keys=True))
+        return 0
+    if not entries:
+        print(f"no configuration changes stored for pool {args.pool!r}")
+    for e in entries:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(int(e["at_us"]) / 1e6))
+        changed = [f"{k}={v}" for k, v in sorted(e.get("set", {}).items())]
+        changed += [f"{k}=default" for k in e.get("unset", [])]
+        print(f"v{e['version']}  {at} UTC  by {e.get('by', '?')}:  " + " ".join(changed))
     return 0
 
 
@@ -405,26 +444,39 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     reset.set_defaults(func=cmd_reset)
 
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", help="server (default: $DISTLB_REDIS_URL)")
+    common.add_argument("--prefix", "--namespace", default=None, help="key prefix "
+                        "(default distlb)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
     config = sub.add_parser(
         "config", help="get, set or list the history of a pool's fleet-wide configuration",
         description="A pool's limits, breaker settings and strategy parameters, stored in "
-        "Redis and applied by every process at its next refresh. set takes field=value: "
-        "rate_limit=100/s, client_limit='10/s burst 20', rate_limit=none (no limit), "
+        "Redis and applied by every process at its next refresh.")
+    actions = config.add_subparsers(dest="action", required=True, metavar="{get,set,history}")
+    get = actions.add_parser("get", parents=[common], help="show the stored configuration",
+                             description="Show pool POOL's stored configuration.")
+    get.add_argument("pool", metavar="POOL")
+    cset = actions.add_parser(
+        "set", parents=[common], help="change fields (field=value ...)",
+        description="Change pool POOL's configuration for every process: rate_limit=100/s, "
+        "client_limit='10/s burst 20', rate_limit=none (no limit), "
         "breaker.failure_threshold=3, strategy.decay_s=5; field=default removes a stored "
-        "value (the constructor's is in force again).")
-    config.add_argument("action", choices=("get", "set", "history"))
-    config.add_argument("pool")
-    config.add_argument("assignments", nargs="*", metavar="field=value")
-    config.add_argument("--redis-url", help="server (default: $DISTLB_REDIS_URL)")
-    config.add_argument("--prefix", "--namespace", default=None, help="key prefix "
-                        "(default distlb)")
-    config.add_argument("--json", action="store_true", help="machine-readable output")
-    config.add_argument("--expect-version", type=int, default=None,
-                        help="set: write only if this version is stored (compare-and-set)")
-    config.add_argument("--by", help="set: who makes the change (default host:pid)")
-    config.add_argument("--limit", type=_positive_int, default=20,
-                        help="history: entries to show (default 20)")
-    config.set_defaults(func=cmd_config)
+        "value (the constructor's is in force again). Each field once.")
+    cset.add_argument("pool", metavar="POOL")
+    cset.add_argument("assignments", nargs="+", metavar="field=value")
+    cset.add_argument("--expect-version", type=int, default=None,
+                      help="write only if this version is stored (compare-and-set)")
+    cset.add_argument("--by", help="who makes the change (default host:pid)")
+    hist = actions.add_parser("history", parents=[common], help="list the latest changes",
+                              description="List pool POOL's latest configuration changes, "
+                              "newest first.")
+    hist.add_argument("pool", metavar="POOL")
+    hist.add_argument("--limit", type=_positive_int, default=20,
+                      help="entries to show (default 20)")
+    for p in (get, cset, hist):
+        p.set_defaults(func=cmd_config, assignments=[])
+    cset.set_defaults(assignments=None)
     return parser
 
 

@@ -136,15 +136,27 @@ def _healthy(record: str) -> bool:
         return False
 
 
+def _config_value(name: str, raw: str) -> str:
+    """A stored pool setting as people write it: a limit ``"200 200"`` as ``200/s burst 200``
+    (anything else, or a value that does not parse, as stored)."""
+    if name in ("rate_limit", "client_limit") and len(raw.split()) == 2:
+        from distlb.shaping import Limit
+        try:
+            return str(Limit(*(float(x) for x in raw.split())))
+        except ValueError:       # ConfigError too: written by hand
+            return raw
+    return raw
+
+
 def summarize(e: Entity, now_us: int) -> str:
     """One human line per entity."""
     parts = []
     for k in e.keys:
         f = k.fields
         if e.kind == "pool" and k.part == "config":
-            shown = [f"{n}={v}" for n, v in sorted(f.items())
+            shown = [f"{n}={_config_value(n, v)}" for n, v in sorted(f.items())
                      if n not in ("version", "updated_by", "updated_at_us")]
-            parts.append(f"config v{f.get('version', '?')}: " + (" ".join(shown) or "-"))
+            parts.append(f"config v{f.get('version', '?')}: " + (", ".join(shown) or "-"))
         elif e.kind == "pool" and k.part == "config:history":
             parts.append(plural(k.size, "config change") + " in history")
         elif "tokens" in f:
