@@ -186,6 +186,8 @@ class LoadBalancerCore(Subscriber, Shared):
         for field_name, limit in (("rate_limit", rate_limit), ("client_limit", client_limit)):
             if limit is not None and not isinstance(limit, Limit):
                 raise ConfigError(field_name, "must be a distlb.Limit or None")
+            if limit is not None:
+                limit.check_request_limit(field_name)   # a request costs 1: burst >= 1
         self.rate_limit = rate_limit
         self.client_limit = client_limit
         # priority and bandwidth admission (distlb/_core/admission.py)

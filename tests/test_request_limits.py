@@ -87,17 +87,6 @@ def test_a_token_bucket_keeps_fractional_bursts_for_fractional_costs(r: redis.Re
     tb.reset()
 
 
-# The pool's own checks live in files another helper owns (_balancer.py for the
-# constructor, _core/poolconfig.py for stored configuration): these two document the
-# expected behaviour and fail (strict xfail -> XPASS is an error) once the checks land,
-# so the markers must then go.
-NEEDS_POOL = pytest.mark.xfail(strict=True, raises=AssertionError,
-                               reason="needs Limit.check_request_limit in _balancer.py")
-NEEDS_POOLCONFIG = pytest.mark.xfail(strict=True, raises=AssertionError,
-                                     reason="needs Limit.check_request_limit in poolconfig.py")
-
-
-@NEEDS_POOL
 @pytest.mark.parametrize("field", ["rate_limit", "client_limit"])
 def test_the_pool_refuses_a_request_limit_below_one(r: redis.Redis, prefix: str,
                                                     field: str) -> None:
@@ -111,7 +100,6 @@ def test_the_pool_refuses_a_request_limit_below_one(r: redis.Redis, prefix: str,
     raise AssertionError(f"LoadBalancer accepted {field}=Limit(10, 0.5)")
 
 
-@NEEDS_POOLCONFIG
 def test_the_pool_config_refuses_a_request_limit_below_one(r: redis.Redis,
                                                            prefix: str) -> None:
     lb = LoadBalancer(r, "pool", prefix=prefix, subscribe=False)

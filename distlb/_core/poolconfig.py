@@ -132,7 +132,7 @@ def limit_value(field_name: str, value: object) -> Limit | None:
     if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
         return None
     if isinstance(value, Limit):
-        return value
+        return value.check_request_limit(field_name)   # a request costs 1: burst >= 1
     if isinstance(value, str):
         parts = value.split()
         if len(parts) == 2 and all(_is_float(p) for p in parts):
@@ -143,11 +143,12 @@ def limit_value(field_name: str, value: object) -> Limit | None:
                 raise ConfigError(field_name, f"must be one rate, got {len(rates)} in "
                                               f"{show(value)} (a pool holds one limit)")
         try:
-            return Limit(*rates[0])
+            limit = Limit(*rates[0])
         except ConfigError as exc:
             part = "burst" if exc.field == "burst" else "rate"
             raise ConfigError(f"{field_name} {part}", f"{str(exc).partition(': ')[2]} "
                                                       f"in {show(value)}") from None
+        return limit.check_request_limit(field_name)
     raise ConfigError(field_name, "must be a distlb.Limit, a rate string like '100/s', "
                                   f"or None, got {show(value)} ({type(value).__name__})")
 
