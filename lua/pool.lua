@@ -71,7 +71,8 @@
 --   status: "ok", "exists", "unknown", "conflict", "limited:..."
 --   token "" and server_us "0" when the op did not read them (release, drop, flush)
 -- Values written by hand that are not numbers (conns, stats, version) are reset, never
--- an error; entries that are not valid UTF-8 are left out of replies.
+-- an error; entries that are not valid UTF-8 are left out of replies. A key of the wrong
+-- type (KEYS[1..6]) is reset and the call runs again, once (see the end of this file).
 -- Expires: every key 30 days after the last registry change or snapshot read (a pool in
 -- use never expires; an abandoned one goes away). Keys are created with their TTL: the
 -- registry change that adds a backend creates its conns field and the leases zset (with
