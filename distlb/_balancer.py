@@ -228,6 +228,8 @@ class LoadBalancerCore(Subscriber, Shared):
         k = self.key
         self.keys = (k, *(_keys.part(k, p) for p in ("backends", "conns", "leases", "stats",
                                                        "since")))
+        self._script = script("pool")
+        self._wire = pl.Wire(self._script.sha)   # its commands, packed without redis-py
         self._pool_view = PoolView()      # registry, counts, statistics; the snapshot
         self._leases = LeaseBook()        # held, ghosts, deferred releases
         self._pool_breakers = PoolBreakers(name, breaker, self.subscribe, self._new_breaker)
@@ -260,10 +262,12 @@ class LoadBalancerCore(Subscriber, Shared):
             return fallback()
 
         flat = [x for r in releases for x in r] if releases else ()
-        return Call(script("pool"), self.keys + extra_keys,
-                    (op, *args, *((self.name, self.channel) if op in _PUBLISHING else ()),
-                     *flat, len(releases), *ghosts, len(ghosts), self._pool_view.version),
-                    parse, unavailable, self._guard)
+        keys = self.keys + extra_keys if extra_keys else self.keys
+        words = (op, *args, *((self.name, self.channel) if op in _PUBLISHING else ()),
+                 *flat, len(releases), *ghosts, len(ghosts), self._pool_view.version)
+        packed = self._wire.pack(keys, words)    # the runner packs it when None
+        return Call(self._script, keys, words, parse, unavailable, self._guard,
+                    packed=[packed] if packed is not None else [])
 
     def _local_state(self) -> pl.PoolState:
         """The fallback while the store is unreachable: keep the last known view."""
