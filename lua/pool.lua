@@ -417,10 +417,11 @@ local ok, reply = pcall(run)
 if ok then return reply end
 local bad, is_bad = {}, {}
 for i, kind in ipairs({'hash', 'hash', 'hash', 'zset', 'hash', 'hash'}) do
-  -- An error reply: the key has the wrong type (HEXISTS's field name is any).
+  -- A WRONGTYPE error: the key has the wrong type (HEXISTS's field name is any); any
+  -- other error (e.g. a key of a slot being migrated) is not ours to reset.
   local r = kind == 'zset' and redis.pcall('ZCARD', KEYS[i])
     or redis.pcall('HEXISTS', KEYS[i], 'x')
-  if type(r) == 'table' and r.err then
+  if type(r) == 'table' and r.err and string.find(r.err, 'WRONGTYPE', 1, true) then
     bad[#bad + 1] = KEYS[i]
     is_bad[i] = true
     redis.call('DEL', KEYS[i])

@@ -4,6 +4,7 @@ Planted keys get a TTL (conftest fails a module that leaves a distlb key without
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -51,6 +52,15 @@ def test_a_wrong_type_at_a_pool_key_resets_that_key(r: redis.Redis, prefix: str,
             with pytest.raises(NoBackendAvailable):
                 late.execute(lambda b: "ok")
             lb.add_backend(Backend("n1", "10.0.0.1:80"))
+            # The other process hears of it by the registry event (or its next refresh).
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    late.execute(lambda b: "ok")
+                    break
+                except NoBackendAvailable:
+                    assert time.monotonic() < deadline, "the rebuilt registry never seen"
+                    time.sleep(0.01)
         for _ in range(6):
             assert lb.execute(lambda b: "ok") == "ok"
             assert late.execute(lambda b: "ok") == "ok"
