@@ -89,6 +89,18 @@ class Statistics:
                 f"Avg Response: {self.avg_response_ms:.2f}ms")
 
 
+class _Exhausted(Exception):
+    """Every backend of the pool was tried: ends a retry policy's loop (``retryable`` is
+    False) carrying the last attempt's outcome, which ``execute`` then raises or returns.
+    Never seen by the caller."""
+
+    retryable = False
+
+    def __init__(self, last: Outcome, reason: NoBackendAvailable) -> None:
+        super().__init__("every backend tried")
+        self.last, self.reason = last, reason
+
+
 @dataclass(slots=True)
 class Lease:
     """A connection slot held on a backend; returned by ``release`` (or its TTL)."""
@@ -218,6 +230,8 @@ class LoadBalancerCore(Subscriber, Shared):
         k = self.key
         self.keys = (k, *(_keys.part(k, p) for p in ("backends", "conns", "leases", "stats",
                                                        "since")))
+        self._script = script("pool")
+        self._wire = pl.Wire(self._script.sha)   # its commands, packed without redis-py
         self._pool_view = PoolView()      # registry, counts, statistics; the snapshot
         self._leases = LeaseBook()        # held, ghosts, deferred releases
         self._pool_breakers = PoolBreakers(name, breaker, self.subscribe, self._new_breaker)
@@ -250,10 +264,12 @@ class LoadBalancerCore(Subscriber, Shared):
             return fallback()
 
         flat = [x for r in releases for x in r] if releases else ()
-        return Call(script("pool"), self.keys + extra_keys,
-                    (op, *args, *((self.name, self.channel) if op in _PUBLISHING else ()),
-                     *flat, len(releases), *ghosts, len(ghosts), self._pool_view.version),
-                    parse, unavailable, self._guard)
+        keys = self.keys + extra_keys if extra_keys else self.keys
+        words = (op, *args, *((self.name, self.channel) if op in _PUBLISHING else ()),
+                 *flat, len(releases), *ghosts, len(ghosts), self._pool_view.version)
+        packed = self._wire.pack(keys, words)    # the runner packs it when None
+        return Call(self._script, keys, words, parse, unavailable, self._guard,
+                    packed=[packed] if packed is not None else [])
 
     def _local_state(self) -> pl.PoolState:
         """The fallback while the store is unreachable: keep the last known view."""
@@ -510,29 +526,48 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def _attempt_once(self, fn: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any], ctx: Context | None,
-                      tried: set[str]) -> Steps[Outcome]:
+                      tried: set[str], last: list[Outcome] | None = None) -> Steps[Outcome]:
+        """One attempt. ``last`` (under a retry policy) holds the previous attempt's
+        outcome: when no backend is left to try, the attempt ends the retries with it."""
         try:
             lease = yield from self._lease(ctx, tried, admit=not tried)
         except NoBackendAvailable as exc:
+            if last:          # every backend tried: stop, with the last real outcome
+                return Outcome(None, _Exhausted(last[0], exc), 0.0)
             return Outcome(None, exc, 0.0)
         outcome: Outcome = yield Invoke(fn, (lease.backend, *args), kwargs)
         yield from self._release(lease, outcome.error, outcome.duration_s)
+        if last is not None:
+            last[:] = [outcome]
         return outcome
 
     def _execute(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                  ctx: Context | None) -> Steps[Any]:
         yield from steps(self._admit(ctx))
         tried: set[str] = set()
-
-        def attempt() -> Steps[Outcome]:
-            return self._attempt_once(fn, args, kwargs, ctx, tried)
-
         if self.retry_policy is None:
-            outcome = yield from attempt()
+            outcome = yield from self._attempt_once(fn, args, kwargs, ctx, tried)
             if outcome.error is not None:
                 raise outcome.error
             return outcome.value
-        return (yield from self.retry_policy._attempts(attempt))
+        last: list[Outcome] = []
+
+        def attempt() -> Steps[Outcome]:
+            return self._attempt_once(fn, args, kwargs, ctx, tried, last)
+
+        try:
+            return (yield from self.retry_policy._attempts(attempt))
+        except _Exhausted as exhausted:
+            # Every backend was tried: the caller gets what the last one did (its error,
+            # chained to the NoBackendAvailable that ended the retries, or its value when
+            # it was retried on its result), never a bare "no backend".
+            _observe.retry("gave_up")
+            error = exhausted.last.error
+            if error is None:
+                return exhausted.last.value
+            if error.__cause__ is None:
+                raise error from exhausted.reason
+            raise error from error.__cause__       # its own cause kept
 
     # -- statistics --------------------------------------------------------------------------
 

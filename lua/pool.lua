@@ -71,329 +71,384 @@
 --   status: "ok", "exists", "unknown", "conflict", "limited:..."
 --   token "" and server_us "0" when the op did not read them (release, drop, flush)
 -- Values written by hand that are not numbers (conns, stats, version) are reset, never
--- an error; entries that are not valid UTF-8 are left out of replies.
+-- an error; entries that are not valid UTF-8 are left out of replies. A key of the wrong
+-- type (KEYS[1..6]) is reset and the call runs again, once (see the end of this file).
 -- Expires: every key 30 days after the last registry change or snapshot read (a pool in
 -- use never expires; an abandoned one goes away). Keys are created with their TTL: the
 -- registry change that adds a backend creates its conns field and the leases zset (with
 -- "~keep"), a release that creates the stats hash sets its TTL; the hot ops write only
 -- into keys that exist already. Leases live only while renewed.
 
-local main, backends, conns, leases, stats, since =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local op = ARGV[1]
-local known = ARGV[#ARGV]
-local n_ghosts = tonumber(ARGV[#ARGV - 1]) or 0
-local ghosts_from = #ARGV - 1 - n_ghosts    -- the first ghost member
-local n_rel = tonumber(ARGV[ghosts_from - 1]) or 0
-local rel_from = ghosts_from - 1 - 5 * n_rel  -- the first deferred release
-local last_arg = rel_from - 1               -- the op's own arguments end here
-local now = nil                             -- server us, read only by the ops that need it
-local status = 'ok'
-local POOL_TTL_MS = 30 * 86400 * 1000
-local cur = nil                             -- the registry token, read once
+-- The whole call, as a function: run again once if a pool key had the wrong type.
+local function run()
+  local main, backends, conns, leases, stats, since =
+    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+  local op = ARGV[1]
+  local known = ARGV[#ARGV]
+  local n_ghosts = tonumber(ARGV[#ARGV - 1]) or 0
+  local ghosts_from = #ARGV - 1 - n_ghosts    -- the first ghost member
+  local n_rel = tonumber(ARGV[ghosts_from - 1]) or 0
+  local rel_from = ghosts_from - 1 - 5 * n_rel  -- the first deferred release
+  local last_arg = rel_from - 1               -- the op's own arguments end here
+  local now = nil                             -- server us, read only by the ops that need it
+  local status = 'ok'
+  local POOL_TTL_MS = 30 * 86400 * 1000
+  local cur = nil                             -- the registry token, read once
 
--- The hot ops (acquire, admit, release, drop, flush) come first and return early: they
--- create only the closures they use (each costs server time on every call).
+  -- The hot ops (acquire, admit, release, drop, flush) come first and return early: they
+  -- create only the closures they use (each costs server time on every call).
 
-local function token()
-  if cur == nil then
-    local m = redis.call('HMGET', main, 'epoch', 'version')
-    local e, v = tonumber(m[1]), tonumber(m[2])
-    if not m[1] and not m[2] then
-      cur = '0'
-    elseif not e or not v then
-      cur = '?'                  -- written by hand; the next change resets it
+  local function token()
+    if cur == nil then
+      local m = redis.call('HMGET', main, 'epoch', 'version')
+      local e, v = tonumber(m[1]), tonumber(m[2])
+      if not m[1] and not m[2] then
+        cur = '0'
+      elseif not e or not v then
+        cur = '?'                  -- written by hand; the next change resets it
+      else
+        cur = string.format('%d.%d', e, v)
+      end
+    end
+    return cur
+  end
+
+  -- HINCRBY that a hand-written non-integer value cannot break: such a value is reset.
+  local function incr(key, field, by)
+    local n = redis.pcall('HINCRBY', key, field, by)
+    if type(n) == 'table' then
+      n = math.max(by, 0)
+      redis.call('HSET', key, field, n)
+    end
+    return n
+  end
+
+  local function give_back(member)
+    if redis.call('ZREM', leases, member) == 1 then
+      local id = string.match(member, '^(.*)|[^|]*$')
+      if id and incr(conns, id, -1) < 0 then
+        redis.call('HSET', conns, id, 0)
+      end
+      return true
+    end
+    return false
+  end
+
+  -- Return a lease (if any) and record the call's outcome: one HMGET and one HSET. A count
+  -- or an average stored by hand that is not a number (or not whole, or not finite)
+  -- starts afresh.
+  local function release(id, lease, latency, failed, alpha)
+    local held = lease ~= '' and give_back(id .. '|' .. lease)
+    if not held and redis.call('HEXISTS', backends, id) == 0 then return end
+    local f_req, f_err, f_lat, f_rate = id .. ':requests', id .. ':errors',
+      id .. ':latency_ms', id .. ':error_rate'
+    local s = redis.call('HMGET', stats, f_req, f_err, f_lat, f_rate)
+    local req, errs, lat, err = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
+    if not req or req ~= req or req < 0 or req >= 2^53 or req ~= math.floor(req) then req = 0 end
+    if not lat or lat ~= lat or lat == math.huge or lat == -math.huge then
+      lat = latency
     else
-      cur = string.format('%d.%d', e, v)
+      lat = lat * (1 - alpha) + latency * alpha
+    end
+    if not err or err ~= err or err == math.huge or err == -math.huge then err = 0 end
+    err = err * (1 - alpha) + (failed and alpha or 0)
+    -- Numbers go to the server as numbers: it writes them exactly (see _common.lua).
+    if failed then
+      if not errs or errs ~= errs or errs < 0 or errs >= 2^53 or errs ~= math.floor(errs) then
+        errs = 0
+      end
+      redis.call('HSET', stats, f_req, req + 1, f_err, errs + 1, f_lat, lat, f_rate, err)
+    else
+      redis.call('HSET', stats, f_req, req + 1, f_lat, lat, f_rate, err)
+    end
+    -- The first request of a backend may have created the hash: give it its TTL.
+    if not s[1] then redis.call('PEXPIRE', stats, POOL_TTL_MS) end
+  end
+
+  for i = rel_from, ghosts_from - 2, 5 do
+    release(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3] == '1',
+      tonumber(ARGV[i + 4]))
+  end
+  for i = ghosts_from, ghosts_from + n_ghosts - 1 do
+    give_back(ARGV[i])
+  end
+
+  local hot = true
+  if op == 'acquire' or op == 'admit' then
+    local id, lease, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
+    now = now_us()
+    local adm = nil
+    if op == 'admit' then            -- limits, priority, bandwidth: _common.lua admit_read
+      adm = admit_read(now)
+      status = adm.status
+    end
+    if status ~= 'ok' then
+      -- denied by a limit: nothing charged, nothing leased
+    elseif (known == '' or known == '?' or token() ~= known)
+        and redis.call('HEXISTS', backends, id) == 0 then
+      -- The caller's registry is current: it selected the backend from it, so the backend
+      -- exists. Otherwise look.
+      status = 'unknown'
+    else
+      -- The zset ("~keep") and the conns hash exist already, with their TTLs. The lease
+      -- first, then its count (only for a new member), then the charge: a run that failed
+      -- on a key of the wrong type and runs again (see the end) counts and charges once.
+      if redis.call('ZADD', leases, now + ttl * 1000, id .. '|' .. lease) == 1 then
+        incr(conns, id, 1)
+      end
+      if adm then admit_charge(adm, now) end
+    end
+    if adm then admit_count(adm, now, POOL_TTL_MS) end
+  elseif op == 'release' then
+    release(ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1', tonumber(ARGV[6]))
+  elseif op == 'drop' then
+    give_back(ARGV[2] .. '|' .. ARGV[3])
+  elseif op ~= 'flush' then
+    hot = false
+  end
+
+  -- Connection counts that are not 0 (a missing one is 0): what selection needs.
+  local function counts()
+    local all, out = redis.call('HGETALL', conns), {}
+    for i = 1, #all, 2 do
+      if all[i + 1] ~= '0' then
+        out[#out + 1] = all[i]
+        out[#out + 1] = all[i + 1]
+      end
+    end
+    return out
+  end
+
+  -- Release, drop and flush read neither the token nor the clock: they return no records.
+  local reads = not hot or op == 'acquire' or op == 'admit'
+  local busy = nil
+  if hot then
+    busy = counts()
+    if (not reads or token() == known) and not string.find(table.concat(busy), '[\128-\255]')
+    then
+      return {string.format('%s %d %s', reads and cur or '', now or 0, status), busy}
     end
   end
-  return cur
-end
 
--- HINCRBY that a hand-written non-integer value cannot break: such a value is reset.
-local function incr(key, field, by)
-  local n = redis.pcall('HINCRBY', key, field, by)
-  if type(n) == 'table' then
-    n = math.max(by, 0)
-    redis.call('HSET', key, field, n)
+  -- The cold path: registry changes, snapshot, renew; or a hot op whose caller's registry
+  -- is stale (the reply carries the records), or a reply to clean of hand-written bytes.
+
+  local channel, pool_name = ARGV[last_arg], ARGV[last_arg - 1]
+  local KEEP = '~keep'
+  local force_records = false
+
+  local function clock()
+    if now == nil then now = now_us() end
+    return now
   end
-  return n
-end
 
-local function give_back(member)
-  if redis.call('ZREM', leases, member) == 1 then
-    local id = string.match(member, '^(.*)|[^|]*$')
-    if id and incr(conns, id, -1) < 0 then
-      redis.call('HSET', conns, id, 0)
+  -- Whether a string is valid UTF-8 (as Python decodes it: no overlongs, no surrogates).
+  -- Replies must be: a client with decode_responses=True fails on the whole reply otherwise.
+  local function utf8_ok(str)
+    if not string.find(str, '[\128-\255]') then return true end
+    local i, n = 1, #str
+    while i <= n do
+      local c = string.byte(str, i)
+      local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2
+        or (c >= 0xE0 and c <= 0xEF) and 3 or (c >= 0xF0 and c <= 0xF4) and 4 or nil
+      if not len or i + len - 1 > n then return false end
+      for j = i + 1, i + len - 1 do
+        local cc = string.byte(str, j)
+        if cc < 0x80 or cc > 0xBF then return false end
+      end
+      local c2 = string.byte(str, i + 1)
+      if (c == 0xE0 and c2 < 0xA0) or (c == 0xED and c2 > 0x9F)
+          or (c == 0xF0 and c2 < 0x90) or (c == 0xF4 and c2 > 0x8F) then
+        return false
+      end
+      i = i + len
     end
     return true
   end
-  return false
-end
 
--- Return a lease (if any) and record the call's outcome: one HMGET and one HSET. A count
--- or an average stored by hand that is not a number (or not whole, or not finite)
--- starts afresh.
-local function release(id, lease, latency, failed, alpha)
-  local held = lease ~= '' and give_back(id .. '|' .. lease)
-  if not held and redis.call('HEXISTS', backends, id) == 0 then return end
-  local f_req, f_err, f_lat, f_rate = id .. ':requests', id .. ':errors',
-    id .. ':latency_ms', id .. ':error_rate'
-  local s = redis.call('HMGET', stats, f_req, f_err, f_lat, f_rate)
-  local req, errs, lat, err = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
-  if not req or req ~= req or req < 0 or req >= 2^53 or req ~= math.floor(req) then req = 0 end
-  if not lat or lat ~= lat or lat == math.huge or lat == -math.huge then
-    lat = latency
-  else
-    lat = lat * (1 - alpha) + latency * alpha
-  end
-  if not err or err ~= err or err == math.huge or err == -math.huge then err = 0 end
-  err = err * (1 - alpha) + (failed and alpha or 0)
-  -- Numbers go to the server as numbers: it writes them exactly (see _common.lua).
-  if failed then
-    if not errs or errs ~= errs or errs < 0 or errs >= 2^53 or errs ~= math.floor(errs) then
-      errs = 0
-    end
-    redis.call('HSET', stats, f_req, req + 1, f_err, errs + 1, f_lat, lat, f_rate, err)
-  else
-    redis.call('HSET', stats, f_req, req + 1, f_lat, lat, f_rate, err)
-  end
-  -- The first request of a backend may have created the hash: give it its TTL.
-  if not s[1] then redis.call('PEXPIRE', stats, POOL_TTL_MS) end
-end
-
-for i = rel_from, ghosts_from - 2, 5 do
-  release(ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3] == '1',
-    tonumber(ARGV[i + 4]))
-end
-for i = ghosts_from, ghosts_from + n_ghosts - 1 do
-  give_back(ARGV[i])
-end
-
-local hot = true
-if op == 'acquire' or op == 'admit' then
-  local id, lease, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
-  now = now_us()
-  local adm = nil
-  if op == 'admit' then            -- limits, priority, bandwidth: _common.lua admit_read
-    adm = admit_read(now)
-    status = adm.status
-  end
-  if status ~= 'ok' then
-    -- denied by a limit: nothing charged, nothing leased
-  elseif (known == '' or known == '?' or token() ~= known)
-      and redis.call('HEXISTS', backends, id) == 0 then
-    -- The caller's registry is current: it selected the backend from it, so the backend
-    -- exists. Otherwise look.
-    status = 'unknown'
-  else
-    if adm then admit_charge(adm, now) end
-    -- The zset ("~keep") and the conns hash exist already, with their TTLs.
-    redis.call('ZADD', leases, now + ttl * 1000, id .. '|' .. lease)
-    incr(conns, id, 1)
-  end
-  if adm then admit_count(adm, now, POOL_TTL_MS) end
-elseif op == 'release' then
-  release(ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1', tonumber(ARGV[6]))
-elseif op == 'drop' then
-  give_back(ARGV[2] .. '|' .. ARGV[3])
-elseif op ~= 'flush' then
-  hot = false
-end
-
--- Connection counts that are not 0 (a missing one is 0): what selection needs.
-local function counts()
-  local all, out = redis.call('HGETALL', conns), {}
-  for i = 1, #all, 2 do
-    if all[i + 1] ~= '0' then
-      out[#out + 1] = all[i]
-      out[#out + 1] = all[i + 1]
-    end
-  end
-  return out
-end
-
--- Release, drop and flush read neither the token nor the clock: they return no records.
-local reads = not hot or op == 'acquire' or op == 'admit'
-local busy = nil
-if hot then
-  busy = counts()
-  if (not reads or token() == known) and not string.find(table.concat(busy), '[\128-\255]')
-  then
-    return {string.format('%s %d %s', reads and cur or '', now or 0, status), busy}
-  end
-end
-
--- The cold path: registry changes, snapshot, renew; or a hot op whose caller's registry
--- is stale (the reply carries the records), or a reply to clean of hand-written bytes.
-
-local channel, pool_name = ARGV[last_arg], ARGV[last_arg - 1]
-local KEEP = '~keep'
-local force_records = false
-
-local function clock()
-  if now == nil then now = now_us() end
-  return now
-end
-
--- Whether a string is valid UTF-8 (as Python decodes it: no overlongs, no surrogates).
--- Replies must be: a client with decode_responses=True fails on the whole reply otherwise.
-local function utf8_ok(str)
-  if not string.find(str, '[\128-\255]') then return true end
-  local i, n = 1, #str
-  while i <= n do
-    local c = string.byte(str, i)
-    local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2
-      or (c >= 0xE0 and c <= 0xEF) and 3 or (c >= 0xF0 and c <= 0xF4) and 4 or nil
-    if not len or i + len - 1 > n then return false end
-    for j = i + 1, i + len - 1 do
-      local cc = string.byte(str, j)
-      if cc < 0x80 or cc > 0xBF then return false end
-    end
-    local c2 = string.byte(str, i + 1)
-    if (c == 0xE0 and c2 < 0xA0) or (c == 0xED and c2 > 0x9F)
-        or (c == 0xF0 and c2 < 0x90) or (c == 0xF4 and c2 > 0x8F) then
-      return false
-    end
-    i = i + len
-  end
-  return true
-end
-
--- A flat HGETALL reply without the entries a client could not decode (written by hand).
-local function readable(flat, step)
-  if not string.find(table.concat(flat), '[\128-\255]') then return flat end
-  local out = {}
-  for i = 1, #flat, step do
-    local ok = true
-    for j = i, i + step - 1 do ok = ok and utf8_ok(flat[j]) end
-    if ok then
-      for j = i, i + step - 1 do out[#out + 1] = flat[j] end
-    end
-  end
-  return out
-end
-
-local function publish(event, id)
-  if channel ~= '' then
-    redis.call('PUBLISH', channel, cjson.encode({kind = 'pool', name = pool_name,
-      event = event, backend = id, version = token()}))
-  end
-end
-
--- Every key gets (again) its TTL; the leases zset is kept by "~keep" while the registry
--- exists, so the hot ops never create it (nor need a PEXPIRE). pcall: a missing key
--- needs no TTL, and while its cluster slot is being migrated away the server refuses to
--- touch a missing key ("non local key").
-local function keep_alive()
-  if token() ~= '0' then redis.call('ZADD', leases, '+inf', KEEP) end
-  for _, k in ipairs({main, backends, conns, leases, stats, since}) do
-    redis.pcall('PEXPIRE', k, POOL_TTL_MS)
-  end
-end
-
-local function registry_changed(id, event)
-  -- A registry without an epoch (new, or rebuilt after a loss) or with a version that is
-  -- not a number starts a new epoch: its tokens can never equal an earlier registry's.
-  local v = redis.pcall('HINCRBY', main, 'version', 1)
-  if type(v) == 'table' or redis.call('HEXISTS', main, 'epoch') == 0 then
-    redis.call('HSET', main, 'epoch', string.format('%d', clock()), 'version', 1)
-  end
-  cur = nil
-  keep_alive()
-  publish(event, id)
-end
-
-if not hot then
-  -- Leases whose process stopped renewing them (it died, even by SIGKILL) go back here:
-  -- every process snapshots at least every refresh_s, and renews while it holds leases.
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', clock(), 'LIMIT', 0, 256)) do
-    give_back(m)
-  end
-end
-
-if op == 'add' or op == 'put' then
-  local id = ARGV[3]
-  if op == 'add' and redis.call('HEXISTS', backends, id) == 1 then
-    status = 'exists'
-  else
-    redis.call('HSET', backends, id, ARGV[2])
-    if op == 'add' then
-      redis.call('HSET', since, id, string.format('%d', now))
-    else
-      redis.call('HSETNX', since, id, string.format('%d', now))
-    end
-    redis.call('HSETNX', conns, id, 0)      -- conns exists (with its TTL) before any lease
-    registry_changed(id, op == 'add' and 'added' or 'updated')
-  end
-elseif op == 'remove' then
-  local id = ARGV[2]
-  if redis.call('HDEL', backends, id) == 0 then
-    status = 'unknown'
-  else
-    redis.call('HDEL', conns, id)
-    redis.call('HDEL', since, id)
-    redis.call('HDEL', stats, id .. ':requests', id .. ':errors', id .. ':latency_ms',
-      id .. ':error_rate')
-    -- Its leases go too: a lease held then proves its backend exists (see release).
-    local prefix = id .. '|'
-    for _, m in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
-      if string.sub(m, 1, #prefix) == prefix and not string.find(m, '|', #prefix + 1, true)
-      then
-        redis.call('ZREM', leases, m)
+  -- A flat HGETALL reply without the entries a client could not decode (written by hand).
+  local function readable(flat, step)
+    if not string.find(table.concat(flat), '[\128-\255]') then return flat end
+    local out = {}
+    for i = 1, #flat, step do
+      local ok = true
+      for j = i, i + step - 1 do ok = ok and utf8_ok(flat[j]) end
+      if ok then
+        for j = i, i + step - 1 do out[#out + 1] = flat[j] end
       end
     end
-    registry_changed(id, 'removed')
+    return out
   end
-elseif op == 'patch' then
-  local id = ARGV[2]
-  local raw = redis.call('HGET', backends, id)
-  if not raw then
-    status = 'unknown'
-  elseif raw ~= ARGV[4] then
-    status = 'conflict'
-    force_records = true
-  else
-    redis.call('HSET', backends, id, ARGV[3])
-    if ARGV[5] == '1' or redis.call('HEXISTS', since, id) == 0 then
-      redis.call('HSET', since, id, string.format('%d', now))
+
+  local function publish(event, id)
+    if channel ~= '' then
+      redis.call('PUBLISH', channel, cjson.encode({kind = 'pool', name = pool_name,
+        event = event, backend = id, version = token()}))
     end
-    registry_changed(id, 'updated')
   end
-elseif op == 'snapshot' then
-  -- Every process reads a snapshot about once per refresh interval: a pool in use
-  -- never expires, an abandoned one goes POOL_TTL_MS after its last reader.
-  keep_alive()
-elseif op == 'renew' then
-  local ttl = tonumber(ARGV[2])
-  local args = {'ZADD', leases, 'XX'}
-  for i = 3, last_arg do
-    args[#args + 1] = now + ttl * 1000
-    args[#args + 1] = ARGV[i]
+
+  -- Every key gets (again) its TTL; the leases zset is kept by "~keep" while the registry
+  -- exists, so the hot ops never create it (nor need a PEXPIRE). pcall: a missing key
+  -- needs no TTL, and while its cluster slot is being migrated away the server refuses to
+  -- touch a missing key ("non local key").
+  local function keep_alive()
+    if token() ~= '0' then redis.call('ZADD', leases, '+inf', KEEP) end
+    for _, k in ipairs({main, backends, conns, leases, stats, since}) do
+      redis.pcall('PEXPIRE', k, POOL_TTL_MS)
+    end
   end
-  if #args > 3 then redis.call(unpack(args)) end
+
+  local function registry_changed(id, event)
+    -- A registry without an epoch (new, or rebuilt after a loss) or with a version that is
+    -- not a number starts a new epoch: its tokens can never equal an earlier registry's.
+    local v = redis.pcall('HINCRBY', main, 'version', 1)
+    if type(v) == 'table' or redis.call('HEXISTS', main, 'epoch') == 0 then
+      redis.call('HSET', main, 'epoch', string.format('%d', clock()), 'version', 1)
+    end
+    cur = nil
+    keep_alive()
+    publish(event, id)
+  end
+
+  if not hot then
+    -- Leases whose process stopped renewing them (it died, even by SIGKILL) go back here:
+    -- every process snapshots at least every refresh_s, and renews while it holds leases.
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', clock(), 'LIMIT', 0, 256)) do
+      give_back(m)
+    end
+  end
+
+  if op == 'add' or op == 'put' then
+    local id = ARGV[3]
+    if op == 'add' and redis.call('HEXISTS', backends, id) == 1 then
+      status = 'exists'
+    else
+      redis.call('HSET', backends, id, ARGV[2])
+      if op == 'add' then
+        redis.call('HSET', since, id, string.format('%d', now))
+      else
+        redis.call('HSETNX', since, id, string.format('%d', now))
+      end
+      redis.call('HSETNX', conns, id, 0)      -- conns exists (with its TTL) before any lease
+      registry_changed(id, op == 'add' and 'added' or 'updated')
+    end
+  elseif op == 'remove' then
+    local id = ARGV[2]
+    if redis.call('HDEL', backends, id) == 0 then
+      status = 'unknown'
+    else
+      redis.call('HDEL', conns, id)
+      redis.call('HDEL', since, id)
+      redis.call('HDEL', stats, id .. ':requests', id .. ':errors', id .. ':latency_ms',
+        id .. ':error_rate')
+      -- Its leases go too: a lease held then proves its backend exists (see release).
+      local prefix = id .. '|'
+      for _, m in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
+        if string.sub(m, 1, #prefix) == prefix and not string.find(m, '|', #prefix + 1, true)
+        then
+          redis.call('ZREM', leases, m)
+        end
+      end
+      registry_changed(id, 'removed')
+    end
+  elseif op == 'patch' then
+    local id = ARGV[2]
+    local raw = redis.call('HGET', backends, id)
+    if not raw then
+      status = 'unknown'
+    elseif raw ~= ARGV[4] then
+      status = 'conflict'
+      force_records = true
+    else
+      redis.call('HSET', backends, id, ARGV[3])
+      if ARGV[5] == '1' or redis.call('HEXISTS', since, id) == 0 then
+        redis.call('HSET', since, id, string.format('%d', now))
+      end
+      registry_changed(id, 'updated')
+    end
+  elseif op == 'snapshot' then
+    -- Every process reads a snapshot about once per refresh interval: a pool in use
+    -- never expires, an abandoned one goes POOL_TTL_MS after its last reader.
+    keep_alive()
+  elseif op == 'renew' then
+    local ttl = tonumber(ARGV[2])
+    local args = {'ZADD', leases, 'XX'}
+    for i = 3, last_arg do
+      args[#args + 1] = now + ttl * 1000
+      args[#args + 1] = ARGV[i]
+    end
+    if #args > 3 then redis.call(unpack(args)) end
+  end
+
+  local current = reads and token() or ''
+  local records = {}
+  local sent = 0
+  if reads and (current ~= known or force_records) then
+    sent = 1
+    local flat = redis.call('HGETALL', backends)
+    local joined = {}
+    local s = redis.call('HGETALL', since)
+    for i = 1, #s, 2 do joined[s[i]] = s[i + 1] end
+    for i = 1, #flat, 2 do
+      records[#records + 1] = flat[i]
+      records[#records + 1] = flat[i + 1]
+      records[#records + 1] = joined[flat[i]] or '0'
+    end
+    records = readable(records, 3)
+  end
+  if not hot then busy = counts() end
+  -- Statistics only for reads and registry changes: acquire, admit, release, renew return
+  -- connection counts alone, which is what selection needs.
+  local counts_only = hot or op == 'renew'
+  return {status, current, now and string.format('%d', now) or '0', records,
+    readable(busy, 2), counts_only and {} or readable(redis.call('HGETALL', stats), 2),
+    counts_only and 0 or 1, sent}
 end
 
-local current = reads and token() or ''
-local records = {}
-local sent = 0
-if reads and (current ~= known or force_records) then
-  sent = 1
-  local flat = redis.call('HGETALL', backends)
-  local joined = {}
-  local s = redis.call('HGETALL', since)
-  for i = 1, #s, 2 do joined[s[i]] = s[i + 1] end
-  for i = 1, #flat, 2 do
-    records[#records + 1] = flat[i]
-    records[#records + 1] = flat[i + 1]
-    records[#records + 1] = joined[flat[i]] or '0'
+-- A key of the wrong type under this pool's name (planted by hand, or written by
+-- something else) would fail every call until it expires, if it ever does. Then that
+-- key is reset (logged in the server log) and the call runs again, once: a lost main
+-- hash or registry starts a new epoch (no token repeats: every process re-reads the
+-- records), a lost leases zset gets "~keep" back, and the conns hash is rebuilt from the
+-- leases held (so no count drifts). The checks use only commands of the README's
+-- minimal ACL. Any other error is raised as it is. This costs no command on the normal
+-- path.
+local ok, reply = pcall(run)
+if ok then return reply end
+local bad, is_bad = {}, {}
+for i, kind in ipairs({'hash', 'hash', 'hash', 'zset', 'hash', 'hash'}) do
+  -- A WRONGTYPE error: the key has the wrong type (HEXISTS's field name is any); any
+  -- other error (e.g. a key of a slot being migrated) is not ours to reset.
+  local r = kind == 'zset' and redis.pcall('ZCARD', KEYS[i])
+    or redis.pcall('HEXISTS', KEYS[i], 'x')
+  if type(r) == 'table' and r.err and string.find(r.err, 'WRONGTYPE', 1, true) then
+    bad[#bad + 1] = KEYS[i]
+    is_bad[i] = true
+    redis.call('DEL', KEYS[i])
   end
-  records = readable(records, 3)
 end
-if not hot then busy = counts() end
--- Statistics only for reads and registry changes: acquire, admit, release, renew return
--- connection counts alone, which is what selection needs.
-local counts_only = hot or op == 'renew'
-return {status, current, now and string.format('%d', now) or '0', records,
-  readable(busy, 2), counts_only and {} or readable(redis.call('HGETALL', stats), 2),
-  counts_only and 0 or 1, sent}
+if #bad == 0 then error(reply, 0) end
+local TTL_MS = 30 * 86400 * 1000
+if is_bad[1] or is_bad[2] then   -- a new epoch: tokens never equal an earlier registry's
+  redis.call('HSET', KEYS[1], 'epoch', string.format('%d', now_us()), 'version', 1)
+  redis.call('PEXPIRE', KEYS[1], TTL_MS)
+end
+if is_bad[4] and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('ZADD', KEYS[4], '+inf', '~keep')
+  redis.call('PEXPIRE', KEYS[4], TTL_MS)
+end
+if is_bad[3] or is_bad[4] then   -- the connection counts, from the leases held
+  local n = {}
+  local flat = redis.call('HGETALL', KEYS[2])
+  for i = 1, #flat, 2 do n[flat[i]] = 0 end
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    local id = string.match(m, '^(.*)|[^|]*$')
+    if id and n[id] then n[id] = n[id] + 1 end
+  end
+  redis.call('DEL', KEYS[3])
+  for id, c in pairs(n) do redis.call('HSET', KEYS[3], id, c) end
+  redis.pcall('PEXPIRE', KEYS[3], TTL_MS)
+end
+redis.log(redis.LOG_WARNING, 'distlb: pool ' .. string.match(KEYS[1], '{pool:(.*)}')
+  .. ' reset: wrong type at ' .. table.concat(bad, ' '))
+return run()

@@ -172,6 +172,13 @@ def test_inspect_shows_pools_and_budgets(server_url: str, prefix: str) -> None:
     assert "5 requests, 1 retry in" in by[("rb", "api")]["summary"]
     backends = next(k for k in by[("pool", "api")]["keys"] if k["part"] == "backends")
     assert json.loads(backends["fields"]["n2"])["healthy"] is False
+    # pool.lua's "~keep" member of the leases zset is no lease: an idle pool holds none
+    assert r.zscore(f"{prefix}:{{pool:api}}:leases", "~keep") is not None
+    assert "0 leases" in by[("pool", "api")]["summary"]
+    with lb.connection():     # one lease held while the CLI looks
+        held = {(e["kind"], e["name"]): e for e in inspect_json(server_url, prefix)["entities"]}
+    assert "1 lease" in held[("pool", "api")]["summary"]
+    assert "1 leases" not in held[("pool", "api")]["summary"]
 
 
 def _named_clients(r: redis.Redis, name: str) -> int:

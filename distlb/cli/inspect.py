@@ -90,6 +90,11 @@ def _server_time_us(client: Any) -> int:
     return int(sec) * 1_000_000 + int(usec)
 
 
+# The member pool.lua keeps in a pool's leases zset so the zset (and its TTL) outlives its
+# leases; it is never a lease (lua/pool.lua, KEYS[4]).
+_KEEP = "~keep"
+
+
 def _read_key(node: Any, key: str, part: str) -> KeyState:
     kind = _s(node.type(key))
     ttl_ms = node.pttl(key)
@@ -100,6 +105,8 @@ def _read_key(node: Any, key: str, part: str) -> KeyState:
         ks.size = len(ks.fields)
     elif kind == "zset":
         ks.size = node.zcard(key)
+        if part == "leases" and node.zscore(key, _KEEP) is not None:
+            ks.size -= 1    # pool.lua's "~keep" member (score +inf) keeps the zset: no lease
     return ks
 
 
