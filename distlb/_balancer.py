@@ -445,7 +445,7 @@ class LoadBalancerCore(Subscriber, Shared):
             # is only ever taken by a call that will run (and return it).
             cb = self._breaker_of(backend.id)
             if cb is not None:
-                lease.attempt = yield from steps(cb._attempt())
+                lease.attempt = yield from steps(cb.attempt_op())
                 if not lease.attempt.allowed:   # open, or half-open with its probes taken
                     self._pool_breakers.refused(backend.id)
                     if lease.lease_id is not None:
@@ -482,7 +482,7 @@ class LoadBalancerCore(Subscriber, Shared):
         else:
             self._leases.let_go(lease.member)
         if cb is not None:
-            yield from steps(cb._outcome(lease.attempt, verdict))
+            yield from steps(cb.outcome_op(lease.attempt, verdict))
         observe = getattr(self.strategy, "observe", None)
         if observe is not None:
             observe(lease.backend.id, duration, verdict != "failure")
@@ -498,7 +498,7 @@ class LoadBalancerCore(Subscriber, Shared):
                          self._local_state)
         cb = self._breaker_of(backend_id)
         if cb is not None:
-            yield from steps(cb._record_unadmitted(not success))
+            yield from steps(cb.unadmitted_op(not success))
 
     def _renew(self) -> Op[Any]:
         members = self._leases.to_renew()
@@ -556,7 +556,7 @@ class LoadBalancerCore(Subscriber, Shared):
             return self._attempt_once(fn, args, kwargs, ctx, tried, last)
 
         try:
-            return (yield from self.retry_policy._attempts(attempt))
+            return (yield from self.retry_policy.attempts_op(attempt))
         except _Exhausted as exhausted:
             # Every backend was tried: the caller gets what the last one did (its error,
             # chained to the NoBackendAvailable that ended the retries, or its value when

@@ -203,6 +203,23 @@ class BreakerBase(Subscriber, Shared):
         None. For the load balancer's breakers: which backends refuse calls now."""
         return self._view.fast_attempt(now, self._subscribed_since())
 
+    # -- the operations a load balancer drives a backend's breaker by ----------------------
+    # (its execute runs them in its own flow, each on this breaker's client and guard;
+    # the user's API is can_attempt / record_* / guard above and in the shells)
+
+    def attempt_op(self) -> Op[Attempt]:
+        """``can_attempt`` as an operation."""
+        return self._attempt()
+
+    def outcome_op(self, attempt: Attempt | None, verdict: str) -> Op[Any]:
+        """Record ``classify``'s verdict (``"success"``, ``"failure"``, ``"ignored"``) for a
+        call ``attempt`` admitted."""
+        return self._outcome(attempt, verdict)
+
+    def unadmitted_op(self, failed: bool) -> Op[Any]:
+        """Record the result of a call that never asked the breaker (a permit is asked
+        first, so a half-open breaker still rations its probes)."""
+        return self._record_unadmitted(failed)
     def _subscription(self) -> float | None:
         """The healthy subscription now, if this object already joined a bus (joins none)."""
         return self._bus.subscribed_since() if self._bus is not None else None

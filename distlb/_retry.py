@@ -481,6 +481,11 @@ class RetryPolicyCore:
                  kwargs: dict[str, Any]) -> Steps[Any]:
         return self._attempts(lambda: invoke(fn, args, kwargs))
 
+    def attempts_op(self, run_attempt: Callable[[], Steps[Outcome]]) -> Steps[Any]:
+        """The retry loop around ``run_attempt`` as an operation: the internal interface a
+        load balancer's execute retries by (one runner drives both)."""
+        return self._attempts(run_attempt)
+
     def _attempts(self, run_attempt: Callable[[], Steps[Outcome]]) -> Steps[Any]:
         """The decision loop around ``run_attempt``, an operation run once per attempt (the
         load balancer's picks a backend, leases it and calls the user's function)."""
