@@ -242,30 +242,6 @@ local function run()
     return now
   end
 
-  -- Whether a string is valid UTF-8 (as Python decodes it: no overlongs, no surrogates).
-  -- Replies must be: a client with decode_responses=True fails on the whole reply otherwise.
-  local function utf8_ok(str)
-    if not string.find(str, '[\128-\255]') then return true end
-    local i, n = 1, #str
-    while i <= n do
-      local c = string.byte(str, i)
-      local len = c < 0x80 and 1 or (c >= 0xC2 and c <= 0xDF) and 2
-        or (c >= 0xE0 and c <= 0xEF) and 3 or (c >= 0xF0 and c <= 0xF4) and 4 or nil
-      if not len or i + len - 1 > n then return false end
-      for j = i + 1, i + len - 1 do
-        local cc = string.byte(str, j)
-        if cc < 0x80 or cc > 0xBF then return false end
-      end
-      local c2 = string.byte(str, i + 1)
-      if (c == 0xE0 and c2 < 0xA0) or (c == 0xED and c2 > 0x9F)
-          or (c == 0xF0 and c2 < 0x90) or (c == 0xF4 and c2 > 0x8F) then
-        return false
-      end
-      i = i + len
-    end
-    return true
-  end
-
   -- A flat HGETALL reply without the entries a client could not decode (written by hand).
   local function readable(flat, step)
     if not string.find(table.concat(flat), '[\128-\255]') then return flat end
