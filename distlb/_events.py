@@ -132,11 +132,18 @@ class SyncBus(_Bus):
         key = (os.getpid(), id(client), channel)  # a forked child starts its own
         with cls._lock:
             bus = cls._buses.get(key)
-            if bus is None or bus.client is not client:
+            new = bus is None or bus.client is not client
+            if new:
                 bus = cls._buses[key] = cls(client, channel, clock)
-                bus.start()
+                bus.stop = threading.Event()
+            assert bus is not None
             bus.users += 1
-            return bus
+        if new:
+            # Started outside the lock: Thread.start() waits for the new thread to run, and
+            # the GC may run a finalizer (release(), which takes the lock) on that thread
+            # before it does; holding the lock here deadlocked both.
+            bus.start()
+        return bus
 
     def release(self) -> None:
         """One user is done; the last one stops the thread (within ``heartbeat_s``) and
@@ -150,8 +157,10 @@ class SyncBus(_Bus):
                 del self._buses[key]
         self.stop.set()
 
+    #: Set by the last user's release(): the thread ends within ``heartbeat_s``.
+    stop: threading.Event
+
     def start(self) -> None:
-        self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"distlb-events-{self.channel}",
                                        daemon=True)
         self.thread.start()
