@@ -397,7 +397,7 @@ for i, kind in ipairs({'hash', 'hash', 'hash', 'zset', 'hash', 'hash'}) do
   -- other error (e.g. a key of a slot being migrated) is not ours to reset.
   local r = kind == 'zset' and redis.pcall('ZCARD', KEYS[i])
     or redis.pcall('HEXISTS', KEYS[i], 'x')
-  if type(r) == 'table' and r.err and string.find(r.err, 'WRONGTYPE', 1, true) then
+  if type(r) == 'table' and r.err and string.find(tostring(r.err), 'WRONGTYPE', 1, true) then
     bad[#bad + 1] = KEYS[i]
     is_bad[i] = true
     redis.call('DEL', KEYS[i])
