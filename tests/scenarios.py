@@ -114,7 +114,9 @@ class Run:
         return c
 
     def own(self, obj: Any) -> Any:
-        """Close ``obj`` (a distlb object) when the scenario ends."""
+        """Close ``obj`` (a distlb object) when the scenario ends; check it is of the
+        flavour's package (``distlb.aio.*`` for asyncio)."""
+        assert type(obj).__module__.startswith("distlb.aio.") == self.is_async, type(obj)
         self._objects.append(obj)
         return obj
 
@@ -131,9 +133,13 @@ class Run:
     # -- calls ------------------------------------------------------------------------------
 
     async def call(self, x: Any) -> Any:
-        """The result of a distlb call: awaited for asyncio, as is for sync."""
-        if inspect.isawaitable(x):
+        """The result of a distlb (or client) call: awaited for asyncio, as is for sync.
+        Strict both ways: a sync call that returns an awaitable, or an asyncio call that
+        does not, is a bug of the flavour and fails the scenario."""
+        if self.is_async:
+            assert inspect.isawaitable(x), f"an asyncio call returned {x!r}, not an awaitable"
             return await x
+        assert not inspect.isawaitable(x), f"a sync call returned an awaitable: {x!r}"
         return x
 
     def fn(self, f: Callable[..., Any]) -> Callable[..., Any]:
@@ -174,7 +180,9 @@ class Run:
         """Poll ``cond()`` (sync or awaitable) until it is truthy; its value."""
         deadline = time.monotonic() + timeout_s
         while True:
-            value = await self.call(cond())
+            value = cond()
+            if inspect.isawaitable(value):
+                value = await value
             if value:
                 return value
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -183,7 +191,8 @@ class Run:
     @contextlib.asynccontextmanager
     async def cm(self, manager: Any) -> AsyncIterator[Any]:
         """Enter a sync or an async context manager with ``async with``."""
-        if hasattr(manager, "__aenter__"):
+        assert hasattr(manager, "__aenter__") == self.is_async, manager
+        if self.is_async:
             async with manager as value:
                 yield value
         else:
