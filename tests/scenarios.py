@@ -283,7 +283,8 @@ async def leaky_bucket(s: Run) -> None:
     ds = [await s.call(lb.try_acquire()) for _ in range(4)]
     assert [d.allowed for d in ds] == [True, True, True, False]
     assert ds[0].delay_s == 0
-    assert 99 < ds[1].delay_s <= 100 and 199 < ds[2].delay_s <= 200    # 100 s slots
+    # 100 s slots, each counted from its own call (a busy machine takes time between them).
+    assert 90 < ds[1].delay_s <= 100 and 180 < ds[2].delay_s <= 200
     assert 2.9 < ds[2].queued <= 3 and 0 < ds[3].retry_after_s <= 100
     assert not (await s.call(lb.peek())).allowed
     await s.call(lb.reset())
@@ -323,7 +324,7 @@ async def shaper_global_client_override(s: Run) -> None:
 async def priority_ordering(s: Run) -> None:
     """Waiters queue behind an empty bucket; once high-priority waiters queue, they are all
     admitted before the low ones still waiting; a non-blocking try does not jump the queue."""
-    cfg: dict[str, Any] = dict(rate_per_s=4, burst=1, levels=10, aging_s=1000,
+    cfg: dict[str, Any] = dict(rate_per_s=3, burst=1, levels=10, aging_s=1000,
                                prefix=s.prefix)
     pq = s.own(s.api.PriorityLimiter(s.client, "pq", **cfg))
     queue = f"{s.prefix}:{{pq:pq}}:queue"
@@ -354,8 +355,9 @@ async def priority_ordering(s: Run) -> None:
     highs = [s.spawn(waiter(8)) for _ in range(3)]
     await asyncio.gather(*lows, *highs)
     first_high = order.index(8)
-    # A low or two may be admitted (at 4/s) before the highs queued: never after them.
-    assert first_high <= 2 and order[first_high:first_high + 3] == [8] * 3, order
+    # Some lows may be admitted (at 3/s) before the highs queued, never one after them; at
+    # least one low was overtaken (else the check says nothing: the highs came too late).
+    assert first_high <= 3 and order[first_high:first_high + 3] == [8] * 3, order
     assert await s.call(raw.zcard(queue)) == 0
 
 
@@ -363,14 +365,16 @@ async def _queued_or_done(s: Run, raw: Any, queue: str, order: list[int], n: int
     return bool(await s.call(raw.zcard(queue)) + len(order) >= n)
 
 
-BREAKER = dict(failure_threshold=2, open_timeout_s=0.2, success_threshold=1,
-               half_open_max_requests=1, probe_lease_s=5)
+BREAKER = dict(failure_threshold=2, open_timeout_s=30, success_threshold=1,
+               half_open_max_requests=1, probe_lease_s=60)
 
 
 @scenario(cluster=True)
 async def breaker_lifecycle(s: Run) -> None:
-    """Closed -> (2 failures) open, seen by another breaker object -> half-open after the
-    timeout with exactly one probe -> the probe's success closes it."""
+    """Closed -> (2 failures) open, seen by another breaker object; open refuses calls and
+    guards -> half-open after the timeout with exactly one probe -> its success closes it."""
+    # Two breakers: one that stays open however slow the machine (30 s), one that turns
+    # half-open soon (0.2 s) for the probe.
     cb = s.own(s.api.CircuitBreaker(s.client, "svc", prefix=s.prefix, **BREAKER))
     watcher = s.own(s.api.CircuitBreaker(s.connect(), "svc", prefix=s.prefix, **BREAKER))
     assert await s.call(cb.call(s.fn(lambda: "ok"))) == "ok"
@@ -378,12 +382,17 @@ async def breaker_lifecycle(s: Run) -> None:
         with pytest.raises(ConnectionError):
             await s.call(cb.call(s.fn(failing(ConnectionError("down")))))
     state = await s.call(watcher.state())
-    assert state.state == "open" and 0 < state.retry_after_s <= 0.2
+    assert state.state == "open" and 0 < state.retry_after_s <= 30
     with pytest.raises(CircuitOpen):
         async with s.cm(cb.guard()):
             raise AssertionError("the guard let a call through an open breaker")
     with pytest.raises(CircuitOpen):
         await s.call(cb.call(s.fn(lambda: "never")))
+    quick = {**BREAKER, "open_timeout_s": 0.2}
+    cb = s.own(s.api.CircuitBreaker(s.client, "quick", prefix=s.prefix, **quick))
+    watcher = s.own(s.api.CircuitBreaker(s.connect(), "quick", prefix=s.prefix, **quick))
+    for _ in range(2):
+        await s.call(cb.record_failure())
     probe = await s.until(lambda: cb.can_attempt(), "the breaker turning half-open")
     assert probe.state == "half_open" and probe.permit
     assert not (await s.call(watcher.can_attempt())).allowed        # the one probe is taken
@@ -397,6 +406,29 @@ async def breaker_lifecycle(s: Run) -> None:
     assert (await s.call(watcher.state())).forced == "open"
     await s.call(cb.reset())
     assert (await s.call(watcher.state())).state == "closed"
+
+
+@scenario()
+async def breaker_event_reaches_other(s: Run) -> None:
+    """A trip by one breaker object reaches another's view by the pub/sub event alone: once
+    subscribed, the other refuses with no round trip and tells its listeners."""
+    cfg = BREAKER
+    a = s.own(s.api.CircuitBreaker(s.client, "svc", prefix=s.prefix, **cfg))
+    b = s.own(s.api.CircuitBreaker(s.connect(), "svc", prefix=s.prefix, **cfg))
+    seen: list[Any] = []
+    b.add_listener(seen.append)
+    assert (await s.call(b.can_attempt())).allowed
+    await s.until(lambda: b._subscribed_since() is not None, "b's subscription")
+    calls = b.store_stats.calls
+    for _ in range(2):
+        await s.call(a.record_failure())
+
+    async def refused() -> bool:
+        return not (await s.call(b.can_attempt())).allowed
+
+    await s.until(refused, "b refusing after the event")
+    assert b.store_stats.calls == calls                  # learned from the event alone
+    assert [(t.from_state, t.to_state, t.origin) for t in seen] == [("closed", "open", "event")]
 
 
 @scenario()
@@ -530,8 +562,10 @@ async def registry_seen_by_another_pool(s: Run) -> None:
     assert (seen["n1"].weight, dict(seen["n1"].metadata)) == (5, {"zone": "z1"})
     assert not seen["n2"].healthy
     # b's selection follows (an event, else within refresh_s): only n1 is healthy.
-    picks = [(await s.call(b.select_backend())).id for _ in range(4)]
-    assert set(picks) == {"n1"}
+    async def only_n1() -> bool:
+        return {(await s.call(b.select_backend())).id for _ in range(4)} == {"n1"}
+
+    await s.until(only_n1, "b selecting only the healthy backend")
     await s.call(a.remove_backend("n2"))
     assert [x.id for x in await s.call(b.backends())] == ["n1"]
     with pytest.raises(UnknownBackend):
@@ -572,7 +606,8 @@ async def store_unreachable(s: Run) -> None:
     StoreUnavailable; once the store is back, decisions come from it again."""
     server: EmbeddedServer = s.request.getfixturevalue("own_server")
     c = s.connect_to(server)
-    kw: dict[str, Any] = dict(rate_per_s=100, burst=100, prefix=s.prefix,
+    # Slow refill: the local twin's count is exact however long the calls take.
+    kw: dict[str, Any] = dict(rate_per_s=0.001, burst=100, prefix=s.prefix,
                               retry_store_after_s=0.2)
     local = s.own(s.api.TokenBucket(c, "local", on_store_error="local",
                                     expected_processes=4, **kw))
@@ -602,6 +637,7 @@ async def store_unreachable(s: Run) -> None:
     with pytest.raises(StoreUnavailable):
         await s.call(strict.execute(s.fn(lambda b: b.id)))
     for admin in (lambda: shaper.set_global_limit(1, 1), lambda: shaper.limits(),
+                  lambda: shaper.set_client_rate_limit("a", 1, 1),
                   lambda: cb.force_open(), lambda: cb.reset(), lambda: opened.reset(),
                   lambda: pool.add_backend(Backend("n9", "10.0.0.9:80"))):
         with pytest.raises(StoreUnavailable):

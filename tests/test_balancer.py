@@ -217,27 +217,6 @@ def test_store_outage(own_server: EmbeddedServer, prefix: str, tcp: list[TcpBack
         lb.add_backend(Backend("node9", "10.0.0.9:80"))
 
 
-async def test_asyncio_balancer(server_url: str, prefix: str, tcp: list[TcpBackend]) -> None:
-    c = redis.asyncio.Redis.from_url(server_url)
-    lb = aio.LoadBalancer(c, "api", RoundRobinBalancer(), prefix=prefix,
-                          retry_policy=aio.RetryPolicy.fixed(0, max_attempts=3))
-    for s in tcp:
-        await lb.add_backend(Backend(s.name, s.address))
-    tcp[2].kill()
-
-    async def fetch(b: Backend) -> str:
-        return await asyncio.to_thread(call, b.address, 0.5)
-
-    results = await asyncio.gather(*[lb.execute(fetch) for _ in range(12)])
-    assert set(results) == {"node0", "node1"}
-    async with lb.connection() as b:
-        assert (await lb.get_statistics()).connections == 1
-        assert b.id in {"node0", "node1", "node2"}
-    assert (await lb.get_statistics()).connections == 0
-    lb.close()
-    await c.aclose()
-
-
 @pytest.mark.cluster
 def test_balancer_on_cluster(rc: redis.cluster.RedisCluster, prefix: str,
                              tcp: list[TcpBackend]) -> None:

@@ -1,16 +1,12 @@
-"""Every script on a 3-master Redis Cluster, sync and asyncio, including NOSCRIPT recovery."""
+"""Every script on a 3-master Redis Cluster, including NOSCRIPT recovery (asyncio: the
+``*_cluster`` rows of tests/scenarios.py)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-import redis.asyncio.cluster
 import redis.cluster
 
-import distlb.aio as aio
 from distlb import LeakyBucket, Limit, PriorityLimiter, TokenBucket, TrafficShaper
-from distlb.embedded import EmbeddedCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.lua]
 
@@ -54,17 +50,3 @@ def test_all_scripts_on_cluster_with_noscript(rc: redis.cluster.RedisCluster, pr
     tb.reset()
     assert tb.try_acquire().allowed
     assert all(d == 0 for d in (tb.store_stats.fallbacks, lb.store_stats.fallbacks))
-
-
-async def test_asyncio_cluster_pipelines_and_noscript(cluster: EmbeddedCluster,
-                                                      prefix: str) -> None:
-    nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in cluster.startup_nodes]
-    arc = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes)
-    buckets = [aio.TokenBucket(arc, f"b{i}", rate_per_s=0.001, burst=5, prefix=prefix)
-               for i in range(6)]
-    for node in arc.get_primaries():
-        await node.execute_command("SCRIPT", "FLUSH")
-    results = await asyncio.gather(*[b.try_acquire() for b in buckets for _ in range(8)])
-    assert sum(d.allowed for d in results) == 30
-    assert {d.source for d in results} == {"store"}
-    await arc.aclose()

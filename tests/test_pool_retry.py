@@ -7,9 +7,7 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio
 
-import distlb.aio as aio
 from distlb import Backend, LoadBalancer, NoBackendAvailable, RetryPolicy
 from distlb.retry import Fixed
 
@@ -92,23 +90,3 @@ def test_no_backend_at_all_still_says_so(r: redis.Redis, prefix: str) -> None:
             lb.execute(lambda b: None)
     finally:
         lb.close()
-
-
-async def test_asyncio_raises_the_last_failure(ar: redis.asyncio.Redis, prefix: str) -> None:
-    lb = aio.LoadBalancer(ar, "api", prefix=prefix, breaker=None,
-                          retry_policy=aio.RetryPolicy.fixed(0, max_attempts=5))
-    await lb.add_backend(Backend("n1", "10.0.0.1:80"))
-    await lb.add_backend(Backend("n2", "10.0.0.2:80"))
-    calls = 0
-
-    async def fail(b: Backend) -> None:
-        nonlocal calls
-        calls += 1
-        raise Refused(b.id)
-
-    try:
-        with pytest.raises(Refused) as info:
-            await lb.execute(fail)
-        assert calls == 2 and isinstance(info.value.__cause__, NoBackendAvailable)
-    finally:
-        await lb.aclose()

@@ -296,18 +296,6 @@ def test_cli_get_and_history(server_url: str, prefix: str,
     r.close()
 
 
-async def test_asyncio_pool_reads_and_writes_the_same_config(ar: Any, prefix: str) -> None:
-    from distlb import aio
-    a = aio.LoadBalancer(ar, "p", rate_limit=aio.Limit(9, 9), prefix=prefix)
-    await a.add_backend(Backend("b1", "127.0.0.1:9"))
-    assert (await a.config()).version == 0
-    cfg = await a.set_config(rate_limit="4/s", breaker={"success_threshold": 2})
-    assert cfg.version == 1 and a.rate_limit == Limit(4, 4)
-    assert a.breaker_settings is not None and a.breaker_settings.success_threshold == 2
-    assert [e["version"] for e in await a.config_history()] == [1]
-    a.close()
-
-
 def test_reset_keeps_the_config_and_inspect_shows_it(server_url: str, prefix: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     r = redis.Redis.from_url(server_url)

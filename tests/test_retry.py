@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 from typing import Any
 
 import pytest
 import redis
-import redis.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-import distlb.aio as aio
 from distlb import (
     ConfigError,
     RetryBudget,
@@ -199,25 +196,6 @@ def test_decorator() -> None:
     assert wrapped() == "ok" and ft.slept == [0.1]
 
 
-async def test_async_execute_and_decorator() -> None:
-    slept: list[float] = []
-
-    async def fake_sleep(s: float) -> None:
-        slept.append(s)
-
-    calls = {"n": 0}
-
-    @aio.RetryPolicy.exponential(0.01, max_attempts=4).with_sleep(fake_sleep)
-    async def flaky() -> str:
-        calls["n"] += 1
-        if calls["n"] < 3:
-            raise ConnectionError("again")
-        return "ok"
-
-    assert await flaky() == "ok"
-    assert slept == pytest.approx([0.01, 0.02])
-
-
 @pytest.mark.parametrize("build, field", [
     (lambda: RetryPolicy(max_attempts=0), "max_attempts"),
     (lambda: RetryPolicy.fixed(-1), "delay_s"),
@@ -289,32 +267,6 @@ def test_one_store_options_times_the_budget_and_the_policy(r: redis.Redis, prefi
         policy.execute(failing(10))
     assert ft.slept == [0.5, 0.5]
     assert budget.key.startswith(f"{prefix}:") and budget.peek().withdrawals == 2
-
-
-@pytest.mark.lua
-async def test_async_policy_sleeps_with_its_options(ar: redis.asyncio.Redis, prefix: str) -> None:
-    slept: list[float] = []
-
-    async def fake_sleep(s: float) -> None:
-        slept.append(s)
-
-    opts = StoreOptions(prefix=prefix, sleep=fake_sleep)
-    budget = aio.RetryBudget(ar, "api", ratio=0, min_retries_per_s=1, window_s=10, options=opts)
-    policy = aio.RetryPolicy(backoff=Fixed(0.25), max_attempts=3, budget=budget, options=opts)
-    with pytest.raises(ConnectionError):
-        await policy.execute(failing(10))
-    assert slept == [0.25, 0.25] and (await budget.peek()).withdrawals == 2
-
-
-@pytest.mark.lua
-async def test_async_budget(ar: redis.asyncio.Redis, prefix: str) -> None:
-    budget = aio.RetryBudget(ar, "api", ratio=0.5, min_retries_per_s=0, prefix=prefix)
-    for _ in range(10):
-        await budget.deposit()
-    results = await asyncio.gather(*[budget.try_withdraw() for _ in range(8)])
-    assert sum(d.allowed for d in results) == 5
-    with pytest.raises(ConfigError, match="same package"):
-        RetryPolicy().with_budget(budget)
 
 
 @pytest.mark.lua

@@ -317,22 +317,3 @@ def test_every_public_call_during_an_outage_raises_only_documented_errors(
     for obj in objs.values():
         obj.close()
     r.close()
-
-
-async def test_asyncio_outage_errors_are_store_unavailable(own_server: EmbeddedServer,
-                                                           prefix: str) -> None:
-    c = redis.asyncio.Redis(host="127.0.0.1", port=own_server.port, socket_timeout=0.2,
-                            socket_connect_timeout=0.2, retry=AsyncRetry(NoBackoff(), 0))
-    shaper = aio.TrafficShaper.with_global_limit(c, 10, 10, prefix=prefix)
-    cb = aio.CircuitBreaker(c, "cb", prefix=prefix)
-    tb = aio.TokenBucket(c, "tb", rate_per_s=1, burst=1, prefix=prefix)
-    own_server.stop()
-    for make in (lambda: shaper.set_global_limit(1, 1), lambda: shaper.limits(),
-                 lambda: shaper.set_client_rate_limit("a", 1, 1), lambda: cb.force_open(),
-                 lambda: cb.reset(), lambda: tb.reset()):
-        with pytest.raises(StoreUnavailable):
-            await make()
-    assert (await tb.try_acquire()).source == "fail_open"
-    for obj in (shaper, cb, tb):
-        await obj.aclose()
-    await c.aclose()
