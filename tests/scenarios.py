@@ -566,6 +566,11 @@ async def registry_seen_by_another_pool(s: Run) -> None:
         return {(await s.call(b.select_backend())).id for _ in range(4)} == {"n1"}
 
     await s.until(only_n1, "b selecting only the healthy backend")
+    # Two pools patch the same record at once (compare-and-set): neither change is lost.
+    await s.concurrently([lambda: a.update_backend_weight("n1", 7),
+                          lambda: b.update_backend_metadata("n1", {"zone": "z2"})])
+    n1 = {x.id: x for x in await s.call(a.backends())}["n1"]
+    assert (n1.weight, dict(n1.metadata)) == (7, {"zone": "z2"})
     await s.call(a.remove_backend("n2"))
     assert [x.id for x in await s.call(b.backends())] == ["n1"]
     with pytest.raises(UnknownBackend):
