@@ -168,7 +168,8 @@ class Run:
     def spawn(self, thunk: Callable[[], Any]) -> asyncio.Future[Any]:
         """Start ``thunk()`` in the background: a task (asyncio) or a thread (sync)."""
         if self.is_async:
-            return asyncio.ensure_future(thunk())
+            started: asyncio.Future[Any] = asyncio.ensure_future(thunk())
+            return started
         return asyncio.ensure_future(asyncio.to_thread(thunk))
 
     async def concurrently(self, thunks: Sequence[Callable[[], Any]]) -> list[Any]:
@@ -253,7 +254,7 @@ async def token_bucket_exact(s: Run) -> None:
     buckets = [s.own(s.api.TokenBucket(s.client, f"api{i}", rate_per_s=0.001, burst=5,
                                        prefix=s.prefix)) for i in range(3)]
     await s.call(s.client.script_flush())      # every node of a cluster: first call is NOSCRIPT
-    ds = await s.concurrently([(lambda b=b: b.try_acquire()) for b in buckets for _ in range(8)])
+    ds = await s.concurrently([b.try_acquire for b in buckets for _ in range(8)])
     assert sum(d.allowed for d in ds) == 15
     assert {d.source for d in ds if d.allowed} == {"store"}
     assert {d.source for d in ds} <= {"store", "cache"}  # a denial may come from this view
