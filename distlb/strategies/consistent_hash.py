@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,11 +51,12 @@ class ConsistentHashBalancer(Base):
             "bounded_load", bounded_load, low=1, low_inclusive=True, high=100)
         self._lock = threading.Lock()
         self._signature: tuple[tuple[str, int], ...] = ()
-        self._points: list[int] = []
+        #: the ring's points, sorted; an array (contiguous machine words), not a list of int
+        #: objects scattered over the heap: the bisect's probes stay in the CPU caches
+        self._points: array[int] = array("Q")
         self._owners: list[str] = []
-        self._lookup: Callable[[str], str] | None = None
         self._ring_source: Sequence[Backend] | None = None
-        self._tables: tuple[list[int], list[int], int] = _tables([])
+        self._tables: tuple[list[int], list[int], int] = _tables(self._points)
         #: (tables, healthy ids, resolved owner per ring index, resolved owner per bucket)
         self._resolved: tuple[Any, frozenset[str], list[str], list[str | None]] = (
             None, frozenset(), [], [])
@@ -68,16 +70,19 @@ class ConsistentHashBalancer(Base):
     def lookup(self, key: str) -> str:
         """The id of the backend owning ``key`` on the ring built by the last ``select``
         or ``build`` call, ignoring health and loads: the fast path for affinity maps
-        (like uhashring's ``get_node``). O(log(n x vnodes))."""
-        if self._lookup is None:
-            raise NoBackendAvailable("the ring is empty: call build() or select() first")
-        return self._lookup(key)
+        (like uhashring's ``get_node``). O(1) for most keys, O(log(n x vnodes)) at worst.
+
+        Once a ring is built, this method is shadowed on the instance by the ring's own
+        lookup function (``_make_lookup``), so a call is one Python frame, not two; this
+        body only runs while the ring is empty.
+        """
+        raise NoBackendAvailable("the ring is empty: call build() or select() first")
 
     def build(self, backends: Sequence[Backend]) -> None:
         """Build (or keep) the ring for these backends."""
         self._ring(backends)
 
-    def _ring(self, backends: Sequence[Backend]) -> tuple[list[int], list[str]]:
+    def _ring(self, backends: Sequence[Backend]) -> tuple[array[int], list[str]]:
         if backends is self._ring_source:   # the same immutable snapshot as last time
             return self._points, self._owners
         signature = tuple(sorted((b.id, b.weight) for b in backends if b.weight > 0))
@@ -91,18 +96,29 @@ class ConsistentHashBalancer(Base):
                     count = max(1, round(self.vnodes * weight / mean))
                     ring.extend((self._hash(f"{bid}#{i}".encode()), bid) for i in range(count))
                 ring.sort()
-                self._points = [p for p, _ in ring]
+                self._points = array("Q", [p for p, _ in ring])
                 self._owners = [o for _, o in ring]
                 self._signature = signature
                 self._tables = _tables(self._points)
-                self._lookup = _make_lookup(self._points, self._owners, self._hash)
+                fn = _make_lookup(self._points, self._owners, self._hash)
+                if fn is None:
+                    self.__dict__.pop("lookup", None)      # back to the raising method
+                else:
+                    self.__dict__["lookup"] = fn            # shadows the method: one frame
             return self._points, self._owners
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
-        if self.bounded_load is None and ctx is not None and not ctx.exclude \
-                and ctx.key is not None:
-            fast = self._fast
-            return (fast[1] if fast[0] is backends else self._picker(backends))(ctx.key)
+        # The hot case first, in as few steps as possible: the snapshot seen last time (its
+        # picker is only ever set without bounded loads) and a plain key.
+        fast = self._fast
+        if fast[0] is backends and ctx is not None and not ctx.exclude \
+                and (key := ctx.key) is not None:
+            return fast[1](key)
+        return self._select(backends, ctx)
+
+    def _select(self, backends: Sequence[Backend], ctx: Context | None) -> Backend:
+        """``select`` off the hot path: a new snapshot, a ``client_id``, exclusions, or
+        bounded loads (the walk clockwise past full backends)."""
         if self.bounded_load is None and (ctx is None or not ctx.exclude):
             return self._picker(backends)(_key_str(ctx))
         pool = self._by_id(self._candidates(backends, ctx))
@@ -128,10 +144,12 @@ class ConsistentHashBalancer(Base):
 
     def select_key(self, backends: Sequence[Backend], key: str) -> Backend:
         """``select(backends, Context(key=key))`` without a Context: the plain key case."""
-        if self.bounded_load is not None:
-            return self.select(backends, Context(key=key))
         fast = self._fast
-        return (fast[1] if fast[0] is backends else self._picker(backends))(key)
+        if fast[0] is backends:
+            return fast[1](key)
+        if self.bounded_load is not None:
+            return self._select(backends, Context(key=key))
+        return self._picker(backends)(key)
 
     def _picker(self, backends: Sequence[Backend]) -> Callable[[str], Backend]:
         """key -> the first healthy backend clockwise from the key's hash, for this snapshot.
@@ -167,7 +185,7 @@ class ConsistentHashBalancer(Base):
                 owner = resolved[_bisect(points, h, starts[b], starts[b + 1])]
             return by_id[owner]
 
-        if isinstance(backends, tuple):
+        if isinstance(backends, tuple) and self.bounded_load is None:
             self._fast = (backends, pick)
         return pick
 
@@ -188,7 +206,7 @@ def _resolve(owners: list[str], healthy: frozenset[str]) -> list[str]:
     return out
 
 
-def _tables(points: list[int]) -> tuple[list[int], list[int], int]:
+def _tables(points: array[int]) -> tuple[list[int], list[int], int]:
     """A table over the top bits of the hash (about two buckets per point): ``direct[b]``
     is the answer for every hash in bucket ``b`` when no point falls inside it (most
     buckets), else -1 and the search runs over ``starts[b]:starts[b + 1]`` only. The
@@ -203,7 +221,7 @@ def _tables(points: list[int]) -> tuple[list[int], list[int], int]:
     return starts, direct, shift
 
 
-def _make_lookup(points: list[int], owners: list[str],
+def _make_lookup(points: array[int], owners: list[str],
                  hash_fn: HashFn) -> Callable[[str], str] | None:
     """key -> owner id on the whole ring (health ignored): ``_make_index`` with the
     owner read in the same frame (the hot path of affinity maps). The wrap-around is a
@@ -216,7 +234,7 @@ def _make_lookup(points: list[int], owners: list[str],
     direct_owner = [wrapped[i] if i >= 0 else None for i in direct]
 
     def lookup(key: str, _bisect: Callable[..., int] = bisect.bisect,
-               _points: list[int] = points, _hash: HashFn = hash_fn,
+               _points: array[int] = points, _hash: HashFn = hash_fn,
                _starts: list[int] = starts, _direct: list[str | None] = direct_owner,
                _owners: list[str] = wrapped, _shift: int = shift) -> str:
         h = _hash(key.encode())
@@ -275,6 +293,9 @@ class MaglevBalancer(Base):
         self._lock = threading.Lock()
         self._tables: dict[tuple[tuple[str, int], ...], list[str]] = {}
         self._last: tuple[Sequence[Backend] | None, list[str]] = (None, [])
+        #: (the last tuple snapshot, key -> its backend): the plain key's one-frame path
+        self._fast: tuple[Sequence[Backend] | None, Callable[[str], Backend]] = (
+            None, ConsistentHashBalancer._no_pick)
 
     def _table(self, pool: Sequence[Backend]) -> list[str]:
         if pool is self._last[0]:           # the same filtered pool as last time
@@ -317,12 +338,35 @@ class MaglevBalancer(Base):
                     return [t for t in table if t is not None]
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
+        fast = self._fast
+        if fast[0] is backends and ctx is not None and not ctx.exclude \
+                and (key := ctx.key) is not None:
+            return fast[1](key)
+        if ctx is None or not ctx.exclude:
+            return self._picker(backends)(_key_str(ctx))
         pool = self._candidates(backends, ctx)
         table = self._table(pool)
         return self._by_id(pool)[table[self._hash(_key_of(ctx)) % self.table_size]]
 
     def select_key(self, backends: Sequence[Backend], key: str) -> Backend:
         """``select(backends, Context(key=key))`` without a Context: the plain key case."""
+        fast = self._fast
+        return (fast[1] if fast[0] is backends else self._picker(backends))(key)
+
+    def _picker(self, backends: Sequence[Backend]) -> Callable[[str], Backend]:
+        """key -> its backend in this snapshot's table (built from the healthy backends,
+        cached by signature): one hash, one modulo, two indexes. Kept for the last tuple
+        snapshot, so the hot path is one frame after ``select``."""
+        fast = self._fast
+        if fast[0] is backends:
+            return fast[1]
         pool = self._candidates(backends, None)
-        table = self._table(pool)
-        return self._by_id(pool)[table[self._hash(key.encode()) % self.table_size]]
+        table, by_id = self._table(pool), self._by_id(pool)
+        hash_fn, m = self._hash, self.table_size
+
+        def pick(key: str) -> Backend:
+            return by_id[table[hash_fn(key.encode()) % m]]
+
+        if isinstance(backends, tuple):
+            self._fast = (backends, pick)
+        return pick
