@@ -51,15 +51,14 @@ class ConsistentHashBalancer(Base):
             "bounded_load", bounded_load, low=1, low_inclusive=True, high=100)
         self._lock = threading.Lock()
         self._signature: tuple[tuple[str, int], ...] = ()
-        #: the ring's points, sorted; an array (contiguous machine words), not a list of int
-        #: objects scattered over the heap: the bisect's probes stay in the CPU caches
         self._points: array[int] = array("Q")
         self._owners: list[str] = []
         self._ring_source: Sequence[Backend] | None = None
-        self._tables: tuple[list[int], list[int], int] = _tables(self._points)
-        #: (tables, healthy ids, resolved owner per ring index, resolved owner per bucket)
-        self._resolved: tuple[Any, frozenset[str], list[str], list[str | None]] = (
-            None, frozenset(), [], [])
+        #: the ring as the hot paths read it, replaced as a whole (one read, no torn state)
+        self._layout = _Layout(self._points, [])
+        #: (layout, healthy ids, resolved owner index per ring index, per bucket)
+        self._resolved: tuple[Any, frozenset[str], array[int], array[int]] = (
+            None, frozenset(), array("H"), array("H"))
         self._fast: tuple[Sequence[Backend] | None, Callable[[str], Backend]] = (
             None, self._no_pick)
 
@@ -99,8 +98,8 @@ class ConsistentHashBalancer(Base):
                 self._points = array("Q", [p for p, _ in ring])
                 self._owners = [o for _, o in ring]
                 self._signature = signature
-                self._tables = _tables(self._points)
-                fn = _make_lookup(self._points, self._owners, self._hash)
+                self._layout = layout = _Layout(self._points, self._owners)
+                fn = _make_lookup(layout, self._hash)
                 if fn is None:
                     self.__dict__.pop("lookup", None)      # back to the raising method
                 else:
@@ -165,84 +164,109 @@ class ConsistentHashBalancer(Base):
             return self._fast[1]
         by_id = self._by_id(self._candidates(backends, None))
         self._ring(backends)
-        tables, points, hash_fn = self._tables, self._points, self._hash
-        starts, direct, shift = tables
-        ids = frozenset(by_id)
+        layout, hash_fn = self._layout, self._hash
+        points, starts, shift, mark = layout.points, layout.starts, layout.shift, layout.mark
+        healthy = frozenset(by_id)
         cached = self._resolved
-        if cached[0] is tables and cached[1] == ids:
-            resolved, direct_id = cached[2], cached[3]
+        if cached[0] is layout and cached[1] == healthy:
+            resolved, direct = cached[2], cached[3]
         else:
-            resolved = _resolve(self._owners, ids)
-            # the resolved owner by bucket where the bucket holds no point, as in _make_lookup
-            direct_id = [resolved[i] if i >= 0 else None for i in direct]
-            self._resolved = (tables, ids, resolved, direct_id)
+            resolved = _resolve(layout, healthy)
+            direct = layout.per_bucket(resolved)
+            self._resolved = (layout, healthy, resolved, direct)
+        # owner index -> its backend in this snapshot: O(n). Every healthy backend is on
+        # the ring (weight > 0), and resolved indexes name healthy owners only.
+        by_index: list[Backend] = [by_id.get(bid, _OFF_RING) for bid in layout.ids]
 
         def pick(key: str, _bisect: Callable[..., int] = bisect.bisect) -> Backend:
             h = hash_fn(key.encode())
             b = h >> shift
-            owner = direct_id[b]
-            if owner is None:
-                owner = resolved[_bisect(points, h, starts[b], starts[b + 1])]
-            return by_id[owner]
+            i = direct[b]
+            if i == mark:
+                i = resolved[_bisect(points, h, starts[b], starts[b + 1])]
+            return by_index[i]
 
         if isinstance(backends, tuple) and self.bounded_load is None:
             self._fast = (backends, pick)
         return pick
 
 
-def _resolve(owners: list[str], healthy: frozenset[str]) -> list[str]:
-    """For each ring index 0..n (n wraps to 0), the first owner at or after it in
-    ``healthy``."""
-    n = len(owners)
-    out = [""] * (n + 1)
-    nxt = ""
+#: stands for an unhealthy owner in a picker's index -> backend list (never returned)
+_OFF_RING = Backend("-")
+
+
+class _Layout:
+    """A ring in compact arrays, for lookups that stay in the CPU caches.
+
+    ``points`` (sorted hashes) is an ``array('Q')``; owners are small ints (indexes into
+    ``ids``) in ``array('H')`` (``'I'`` past 65534 backends), the owner of point ``i``
+    at ``owner[i]`` and a copy of the first at the end (the wrap-around, no modulo).
+    A table over the top ``64 - shift`` bits of the hash (about two buckets per point)
+    holds ``starts[b]``, the first point in bucket ``b``; ``per_bucket`` maps every
+    bucket that holds no point (most) straight to its answer and the others to
+    ``mark``, where the search runs over ``starts[b]:starts[b + 1]`` only. The same
+    answer as a plain bisect; lists of Python objects would be 4-8 times larger and
+    scattered over the heap, and a lookup's cost is its cache misses.
+    """
+
+    __slots__ = ("ids", "mark", "owner", "points", "shift", "starts")
+
+    def __init__(self, points: array[int], owners: list[str]) -> None:
+        self.points = points
+        self.ids = sorted(set(owners))
+        typecode, self.mark = ("H", 0xFFFF) if len(self.ids) < 0xFFFF else ("I", 0xFFFFFFFF)
+        index = {bid: i for i, bid in enumerate(self.ids)}
+        self.owner = array(typecode, [index[o] for o in [*owners, *owners[:1]]])
+        n = len(points)
+        bits = max(4, min(18, (2 * n).bit_length()))
+        self.shift = 64 - bits
+        self.starts = array("I", [bisect.bisect_left(points, b << self.shift)
+                                  for b in range(1 << bits)])
+        self.starts.append(n)
+
+    def per_bucket(self, per_point: array[int]) -> array[int]:
+        """``per_point[starts[b]]`` for each bucket ``b`` holding no point, else ``mark``."""
+        starts, mark = self.starts, self.mark
+        return array(per_point.typecode, [per_point[s] if s == starts[b + 1] else mark
+                                          for b, s in enumerate(starts[:-1])])
+
+
+def _resolve(layout: _Layout, healthy: frozenset[str]) -> array[int]:
+    """For each ring index 0..n (n wraps to 0), the index of the first owner at or after
+    it whose id is in ``healthy``."""
+    owner = layout.owner
+    ok = [bid in healthy for bid in layout.ids]
+    n = len(layout.points)
+    out = array(owner.typecode, bytes(owner.itemsize * (n + 1)))
+    nxt = 0
     for i in range(2 * n - 1, -1, -1):
-        owner = owners[i % n]
-        if owner in healthy:
-            nxt = owner
+        o = owner[i % n]
+        if ok[o]:
+            nxt = o
         if i < n:
             out[i] = nxt
     out[n] = out[0]
     return out
 
 
-def _tables(points: array[int]) -> tuple[list[int], list[int], int]:
-    """A table over the top bits of the hash (about two buckets per point): ``direct[b]``
-    is the answer for every hash in bucket ``b`` when no point falls inside it (most
-    buckets), else -1 and the search runs over ``starts[b]:starts[b + 1]`` only. The
-    same answer as a plain bisect, several times faster on rings of 100k+ points,
-    where a full bisect misses the CPU caches."""
-    n = len(points)
-    bits = max(4, min(18, (2 * n).bit_length()))
-    shift = 64 - bits
-    starts = [bisect.bisect_left(points, b << shift) for b in range(1 << bits)]
-    starts.append(n)
-    direct = [starts[b] if starts[b] == starts[b + 1] else -1 for b in range(1 << bits)]
-    return starts, direct, shift
-
-
-def _make_lookup(points: array[int], owners: list[str],
-                 hash_fn: HashFn) -> Callable[[str], str] | None:
-    """key -> owner id on the whole ring (health ignored): ``_make_index`` with the
-    owner read in the same frame (the hot path of affinity maps). The wrap-around is a
-    copy of the first owner at the end, so no modulo."""
-    if not points:
+def _make_lookup(layout: _Layout, hash_fn: HashFn) -> Callable[[str], str] | None:
+    """key -> owner id on the whole ring (health ignored), in one frame (the hot path of
+    affinity maps): one hash, one bucket read, a short search in one bucket out of three."""
+    if not layout.points:
         return None
-    starts, direct, shift = _tables(points)
-    wrapped = [*owners, owners[0]]
-    # owner by bucket where the bucket holds no point: one index, no search
-    direct_owner = [wrapped[i] if i >= 0 else None for i in direct]
+    direct = layout.per_bucket(layout.owner)
 
     def lookup(key: str, _bisect: Callable[..., int] = bisect.bisect,
-               _points: array[int] = points, _hash: HashFn = hash_fn,
-               _starts: list[int] = starts, _direct: list[str | None] = direct_owner,
-               _owners: list[str] = wrapped, _shift: int = shift) -> str:
+               _points: array[int] = layout.points, _hash: HashFn = hash_fn,
+               _starts: array[int] = layout.starts, _direct: array[int] = direct,
+               _owner: array[int] = layout.owner, _ids: list[str] = layout.ids,
+               _shift: int = layout.shift, _mark: int = layout.mark) -> str:
         h = _hash(key.encode())
         b = h >> _shift
-        owner = _direct[b]
-        if owner is not None:
-            return owner
-        return _owners[_bisect(_points, h, _starts[b], _starts[b + 1])]
+        i = _direct[b]
+        if i == _mark:
+            i = _owner[_bisect(_points, h, _starts[b], _starts[b + 1])]
+        return _ids[i]
 
     return lookup
 
