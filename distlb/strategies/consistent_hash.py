@@ -178,12 +178,14 @@ class ConsistentHashBalancer(Base):
         # the ring (weight > 0), and resolved indexes name healthy owners only.
         by_index: list[Backend] = [by_id.get(bid, _OFF_RING) for bid in layout.ids]
 
-        def pick(key: str, _bisect: Callable[..., int] = bisect.bisect) -> Backend:
+        search = bisect.bisect
+
+        def pick(key: str) -> Backend:
             h = hash_fn(key.encode())
             b = h >> shift
             i = direct[b]
             if i == mark:
-                i = resolved[_bisect(points, h, starts[b], starts[b + 1])]
+                i = resolved[search(points, h, starts[b], starts[b + 1])]
             return by_index[i]
 
         if isinstance(backends, tuple) and self.bounded_load is None:
@@ -255,19 +257,18 @@ def _make_lookup(layout: _Layout, hash_fn: HashFn) -> Callable[[str], str] | Non
     if not layout.points:
         return None
     direct = layout.per_bucket(layout.owner)
+    points, starts, owner, ids = layout.points, layout.starts, layout.owner, layout.ids
+    shift, mark, search = layout.shift, layout.mark, bisect.bisect
 
-    def lookup(key: str, _bisect: Callable[..., int] = bisect.bisect,
-               _points: array[int] = layout.points, _hash: HashFn = hash_fn,
-               _starts: array[int] = layout.starts, _direct: array[int] = direct,
-               _owner: array[int] = layout.owner, _ids: list[str] = layout.ids,
-               _shift: int = layout.shift, _mark: int = layout.mark) -> str:
-        h = _hash(key.encode())
-        b = h >> _shift
-        i = _direct[b]
-        if i == _mark:
-            i = _owner[_bisect(_points, h, _starts[b], _starts[b + 1])]
-        return _ids[i]
+    def lookup(key: str) -> str:
+        h = hash_fn(key.encode())
+        b = h >> shift
+        i = direct[b]
+        if i == mark:
+            i = owner[search(points, h, starts[b], starts[b + 1])]
+        return ids[i]
 
+    lookup.__doc__ = ConsistentHashBalancer.lookup.__doc__
     return lookup
 
 
