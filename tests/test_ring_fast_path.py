@@ -5,11 +5,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+from array import array
 
 import pytest
 
 from distlb import Backend, ConsistentHashBalancer, Context, MaglevBalancer, NoBackendAvailable
-from distlb.strategies.consistent_hash import RendezvousHashBalancer
+from distlb.strategies.consistent_hash import RendezvousHashBalancer, _Layout, _make_lookup
+from distlb.strategies.hashing import xxh3_64
 
 KEYS = [f"user{i}" for i in range(3000)] + ["", "é", "x" * 300]
 
@@ -150,3 +152,53 @@ def test_keys_go_where_they_went_before(hash_name: str, n: int) -> None:
         == want["select"]
     assert pinned([maglev.select(list(snap), Context(key=k)).id for k in PIN_KEYS]) \
         == want["maglev"]
+
+
+def test_lookup_follows_the_ring_through_empty_and_back() -> None:
+    """``lookup`` is the ring's own function once built; an empty ring raises again."""
+    ring = ConsistentHashBalancer()
+    with pytest.raises(NoBackendAvailable):
+        ring.lookup("k")
+    backends = tuple(Backend(f"b{i}") for i in range(4))
+    ring.build(backends)
+    owner = ring.lookup("k")
+    assert owner in {b.id for b in backends}
+    assert ring.lookup.__doc__ == ConsistentHashBalancer.lookup.__doc__
+    ring.build(tuple(b.with_(weight=0) for b in backends))
+    with pytest.raises(NoBackendAvailable):
+        ring.lookup("k")
+    ring.build(backends[:2])
+    assert ring.lookup("k") in {"b0", "b1"}
+    ring.build(backends)
+    assert ring.lookup("k") == owner
+
+
+def test_a_ring_of_more_owners_than_16_bit_indexes_hold() -> None:
+    """Past 65534 backends the owner indexes are 32-bit; answers stay a plain bisect's."""
+    rng = random.Random(5)
+    points = array("Q", sorted(rng.getrandbits(64) for _ in range(70_000)))
+    owners = [f"b{i}" for i in range(70_000)]
+    layout = _Layout(points, owners)
+    assert layout.owner.typecode == "I" and layout.mark == 0xFFFFFFFF
+    lookup = _make_lookup(layout, xxh3_64)
+    assert lookup is not None
+    for key in KEYS[:2000]:
+        expected = owners[bisect.bisect(points, xxh3_64(key.encode())) % len(points)]
+        assert lookup(key) == expected
+
+
+def test_maglev_fast_path_follows_new_snapshots_and_exclusions() -> None:
+    backends = tuple(Backend(f"b{i}") for i in range(5))
+    maglev = MaglevBalancer(table_size=1009)
+    first = maglev.select_key(backends, "k").id
+    assert maglev.select(backends, Context(client_id="k")).id == first
+    # a new snapshot with the owner down: the picker follows it, as a fresh balancer would
+    down = tuple(b.with_(healthy=b.id != first) for b in backends)
+    moved = maglev.select_key(down, "k").id
+    assert moved != first
+    assert moved == MaglevBalancer(table_size=1009).select(list(down), Context(key="k")).id
+    # an exclusion takes the slow path and leaves the fast one unharmed
+    assert maglev.select(backends, Context(key="k").excluding(first)).id != first
+    assert maglev.select(backends, Context(key="k")).id == first
+    with pytest.raises(NoBackendAvailable):
+        maglev.select_key(tuple(b.with_(healthy=False) for b in backends), "k")
