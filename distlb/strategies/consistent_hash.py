@@ -7,12 +7,14 @@ import math
 import threading
 from array import array
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from distlb._validate import integer, number
 from distlb.errors import ConfigError
 from distlb.strategies.base import Backend, Base, Context, NoBackendAvailable
 from distlb.strategies.hashing import MASK64, HashFn, hash_function
+
+T = TypeVar("T")
 
 
 def _key_str(ctx: Context | None) -> str:
@@ -165,7 +167,6 @@ class ConsistentHashBalancer(Base):
         by_id = self._by_id(self._candidates(backends, None))
         self._ring(backends)
         layout, hash_fn = self._layout, self._hash
-        points, starts, shift, mark = layout.points, layout.starts, layout.shift, layout.mark
         healthy = frozenset(by_id)
         cached = self._resolved
         if cached[0] is layout and cached[1] == healthy:
@@ -177,17 +178,7 @@ class ConsistentHashBalancer(Base):
         # owner index -> its backend in this snapshot: O(n). Every healthy backend is on
         # the ring (weight > 0), and resolved indexes name healthy owners only.
         by_index: list[Backend] = [by_id.get(bid, _OFF_RING) for bid in layout.ids]
-
-        search = bisect.bisect
-
-        def pick(key: str) -> Backend:
-            h = hash_fn(key.encode())
-            b = h >> shift
-            i = direct[b]
-            if i == mark:
-                i = resolved[search(points, h, starts[b], starts[b + 1])]
-            return by_index[i]
-
+        pick = _finder(layout, hash_fn, direct, resolved, by_index)
         if isinstance(backends, tuple) and self.bounded_load is None:
             self._fast = (backends, pick)
         return pick
@@ -256,20 +247,31 @@ def _make_lookup(layout: _Layout, hash_fn: HashFn) -> Callable[[str], str] | Non
     affinity maps): one hash, one bucket read, a short search in one bucket out of three."""
     if not layout.points:
         return None
-    direct = layout.per_bucket(layout.owner)
-    points, starts, owner, ids = layout.points, layout.starts, layout.owner, layout.ids
-    shift, mark, search = layout.shift, layout.mark, bisect.bisect
-
-    def lookup(key: str) -> str:
-        h = hash_fn(key.encode())
-        b = h >> shift
-        i = direct[b]
-        if i == mark:
-            i = owner[search(points, h, starts[b], starts[b + 1])]
-        return ids[i]
-
+    lookup = _finder(layout, hash_fn, layout.per_bucket(layout.owner), layout.owner, layout.ids)
     lookup.__doc__ = ConsistentHashBalancer.lookup.__doc__
     return lookup
+
+
+def _finder(layout: _Layout, hash_fn: HashFn, per_bucket: array[int], per_point: array[int],
+            values: list[T]) -> Callable[[str], T]:
+    """key -> ``values[i]``, ``i`` read from ``per_bucket`` at the key's bucket, or when the
+    bucket holds points (``mark``) from ``per_point`` after a search within the bucket.
+
+    The one hot function of every ring path (``lookup``: owner indexes and ids;
+    ``select``: resolved healthy indexes and backends), in one frame, reading closure
+    cells only."""
+    points, starts, shift, mark, search = (layout.points, layout.starts, layout.shift,
+                                           layout.mark, bisect.bisect)
+
+    def find(key: str) -> T:
+        h = hash_fn(key.encode())
+        b = h >> shift
+        i = per_bucket[b]
+        if i == mark:
+            i = per_point[search(points, h, starts[b], starts[b + 1])]
+        return values[i]
+
+    return find
 
 
 class RendezvousHashBalancer(Base):
