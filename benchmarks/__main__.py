@@ -4,6 +4,7 @@
     python -m benchmarks --redis-url URL      # a server of yours
     python -m benchmarks --quick              # shorter rounds (CI smoke run)
     python -m benchmarks --decisions          # only the decision and asyncio rows (+ peers)
+    python -m benchmarks --rings              # only the ring and Maglev rows vs uhashring
 
 Every figure is the median of several rounds. The machines this runs on are
 small and noisy: read the ratios, which compare figures taken side by side on
@@ -219,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short rounds, for a smoke run")
     ap.add_argument("--decisions", action="store_true",
                     help="only the decision and asyncio rows (and the peer limiters)")
+    ap.add_argument("--rings", action="store_true",
+                    help="only the ring and Maglev rows against uhashring (no server)")
     args = ap.parse_args(argv)
+    if args.rings:
+        ring_benchmarks(Report(), quick=args.quick)
+        return 0
     rounds, seconds = (3, 0.3) if args.quick else (5, 1.0)
 
     with ExitStack() as stack:
@@ -455,6 +461,18 @@ def deny_path(rep: Report, r: redis.Redis, url: str, prefix: str,
         rep.add(f"  peer deny path: {label}", f"{rate:,.0f}/s", f"{ratio:.2f}x bare")
 
 
+def ring_benchmarks(rep: Report, *, quick: bool) -> None:
+    """Ring and Maglev keys per second through each public path, as ratios to uhashring
+    timed in alternation with them (``python -m benchmarks --rings`` runs only these)."""
+    for n in (100, 1000):
+        figures = _strategies.rings_vs_uhashring(n, 1 if quick else 5)
+        theirs = figures.pop("uhashring get_node()", None)
+        for name, rate in figures.items():
+            rep.add(f"{name}, {n} backends", f"{rate:,.0f}/s",
+                    f"{rate / theirs:.2f}x uhashring md5 ({theirs:,.0f}/s)" if theirs
+                    else "uhashring not installed (pip install '.[bench]')")
+
+
 def strategy_benchmarks(rep: Report, *, quick: bool) -> None:
     """Local strategies: no server involved."""
     print()
@@ -465,13 +483,7 @@ def strategy_benchmarks(rep: Report, *, quick: bool) -> None:
         figures = [_strategies.selections_per_s(make, n, seconds) for n in sizes]
         print(f"  {name:<40}" + "".join(f"{f:>21,.0f}" for f in figures), flush=True)
     print()
-    for n in (100, 1000):
-        figures = _strategies.rings_vs_uhashring(n, 1 if quick else 5)
-        theirs = figures.pop("uhashring get_node()", None)
-        for name, rate in figures.items():
-            rep.add(f"{name}, {n} backends", f"{rate:,.0f}/s",
-                    f"{rate / theirs:.2f}x uhashring md5 ({theirs:,.0f}/s)" if theirs
-                    else "uhashring not installed (pip install '.[bench]')")
+    ring_benchmarks(rep, quick=quick)
     for label, make in (("ring", _strategies.ConsistentHashBalancer),
                         ("maglev", _strategies.MaglevBalancer),
                         ("rendezvous", _strategies.RendezvousHashBalancer)):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -101,6 +102,18 @@ def test_demo_passes_its_own_checks(server_url: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("PASS") == 7 and "FAIL" not in done.stdout
     assert "b2 starts failing" in done.stdout and "b2 recovers" in done.stdout
+    # the table's header is the README's, and every column counts one second, not a running
+    # total: the limited cells add up to at most the run's total (requests - admitted)
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if "breaker per worker" in line)
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert header.rstrip() in readme.splitlines(), header
+    assert header.split()[4:7] == ["admitted/s", "limited/s", "failed/s"], header
+    rows = [line.split() for line in lines if re.match(r"\s*\d+s\s", line)]
+    held = re.search(r"(\d+) admitted of (\d+) requests", done.stdout)
+    assert rows and held is not None, done.stdout
+    limited_total = int(held[2]) - int(held[1])
+    assert 0 < sum(int(row[5]) for row in rows) <= limited_total, (rows, limited_total)
 
 
 def test_watch_streams_breaker_and_registry_events(server_url: str, prefix: str) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import bisect
+import hashlib
 import random
+from array import array
 
 import pytest
 
 from distlb import Backend, ConsistentHashBalancer, Context, MaglevBalancer, NoBackendAvailable
-from distlb.strategies.consistent_hash import RendezvousHashBalancer
+from distlb.strategies.consistent_hash import RendezvousHashBalancer, _Layout, _make_lookup
+from distlb.strategies.hashing import xxh3_64
 
 KEYS = [f"user{i}" for i in range(3000)] + ["", "é", "x" * 300]
 
@@ -86,3 +89,116 @@ def test_a_snapshot_with_new_counts_reuses_the_resolved_ring() -> None:
     assert ring._resolved[2] is resolved
     ring.select_key(tuple(b.with_(healthy=b.id != "b3") for b in backends), "k")
     assert ring._resolved[2] is not resolved
+
+
+# Key -> backend mappings computed with the code before the fast-path rework (2026-11-30):
+# every process of a fleet must keep sending a key where it went before an upgrade.
+# (hash, backends): {path: (sha256 of the 2003 picks joined by newlines, first three picks)}
+PINNED: dict[tuple[str, int], dict[str, tuple[str, list[str]]]] = {
+    ("xxhash", 5): {"lookup": ("b8a3c820ba85ebf3", ["node0", "node0", "node4"]),
+                    "select": ("9b53ba10d5400811", ["node0", "node0", "node4"]),
+                    "bounded": ("9b53ba10d5400811", ["node0", "node0", "node4"]),
+                    "maglev": ("d5ff2f86eee49a4a", ["node2", "node2", "node2"])},
+    ("xxhash", 100): {"lookup": ("deeda7ef7db66e77", ["node67", "node91", "node16"]),
+                      "select": ("80117e83fecad99d", ["node67", "node91", "node16"]),
+                      "bounded": ("80117e83fecad99d", ["node67", "node91", "node16"]),
+                      "maglev": ("a474908fbf9488d4", ["node72", "node74", "node58"])},
+    ("fnv1a", 5): {"lookup": ("3c7d7ba55a4fec70", ["node4", "node4", "node0"]),
+                   "select": ("11b8a046c188556c", ["node4", "node4", "node0"]),
+                   "bounded": ("11b8a046c188556c", ["node4", "node4", "node0"]),
+                   "maglev": ("38e0433aec0e04f3", ["node2", "node4", "node1"])},
+    ("fnv1a", 100): {"lookup": ("45b021ed0c9ec07f", ["node67", "node94", "node63"]),
+                     "select": ("20d90829ddd250bb", ["node67", "node58", "node63"]),
+                     "bounded": ("20d90829ddd250bb", ["node67", "node58", "node63"]),
+                     "maglev": ("c7e62799d710f089", ["node22", "node97", "node25"])},
+    ("crc32", 5): {"lookup": ("fc827c7d15e6a3c8", ["node1", "node3", "node1"]),
+                   "select": ("4367db7f2fce342f", ["node1", "node0", "node1"]),
+                   "bounded": ("4367db7f2fce342f", ["node1", "node0", "node1"]),
+                   "maglev": ("9d9a8eee380ca8e0", ["node4", "node4", "node2"])},
+    ("crc32", 100): {"lookup": ("abc5b84f0aed310c", ["node77", "node42", "node32"]),
+                     "select": ("48e55b4b4dda9809", ["node77", "node42", "node32"]),
+                     "bounded": ("48e55b4b4dda9809", ["node77", "node42", "node32"]),
+                     "maglev": ("f336c9d68dad1d31", ["node39", "node90", "node57"])},
+}
+PIN_KEYS = [f"user{i}" for i in range(2000)] + ["", "é", "x" * 300]
+
+
+@pytest.mark.parametrize("hash_name, n", list(PINNED))
+def test_keys_go_where_they_went_before(hash_name: str, n: int) -> None:
+    """Same key -> same backend as before, for every hash function and every path
+    (lookup, select, select_key, bounded loads, Maglev); one backend in seven down."""
+    rng = random.Random(n)
+    snap = tuple(Backend(f"node{i}", weight=rng.randint(1, 200), healthy=i % 7 != 3)
+                 for i in range(n))
+
+    def pinned(ids: list[str]) -> tuple[str, list[str]]:
+        return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16], ids[:3]
+
+    ring = ConsistentHashBalancer(hash=hash_name)
+    ring.build(snap)
+    bounded = ConsistentHashBalancer(hash=hash_name, bounded_load=1.25)
+    maglev = MaglevBalancer(hash=hash_name, table_size=4099)
+    want = PINNED[hash_name, n]
+    assert pinned([ring.lookup(k) for k in PIN_KEYS]) == want["lookup"]
+    assert pinned([ring.select(snap, Context(key=k)).id for k in PIN_KEYS]) == want["select"]
+    assert pinned([ring.select_key(snap, k).id for k in PIN_KEYS]) == want["select"]
+    assert pinned([ring.select(snap, Context(client_id=k)).id for k in PIN_KEYS]) \
+        == want["select"]
+    assert pinned([bounded.select(snap, Context(key=k)).id for k in PIN_KEYS]) == want["bounded"]
+    assert pinned([maglev.select(snap, Context(key=k)).id for k in PIN_KEYS]) == want["maglev"]
+    assert pinned([maglev.select_key(snap, k).id for k in PIN_KEYS]) == want["maglev"]
+    # a list snapshot (no snapshot cache) answers alike
+    assert pinned([ring.select(list(snap), Context(key=k)).id for k in PIN_KEYS]) \
+        == want["select"]
+    assert pinned([maglev.select(list(snap), Context(key=k)).id for k in PIN_KEYS]) \
+        == want["maglev"]
+
+
+def test_lookup_follows_the_ring_through_empty_and_back() -> None:
+    """``lookup`` is the ring's own function once built; an empty ring raises again."""
+    ring = ConsistentHashBalancer()
+    with pytest.raises(NoBackendAvailable):
+        ring.lookup("k")
+    backends = tuple(Backend(f"b{i}") for i in range(4))
+    ring.build(backends)
+    owner = ring.lookup("k")
+    assert owner in {b.id for b in backends}
+    assert ring.lookup.__doc__ == ConsistentHashBalancer.lookup.__doc__
+    ring.build(tuple(b.with_(weight=0) for b in backends))
+    with pytest.raises(NoBackendAvailable):
+        ring.lookup("k")
+    ring.build(backends[:2])
+    assert ring.lookup("k") in {"b0", "b1"}
+    ring.build(backends)
+    assert ring.lookup("k") == owner
+
+
+def test_a_ring_of_more_owners_than_16_bit_indexes_hold() -> None:
+    """Past 65534 backends the owner indexes are 32-bit; answers stay a plain bisect's."""
+    rng = random.Random(5)
+    points = array("Q", sorted(rng.getrandbits(64) for _ in range(70_000)))
+    owners = [f"b{i}" for i in range(70_000)]
+    layout = _Layout(points, owners)
+    assert layout.owner.typecode == "I" and layout.mark == 0xFFFFFFFF
+    lookup = _make_lookup(layout, xxh3_64)
+    assert lookup is not None
+    for key in KEYS[:2000]:
+        expected = owners[bisect.bisect(points, xxh3_64(key.encode())) % len(points)]
+        assert lookup(key) == expected
+
+
+def test_maglev_fast_path_follows_new_snapshots_and_exclusions() -> None:
+    backends = tuple(Backend(f"b{i}") for i in range(5))
+    maglev = MaglevBalancer(table_size=1009)
+    first = maglev.select_key(backends, "k").id
+    assert maglev.select(backends, Context(client_id="k")).id == first
+    # a new snapshot with the owner down: the picker follows it, as a fresh balancer would
+    down = tuple(b.with_(healthy=b.id != first) for b in backends)
+    moved = maglev.select_key(down, "k").id
+    assert moved != first
+    assert moved == MaglevBalancer(table_size=1009).select(list(down), Context(key="k")).id
+    # an exclusion takes the slow path and leaves the fast one unharmed
+    assert maglev.select(backends, Context(key="k").excluding(first)).id != first
+    assert maglev.select(backends, Context(key="k")).id == first
+    with pytest.raises(NoBackendAvailable):
+        maglev.select_key(tuple(b.with_(healthy=False) for b in backends), "k")

@@ -5,7 +5,7 @@ behaviour: NOSCRIPT, a stale connection, script errors, clients that must keep
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fakeredis
@@ -47,36 +47,40 @@ def test_repeated_decisions_send_the_same_packed_command(server_url: str, prefix
             first, second = obj.try_acquire(), obj.try_acquire()
             assert first.allowed and second.allowed and second.source == "store"
             # packed once: the very same bytes object leaves twice, one write per decision
-            assert len(sent) == 2 and len(sent[0]) == len(sent[1]) == 1, (obj, sent)
-            assert sent[0][0] is sent[1][0], obj
+            # (the recording sees every connection of the process: a PING is a StoreHealth
+            # prober, e.g. one an earlier test's outage started, and says nothing here)
+            calls = [c for c in sent if c[0] != b"*1\r\n$4\r\nPING\r\n"]
+            assert len(calls) == 2 and len(calls[0]) == len(calls[1]) == 1, (obj, sent)
+            assert calls[0][0] is calls[1][0], obj
         assert tb.try_acquire().allowed is False  # the third token of a 3-burst was the last
         assert [d.remaining for d in (tb.peek(),)] == [pytest.approx(0, abs=0.01)]
     finally:
         c.close()
 
 
-def test_noscript_reloads_through_eval(r: redis.Redis, server_url: str, prefix: str) -> None:
+def _flush_scripts(r: redis.Redis, c: redis.Redis) -> None:
+    r.script_flush()                                      # the next EVALSHA meets NOSCRIPT
+
+
+def _kill_connection(r: redis.Redis, c: redis.Redis) -> None:
+    assert r.client_kill_filter(_id=c.client_id()) == 1   # the one pooled connection
+
+
+@pytest.mark.parametrize("disrupt", [_flush_scripts, _kill_connection],
+                         ids=["noscript-reloads-through-eval",
+                              "killed-connection-retried-like-redis-py"])
+def test_a_lost_script_or_connection_costs_no_decision(
+        r: redis.Redis, server_url: str, prefix: str,
+        disrupt: Callable[[redis.Redis, redis.Redis], None]) -> None:
+    """After a SCRIPT FLUSH (NOSCRIPT -> EVAL) or a killed pooled connection (retried as
+    redis-py does) the next decision still comes from the store: no fallback, no error."""
     c = redis.Redis.from_url(server_url)
     try:
         tb = TokenBucket(c, "tb", rate_per_s=0.001, burst=5, prefix=prefix)
         assert tb.try_acquire().allowed
-        r.script_flush()
+        disrupt(r, c)
         d = tb.try_acquire()
         assert d.allowed and d.source == "store" and d.remaining == pytest.approx(3, abs=0.01)
-        assert tb.store_stats.fallbacks == 0
-    finally:
-        c.close()
-
-
-def test_a_killed_connection_is_retried_like_redis_py_does(r: redis.Redis, server_url: str,
-                                                           prefix: str) -> None:
-    c = redis.Redis.from_url(server_url)
-    try:
-        tb = TokenBucket(c, "tb", rate_per_s=0.001, burst=5, prefix=prefix)
-        assert tb.try_acquire().allowed
-        assert r.client_kill_filter(_id=c.client_id()) == 1  # the one pooled connection
-        d = tb.try_acquire()
-        assert d.source == "store" and d.remaining == pytest.approx(3, abs=0.01)
         assert tb.store_stats.fallbacks == 0 and tb.store_stats.store_errors == 0
     finally:
         c.close()

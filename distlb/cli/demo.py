@@ -417,11 +417,11 @@ def _play(o: _Out, cfg: DemoConfig, procs: list[Any], barrier: Any, out: Any,
     start = time.time()
     latest: dict[int, dict[str, Any]] = {}
     done: set[int] = set()
-    shown_total = 0
+    shown_total = shown_limited = shown_failed = 0     # the counts at the last painted line
     shown_served = {s.name: 0 for s in servers}
     next_paint = start + 1.0
     header = ("  t  " + "".join(f"{s.name + '/s':>8}" for s in servers)
-              + f"{'admitted/s':>12}{'limited':>9}{'failed':>8}   "
+              + f"{'admitted/s':>12}{'limited/s':>11}{'failed/s':>10}   "
               + f"{victim.name} breaker per worker")
     o.line(o.paint(header, "2"))
     failed_at = healed_at = None
@@ -452,9 +452,11 @@ def _play(o: _Out, cfg: DemoConfig, procs: list[Any], barrier: Any, out: Any,
                               for _, c in sorted(latest.items()))
             limited = sum(c["limited"] for c in latest.values())
             failed = sum(c["failed"] for c in latest.values())
+            # every column counts the last second (the workers report running totals)
             o.line(f"{next_paint - start:3.0f}s{cells}{total - shown_total:>12}"
-                   f"{limited:>9}{failed:>8}   {states}")
+                   f"{limited - shown_limited:>11}{failed - shown_failed:>10}   {states}")
             shown_total, shown_served = total, served
+            shown_limited, shown_failed = limited, failed
             next_paint += 1.0
     for p in procs:
         p.join(10)

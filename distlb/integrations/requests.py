@@ -31,11 +31,15 @@ from distlb.integrations._http import (
     HttpSettings,
     Request,
     UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+    UpstreamUnreachable,
     check_balancer,
     unwrap,
 )
 
-__all__ = ["LoadBalancedAdapter", "UpstreamError"]
+__all__ = ["LoadBalancedAdapter", "UpstreamError", "UpstreamStatus", "UpstreamTimeout",
+           "UpstreamUnreachable"]
 
 ContextFn = Callable[[str, str, Any], Context | None]
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+from array import array
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from distlb._validate import integer, number
 from distlb.errors import ConfigError
 from distlb.strategies.base import Backend, Base, Context, NoBackendAvailable
 from distlb.strategies.hashing import MASK64, HashFn, hash_function
+
+T = TypeVar("T")
 
 
 def _key_str(ctx: Context | None) -> str:
@@ -50,14 +53,14 @@ class ConsistentHashBalancer(Base):
             "bounded_load", bounded_load, low=1, low_inclusive=True, high=100)
         self._lock = threading.Lock()
         self._signature: tuple[tuple[str, int], ...] = ()
-        self._points: list[int] = []
+        self._points: array[int] = array("Q")
         self._owners: list[str] = []
-        self._lookup: Callable[[str], str] | None = None
         self._ring_source: Sequence[Backend] | None = None
-        self._tables: tuple[list[int], list[int], int] = _tables([])
-        #: (tables, healthy ids, resolved owner per ring index, resolved owner per bucket)
-        self._resolved: tuple[Any, frozenset[str], list[str], list[str | None]] = (
-            None, frozenset(), [], [])
+        #: the ring as the hot paths read it, replaced as a whole (one read, no torn state)
+        self._layout = _Layout(self._points, [])
+        #: (layout, healthy ids, resolved owner index per ring index, per bucket)
+        self._resolved: tuple[Any, frozenset[str], array[int], array[int]] = (
+            None, frozenset(), array("H"), array("H"))
         self._fast: tuple[Sequence[Backend] | None, Callable[[str], Backend]] = (
             None, self._no_pick)
 
@@ -68,16 +71,19 @@ class ConsistentHashBalancer(Base):
     def lookup(self, key: str) -> str:
         """The id of the backend owning ``key`` on the ring built by the last ``select``
         or ``build`` call, ignoring health and loads: the fast path for affinity maps
-        (like uhashring's ``get_node``). O(log(n x vnodes))."""
-        if self._lookup is None:
-            raise NoBackendAvailable("the ring is empty: call build() or select() first")
-        return self._lookup(key)
+        (like uhashring's ``get_node``). O(1) for most keys, O(log(n x vnodes)) at worst.
+
+        Once a ring is built, this method is shadowed on the instance by the ring's own
+        lookup function (``_make_lookup``), so a call is one Python frame, not two; this
+        body only runs while the ring is empty.
+        """
+        raise NoBackendAvailable("the ring is empty: call build() or select() first")
 
     def build(self, backends: Sequence[Backend]) -> None:
         """Build (or keep) the ring for these backends."""
         self._ring(backends)
 
-    def _ring(self, backends: Sequence[Backend]) -> tuple[list[int], list[str]]:
+    def _ring(self, backends: Sequence[Backend]) -> tuple[array[int], list[str]]:
         if backends is self._ring_source:   # the same immutable snapshot as last time
             return self._points, self._owners
         signature = tuple(sorted((b.id, b.weight) for b in backends if b.weight > 0))
@@ -91,18 +97,29 @@ class ConsistentHashBalancer(Base):
                     count = max(1, round(self.vnodes * weight / mean))
                     ring.extend((self._hash(f"{bid}#{i}".encode()), bid) for i in range(count))
                 ring.sort()
-                self._points = [p for p, _ in ring]
+                self._points = array("Q", [p for p, _ in ring])
                 self._owners = [o for _, o in ring]
                 self._signature = signature
-                self._tables = _tables(self._points)
-                self._lookup = _make_lookup(self._points, self._owners, self._hash)
+                self._layout = layout = _Layout(self._points, self._owners)
+                fn = _make_lookup(layout, self._hash)
+                if fn is None:
+                    self.__dict__.pop("lookup", None)      # back to the raising method
+                else:
+                    self.__dict__["lookup"] = fn            # shadows the method: one frame
             return self._points, self._owners
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
-        if self.bounded_load is None and ctx is not None and not ctx.exclude \
-                and ctx.key is not None:
-            fast = self._fast
-            return (fast[1] if fast[0] is backends else self._picker(backends))(ctx.key)
+        # The hot case first, in as few steps as possible: the snapshot seen last time (its
+        # picker is only ever set without bounded loads) and a plain key.
+        fast = self._fast
+        if fast[0] is backends and ctx is not None and not ctx.exclude \
+                and (key := ctx.key) is not None:
+            return fast[1](key)
+        return self._select(backends, ctx)
+
+    def _select(self, backends: Sequence[Backend], ctx: Context | None) -> Backend:
+        """``select`` off the hot path: a new snapshot, a ``client_id``, exclusions, or
+        bounded loads (the walk clockwise past full backends)."""
         if self.bounded_load is None and (ctx is None or not ctx.exclude):
             return self._picker(backends)(_key_str(ctx))
         pool = self._by_id(self._candidates(backends, ctx))
@@ -128,10 +145,12 @@ class ConsistentHashBalancer(Base):
 
     def select_key(self, backends: Sequence[Backend], key: str) -> Backend:
         """``select(backends, Context(key=key))`` without a Context: the plain key case."""
-        if self.bounded_load is not None:
-            return self.select(backends, Context(key=key))
         fast = self._fast
-        return (fast[1] if fast[0] is backends else self._picker(backends))(key)
+        if fast[0] is backends:
+            return fast[1](key)
+        if self.bounded_load is not None:
+            return self._select(backends, Context(key=key))
+        return self._picker(backends)(key)
 
     def _picker(self, backends: Sequence[Backend]) -> Callable[[str], Backend]:
         """key -> the first healthy backend clockwise from the key's hash, for this snapshot.
@@ -147,86 +166,112 @@ class ConsistentHashBalancer(Base):
             return self._fast[1]
         by_id = self._by_id(self._candidates(backends, None))
         self._ring(backends)
-        tables, points, hash_fn = self._tables, self._points, self._hash
-        starts, direct, shift = tables
-        ids = frozenset(by_id)
+        layout, hash_fn = self._layout, self._hash
+        healthy = frozenset(by_id)
         cached = self._resolved
-        if cached[0] is tables and cached[1] == ids:
-            resolved, direct_id = cached[2], cached[3]
+        if cached[0] is layout and cached[1] == healthy:
+            resolved, direct = cached[2], cached[3]
         else:
-            resolved = _resolve(self._owners, ids)
-            # the resolved owner by bucket where the bucket holds no point, as in _make_lookup
-            direct_id = [resolved[i] if i >= 0 else None for i in direct]
-            self._resolved = (tables, ids, resolved, direct_id)
-
-        def pick(key: str, _bisect: Callable[..., int] = bisect.bisect) -> Backend:
-            h = hash_fn(key.encode())
-            b = h >> shift
-            owner = direct_id[b]
-            if owner is None:
-                owner = resolved[_bisect(points, h, starts[b], starts[b + 1])]
-            return by_id[owner]
-
-        if isinstance(backends, tuple):
+            resolved = _resolve(layout, healthy)
+            direct = layout.per_bucket(resolved)
+            self._resolved = (layout, healthy, resolved, direct)
+        # owner index -> its backend in this snapshot: O(n). Every healthy backend is on
+        # the ring (weight > 0), and resolved indexes name healthy owners only.
+        by_index: list[Backend] = [by_id.get(bid, _OFF_RING) for bid in layout.ids]
+        pick = _finder(layout, hash_fn, direct, resolved, by_index)
+        if isinstance(backends, tuple) and self.bounded_load is None:
             self._fast = (backends, pick)
         return pick
 
 
-def _resolve(owners: list[str], healthy: frozenset[str]) -> list[str]:
-    """For each ring index 0..n (n wraps to 0), the first owner at or after it in
-    ``healthy``."""
-    n = len(owners)
-    out = [""] * (n + 1)
-    nxt = ""
+#: stands for an unhealthy owner in a picker's index -> backend list (never returned)
+_OFF_RING = Backend("-")
+
+
+class _Layout:
+    """A ring in compact arrays, for lookups that stay in the CPU caches.
+
+    ``points`` (sorted hashes) is an ``array('Q')``; owners are small ints (indexes into
+    ``ids``) in ``array('H')`` (``'I'`` past 65534 backends), the owner of point ``i``
+    at ``owner[i]`` and a copy of the first at the end (the wrap-around, no modulo).
+    A table over the top ``64 - shift`` bits of the hash (about two buckets per point)
+    holds ``starts[b]``, the first point in bucket ``b``; ``per_bucket`` maps every
+    bucket that holds no point (most) straight to its answer and the others to
+    ``mark``, where the search runs over ``starts[b]:starts[b + 1]`` only. The same
+    answer as a plain bisect; lists of Python objects would be 4-8 times larger and
+    scattered over the heap, and a lookup's cost is its cache misses.
+    """
+
+    __slots__ = ("ids", "mark", "owner", "points", "shift", "starts")
+
+    def __init__(self, points: array[int], owners: list[str]) -> None:
+        self.points = points
+        self.ids = sorted(set(owners))
+        typecode, self.mark = ("H", 0xFFFF) if len(self.ids) < 0xFFFF else ("I", 0xFFFFFFFF)
+        index = {bid: i for i, bid in enumerate(self.ids)}
+        self.owner = array(typecode, [index[o] for o in [*owners, *owners[:1]]])
+        n = len(points)
+        bits = max(4, min(18, (2 * n).bit_length()))
+        self.shift = 64 - bits
+        self.starts = array("I", [bisect.bisect_left(points, b << self.shift)
+                                  for b in range(1 << bits)])
+        self.starts.append(n)
+
+    def per_bucket(self, per_point: array[int]) -> array[int]:
+        """``per_point[starts[b]]`` for each bucket ``b`` holding no point, else ``mark``."""
+        starts, mark = self.starts, self.mark
+        return array(per_point.typecode, [per_point[s] if s == starts[b + 1] else mark
+                                          for b, s in enumerate(starts[:-1])])
+
+
+def _resolve(layout: _Layout, healthy: frozenset[str]) -> array[int]:
+    """For each ring index 0..n (n wraps to 0), the index of the first owner at or after
+    it whose id is in ``healthy``."""
+    owner = layout.owner
+    ok = [bid in healthy for bid in layout.ids]
+    n = len(layout.points)
+    out = array(owner.typecode, bytes(owner.itemsize * (n + 1)))
+    nxt = 0
     for i in range(2 * n - 1, -1, -1):
-        owner = owners[i % n]
-        if owner in healthy:
-            nxt = owner
+        o = owner[i % n]
+        if ok[o]:
+            nxt = o
         if i < n:
             out[i] = nxt
     out[n] = out[0]
     return out
 
 
-def _tables(points: list[int]) -> tuple[list[int], list[int], int]:
-    """A table over the top bits of the hash (about two buckets per point): ``direct[b]``
-    is the answer for every hash in bucket ``b`` when no point falls inside it (most
-    buckets), else -1 and the search runs over ``starts[b]:starts[b + 1]`` only. The
-    same answer as a plain bisect, several times faster on rings of 100k+ points,
-    where a full bisect misses the CPU caches."""
-    n = len(points)
-    bits = max(4, min(18, (2 * n).bit_length()))
-    shift = 64 - bits
-    starts = [bisect.bisect_left(points, b << shift) for b in range(1 << bits)]
-    starts.append(n)
-    direct = [starts[b] if starts[b] == starts[b + 1] else -1 for b in range(1 << bits)]
-    return starts, direct, shift
-
-
-def _make_lookup(points: list[int], owners: list[str],
-                 hash_fn: HashFn) -> Callable[[str], str] | None:
-    """key -> owner id on the whole ring (health ignored): ``_make_index`` with the
-    owner read in the same frame (the hot path of affinity maps). The wrap-around is a
-    copy of the first owner at the end, so no modulo."""
-    if not points:
+def _make_lookup(layout: _Layout, hash_fn: HashFn) -> Callable[[str], str] | None:
+    """key -> owner id on the whole ring (health ignored), in one frame (the hot path of
+    affinity maps): one hash, one bucket read, a short search in one bucket out of three."""
+    if not layout.points:
         return None
-    starts, direct, shift = _tables(points)
-    wrapped = [*owners, owners[0]]
-    # owner by bucket where the bucket holds no point: one index, no search
-    direct_owner = [wrapped[i] if i >= 0 else None for i in direct]
-
-    def lookup(key: str, _bisect: Callable[..., int] = bisect.bisect,
-               _points: list[int] = points, _hash: HashFn = hash_fn,
-               _starts: list[int] = starts, _direct: list[str | None] = direct_owner,
-               _owners: list[str] = wrapped, _shift: int = shift) -> str:
-        h = _hash(key.encode())
-        b = h >> _shift
-        owner = _direct[b]
-        if owner is not None:
-            return owner
-        return _owners[_bisect(_points, h, _starts[b], _starts[b + 1])]
-
+    lookup = _finder(layout, hash_fn, layout.per_bucket(layout.owner), layout.owner, layout.ids)
+    lookup.__doc__ = ConsistentHashBalancer.lookup.__doc__
     return lookup
+
+
+def _finder(layout: _Layout, hash_fn: HashFn, per_bucket: array[int], per_point: array[int],
+            values: list[T]) -> Callable[[str], T]:
+    """key -> ``values[i]``, ``i`` read from ``per_bucket`` at the key's bucket, or when the
+    bucket holds points (``mark``) from ``per_point`` after a search within the bucket.
+
+    The one hot function of every ring path (``lookup``: owner indexes and ids;
+    ``select``: resolved healthy indexes and backends), in one frame, reading closure
+    cells only."""
+    points, starts, shift, mark, search = (layout.points, layout.starts, layout.shift,
+                                           layout.mark, bisect.bisect)
+
+    def find(key: str) -> T:
+        h = hash_fn(key.encode())
+        b = h >> shift
+        i = per_bucket[b]
+        if i == mark:
+            i = per_point[search(points, h, starts[b], starts[b + 1])]
+        return values[i]
+
+    return find
 
 
 class RendezvousHashBalancer(Base):
@@ -275,6 +320,9 @@ class MaglevBalancer(Base):
         self._lock = threading.Lock()
         self._tables: dict[tuple[tuple[str, int], ...], list[str]] = {}
         self._last: tuple[Sequence[Backend] | None, list[str]] = (None, [])
+        #: (the last tuple snapshot, key -> its backend): the plain key's one-frame path
+        self._fast: tuple[Sequence[Backend] | None, Callable[[str], Backend]] = (
+            None, ConsistentHashBalancer._no_pick)
 
     def _table(self, pool: Sequence[Backend]) -> list[str]:
         if pool is self._last[0]:           # the same filtered pool as last time
@@ -317,12 +365,35 @@ class MaglevBalancer(Base):
                     return [t for t in table if t is not None]
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
+        fast = self._fast
+        if fast[0] is backends and ctx is not None and not ctx.exclude \
+                and (key := ctx.key) is not None:
+            return fast[1](key)
+        if ctx is None or not ctx.exclude:
+            return self._picker(backends)(_key_str(ctx))
         pool = self._candidates(backends, ctx)
         table = self._table(pool)
         return self._by_id(pool)[table[self._hash(_key_of(ctx)) % self.table_size]]
 
     def select_key(self, backends: Sequence[Backend], key: str) -> Backend:
         """``select(backends, Context(key=key))`` without a Context: the plain key case."""
+        fast = self._fast
+        return (fast[1] if fast[0] is backends else self._picker(backends))(key)
+
+    def _picker(self, backends: Sequence[Backend]) -> Callable[[str], Backend]:
+        """key -> its backend in this snapshot's table (built from the healthy backends,
+        cached by signature): one hash, one modulo, two indexes. Kept for the last tuple
+        snapshot, so the hot path is one frame after ``select``."""
+        fast = self._fast
+        if fast[0] is backends:
+            return fast[1]
         pool = self._candidates(backends, None)
-        table = self._table(pool)
-        return self._by_id(pool)[table[self._hash(key.encode()) % self.table_size]]
+        table, by_id = self._table(pool), self._by_id(pool)
+        hash_fn, m = self._hash, self.table_size
+
+        def pick(key: str) -> Backend:
+            return by_id[table[hash_fn(key.encode()) % m]]
+
+        if isinstance(backends, tuple):
+            self._fast = (backends, pick)
+        return pick
