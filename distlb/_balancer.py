@@ -46,6 +46,7 @@ from distlb.errors import (
 from distlb.results import Decision
 from distlb.strategies import Backend, Context, NoBackendAvailable, RoundRobinBalancer, Strategy
 from distlb.strategies.base import MAX_ID_CHARS, check_id
+from distlb.strategies.base import configure as configure_strategy
 
 #: A pool name leaves room for "/<backend id>" in its breakers' names.
 MAX_POOL_NAME_CHARS = _keys.MAX_NAME_CHARS - MAX_ID_CHARS - 1
@@ -260,9 +261,29 @@ class LoadBalancerCore(Subscriber, Shared):
         return self._snapshot
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        if self._fleet_config.on_event(event):     # a configuration change
-            return
-        self._pool_view.on_event(str(event.get("version")))
+        news = self._fleet_config.on_event(event)     # None: not a configuration change
+        if news is None:
+            self._pool_view.on_event(str(event.get("version")))
+        elif news:                                    # read it (after a snapshot) next call
+            self._pool_view.mark_stale()
+
+    def apply_config(self, applied: pc.Applied) -> None:
+        """Put configuration values in force in this process: what the fleet-wide
+        configuration's follower (``distlb/_core/poolconfig.py``) calls after each read
+        that changed something. Limits take effect at the next admission; strategy
+        parameters through the strategy's ``configure`` (derived state such as a hash ring
+        is rebuilt at once); new breaker settings retire this pool's breaker objects
+        (closed: they leave the event bus) and the next use of each backend makes a new
+        one with them. The breakers' shared state (open, failures, probes) is in the
+        store and carries over."""
+        self.rate_limit = applied.rate_limit
+        self.client_limit = applied.client_limit
+        if applied.strategy:
+            configure_strategy(self.strategy, applied.strategy)
+        if applied.breaker != self.breaker_settings:
+            self.breaker_settings = applied.breaker
+            for cb in self._pool_breakers.reset(applied.breaker, self.subscribe):
+                cb.close()
 
     def _refresh(self, force: bool = False) -> Op[Any]:
         """A snapshot call when the view is older than ``refresh_s`` or an event said so."""

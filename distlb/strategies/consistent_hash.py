@@ -5,12 +5,12 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from distlb._validate import integer, number
 from distlb.errors import ConfigError
-from distlb.strategies.base import Backend, Base, Context, NoBackendAvailable
+from distlb.strategies.base import Backend, Base, Context, NoBackendAvailable, Param
 from distlb.strategies.hashing import MASK64, HashFn, hash_function
 
 
@@ -37,8 +37,12 @@ class ConsistentHashBalancer(Base):
     no backend takes more than ``ceil(c x (total load + 1) / n)`` active connections;
     a key whose backend is full walks on to the next one with room.
 
-    O(log(n x vnodes)) a lookup; the ring is rebuilt only when backends or weights change.
+    O(log(n x vnodes)) a lookup; the ring is rebuilt only when backends or weights change,
+    or ``vnodes`` (``configure(vnodes=...)``, a pool's ``strategy.vnodes``).
     """
+
+    config_params = (Param("vnodes", int, 1, 10_000),
+                     Param("bounded_load", float, 1, 100, optional=True))
 
     def __init__(self, *, vnodes: int = 150, hash: str = "xxhash",
                  bounded_load: float | None = None) -> None:
@@ -85,18 +89,34 @@ class ConsistentHashBalancer(Base):
             if isinstance(backends, tuple):
                 self._ring_source = backends
             if signature != self._signature:
-                mean = sum(w for _, w in signature) / max(1, len(signature))
-                ring: list[tuple[int, str]] = []
-                for bid, weight in signature:
-                    count = max(1, round(self.vnodes * weight / mean))
-                    ring.extend((self._hash(f"{bid}#{i}".encode()), bid) for i in range(count))
-                ring.sort()
-                self._points = [p for p, _ in ring]
-                self._owners = [o for _, o in ring]
-                self._signature = signature
-                self._tables = _tables(self._points)
-                self._lookup = _make_lookup(self._points, self._owners, self._hash)
+                self._build_ring(signature)
             return self._points, self._owners
+
+    def _build_ring(self, signature: tuple[tuple[str, int], ...]) -> None:
+        """The ring of ``signature`` (id, weight) with ``vnodes`` (under ``_lock``)."""
+        mean = sum(w for _, w in signature) / max(1, len(signature))
+        ring: list[tuple[int, str]] = []
+        for bid, weight in signature:
+            count = max(1, round(self.vnodes * weight / mean))
+            ring.extend((self._hash(f"{bid}#{i}".encode()), bid) for i in range(count))
+        ring.sort()
+        self._points = [p for p, _ in ring]
+        self._owners = [o for _, o in ring]
+        self._signature = signature
+        self._tables = _tables(self._points)
+        self._lookup = _make_lookup(self._points, self._owners, self._hash)
+
+    def _reconfigured(self, changed: frozenset[str]) -> None:
+        """A new ``vnodes`` (fleet-wide configuration): the ring of the backends it was
+        built for is rebuilt now, and the per-snapshot pickers dropped, so the next
+        lookup already uses it (a registry change is not needed)."""
+        if "vnodes" not in changed:
+            return
+        with self._lock:
+            if self._lookup is not None:
+                self._build_ring(self._signature)
+            self._ring_source = None
+            self._fast = (None, self._no_pick)
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
         if self.bounded_load is None and ctx is not None and not ctx.exclude \
@@ -170,6 +190,10 @@ class ConsistentHashBalancer(Base):
         if isinstance(backends, tuple):
             self._fast = (backends, pick)
         return pick
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and not any(n % p == 0 for p in range(2, int(n ** 0.5) + 1))
 
 
 def _resolve(owners: list[str], healthy: frozenset[str]) -> list[str]:
@@ -268,13 +292,32 @@ class MaglevBalancer(Base):
     def __init__(self, *, table_size: int = 65537, hash: str = "xxhash") -> None:
         super().__init__()
         self.table_size = integer("table_size", table_size, low=7, high=5_000_011)
-        if any(self.table_size % p == 0 for p in range(2, int(self.table_size ** 0.5) + 1)):
+        if not _is_prime(self.table_size):
             raise ConfigError("table_size", f"must be a prime, got {table_size}")
         self.hash_name = hash
         self._hash = hash_function(hash)
         self._lock = threading.Lock()
         self._tables: dict[tuple[tuple[str, int], ...], list[str]] = {}
         self._last: tuple[Sequence[Backend] | None, list[str]] = (None, [])
+
+    config_params = (Param("table_size", int, 7, 5_000_011),)
+
+    def check_config(self, values: Mapping[str, int | float | None]) -> None:
+        size = values.get("table_size")
+        if size is not None and not _is_prime(int(size)):
+            raise ConfigError("strategy.table_size", f"must be a prime, got {size}")
+
+    def _reconfigured(self, changed: frozenset[str]) -> None:
+        """A new ``table_size``: the cached tables are dropped and the last one is rebuilt
+        now, so the next lookup already uses the new size."""
+        if "table_size" not in changed:
+            return
+        with self._lock:
+            pool = self._last[0]
+            self._tables.clear()
+            self._last = (None, [])
+        if pool is not None:
+            self._table(pool)
 
     def _table(self, pool: Sequence[Backend]) -> list[str]:
         if pool is self._last[0]:           # the same filtered pool as last time
@@ -319,10 +362,12 @@ class MaglevBalancer(Base):
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
         pool = self._candidates(backends, ctx)
         table = self._table(pool)
-        return self._by_id(pool)[table[self._hash(_key_of(ctx)) % self.table_size]]
+        # len(table) == table_size; read from the table itself, so a concurrent
+        # configure(table_size=...) never pairs a new size with an old table.
+        return self._by_id(pool)[table[self._hash(_key_of(ctx)) % len(table)]]
 
     def select_key(self, backends: Sequence[Backend], key: str) -> Backend:
         """``select(backends, Context(key=key))`` without a Context: the plain key case."""
         pool = self._candidates(backends, None)
         table = self._table(pool)
-        return self._by_id(pool)[table[self._hash(key.encode()) % self.table_size]]
+        return self._by_id(pool)[table[self._hash(key.encode()) % len(table)]]

@@ -90,13 +90,15 @@ def test_an_unchanged_version_is_not_applied_again_and_events_mark_the_view_stal
     lb._run(lb._select(None))
     assert [c.args[1] for n, c, _ in store.calls if n == "poolconfig"] == [""]
     lb.rate_limit = Limit(1, 1)                   # not re-applied unless the version changes
-    assert lb._fleet_config.on_event({"event": "config", "config_version": 2})
+    assert lb._fleet_config.on_event({"event": "config", "config_version": 1}) is False
+    assert not lb._pool_view.stale                # the version in force: no news
+    lb._on_event({"event": "config", "config_version": 2})
     assert lb._pool_view.stale
     lb._run(lb._select(None))
     tokens = [c.args[1] for n, c, _ in store.calls if n == "poolconfig"]
     assert tokens == ["", "1:1000000"] and lb.rate_limit == Limit(1, 1)
     assert sum("is in force" in m for m in caplog.messages) == 1
-    assert not lb._fleet_config.on_event({"event": "added", "version": "1.2"})
+    assert lb._fleet_config.on_event({"event": "added", "version": "1.2"}) is None
 
 
 def test_store_down_keeps_the_config_in_force() -> None:
