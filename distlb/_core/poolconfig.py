@@ -1,14 +1,15 @@
 """A pool's fleet-wide configuration: plan and parse ``poolconfig.lua``, validate, apply.
 
 The pool's limits (``rate_limit``, ``client_limit``), the numeric fields of its
-``BreakerSettings`` and numeric strategy parameters live in one hash under the pool's
-hash tag, ``{pool:<name>}:config``, versioned and changed by compare-and-set in Lua,
-with a bounded history (``:config:history``). Every process reads it at its pool's
-refresh (every ``refresh_s``, at once after a ``config`` event on the pool's channel)
-and applies it: stored values win over constructor arguments (one WARNING per pool
-object says so the first time they differ, leaving out the values that object wrote
-itself). Nothing stored: the constructor arguments are in force; a process never
-publishes its own.
+``BreakerSettings`` and the strategy's declared parameters (``config_params``) live in
+one hash under the pool's hash tag, ``{pool:<name>}:config``, versioned and changed by
+compare-and-set in Lua, with a bounded history (``:config:history``). Every process
+reads it at its pool's refresh (every ``refresh_s``, at once after a ``config`` event on
+the pool's channel) and hands it to the pool's ``apply_config``: stored values win over
+constructor arguments (one WARNING per pool object says so the first time they differ,
+leaving out the values that object wrote itself); breaker fields apply only in a pool
+built with breakers (``breaker=None`` keeps none, one WARNING). Nothing stored: the
+constructor arguments are in force; a process never publishes its own.
 
 Writes check each field against its own range (and breaker fields given together
 against each other); the cross-field breaker rules against the fields not given, and
