@@ -1,4 +1,11 @@
-"""The load balancer without I/O: registry view, leases, statistics, selection, execute.
+"""The load balancer without I/O: the pool composed of its parts, and execute's flow.
+
+``LoadBalancerCore`` is composition: ``_pool/view.py`` (the local view), ``breakers.py``
+(one breaker per backend), ``leases.py`` (held, ghost and deferred leases),
+``registry.py`` (add, compare-and-set changes, remove), ``stats.py`` (the statistics
+report), ``health.py`` (the elected health round), ``_core/poolconfig.py`` (the
+fleet-wide configuration, put in force by ``apply_config``), and here, the one
+``pool.lua`` call builder they share (``_plan``) and execute's flow.
 
 ``distlb.balancer`` (sync) and ``distlb.aio.balancer`` (generated) drive these
 operations. The pool's shared state (registry, connection counts, leases,
@@ -9,8 +16,7 @@ selection runs locally on a snapshot of it.
 from __future__ import annotations
 
 import math
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Unpack
 
@@ -23,22 +29,24 @@ from distlb._core.bus import Subscriber
 from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
 from distlb._core.scripts import script
 from distlb._pool.breakers import PoolBreakers
+from distlb._pool.health import HealthRound
 from distlb._pool.leases import LeaseBook, new_lease_id
+from distlb._pool.registry import BackendExists, Registry, UnknownBackend
+from distlb._pool.stats import BackendStats, Statistics, summarize
 from distlb._pool.view import PoolView
 from distlb._retry import RetryPolicyCore
 from distlb._shaping import Limit, TrafficShaperCore
 from distlb._shared import Shared, StoreKeywords, StoreOptions
-from distlb._validate import integer, number
+from distlb._validate import number
 from distlb.errors import (
     ConfigError,
-    DistlbError,
     RateLimited,
-    StoreError,
     StoreUnavailable,
 )
 from distlb.results import Decision
 from distlb.strategies import Backend, Context, NoBackendAvailable, RoundRobinBalancer, Strategy
-from distlb.strategies.base import MAX_ID_CHARS, check_id, check_metadata
+from distlb.strategies.base import MAX_ID_CHARS, check_id
+from distlb.strategies.base import configure as configure_strategy
 
 #: A pool name leaves room for "/<backend id>" in its breakers' names.
 MAX_POOL_NAME_CHARS = _keys.MAX_NAME_CHARS - MAX_ID_CHARS - 1
@@ -47,46 +55,6 @@ MAX_POOL_NAME_CHARS = _keys.MAX_NAME_CHARS - MAX_ID_CHARS - 1
 RELEASE_MODES = ("sync", "deferred")
 #: The ops that change the registry: they take the pool name and events channel.
 _PUBLISHING = frozenset({"add", "put", "remove", "patch"})
-
-
-class BackendExists(DistlbError, LookupError):
-    """``add_backend`` with an id the pool already has."""
-
-
-class UnknownBackend(DistlbError, LookupError):
-    """An operation named a backend the pool does not have."""
-
-
-@dataclass(frozen=True, slots=True)
-class BackendStats:
-    """One backend's shared statistics, as ``get_statistics()`` reports them."""
-
-    id: str
-    address: str
-    weight: int
-    healthy: bool
-    breaker: str                 #: "closed", "open", "half_open", or "-" without breakers
-    active_connections: int
-    requests: int
-    errors: int
-    error_rate: float            #: moving average over recent requests
-    latency_ms: float            #: moving average over recent requests
-    throughput_per_s: float      #: completed requests per second since the last refresh
-
-
-@dataclass(frozen=True, slots=True)
-class Statistics:
-    """The pool at a glance. ``str()`` is a one-line summary."""
-
-    backends: int
-    healthy: int
-    connections: int
-    avg_response_ms: float
-    per_backend: tuple[BackendStats, ...] = ()
-
-    def __str__(self) -> str:
-        return (f"Backends: {self.healthy}/{self.backends}, Connections: {self.connections}, "
-                f"Avg Response: {self.avg_response_ms:.2f}ms")
 
 
 class _Exhausted(Exception):
@@ -235,7 +203,9 @@ class LoadBalancerCore(Subscriber, Shared):
         self._pool_view = PoolView()      # registry, counts, statistics; the snapshot
         self._leases = LeaseBook()        # held, ghosts, deferred releases
         self._pool_breakers = PoolBreakers(name, breaker, self.subscribe, self._new_breaker)
-        self._checker_id = uuid.uuid4().hex
+        self._registry = Registry(name, self._pool_view, self._plan)   # add, patch, remove
+        self._health = HealthRound(self.key, self._guard, lambda: self._refresh(force=True),
+                                   lambda: self._snapshot, self._registry.set_health)
         # Fleet-wide configuration (distlb/_core/poolconfig.py): stored values override the
         # limits, breaker settings and strategy parameters above at each refresh.
         self._fleet_config = pc.Follower(self)
@@ -291,9 +261,29 @@ class LoadBalancerCore(Subscriber, Shared):
         return self._snapshot
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        if self._fleet_config.on_event(event):     # a configuration change
-            return
-        self._pool_view.on_event(str(event.get("version")))
+        news = self._fleet_config.on_event(event)     # None: not a configuration change
+        if news is None:
+            self._pool_view.on_event(str(event.get("version")))
+        elif news:                                    # read it (after a snapshot) next call
+            self._pool_view.mark_stale()
+
+    def apply_config(self, applied: pc.Applied) -> None:
+        """Put configuration values in force in this process: what the fleet-wide
+        configuration's follower (``distlb/_core/poolconfig.py``) calls after each read
+        that changed something. Limits take effect at the next admission; strategy
+        parameters through the strategy's ``configure`` (derived state such as a hash ring
+        is rebuilt at once); new breaker settings retire this pool's breaker objects
+        (closed: they leave the event bus) and the next use of each backend makes a new
+        one with them. The breakers' shared state (open, failures, probes) is in the
+        store and carries over."""
+        self.rate_limit = applied.rate_limit
+        self.client_limit = applied.client_limit
+        if applied.strategy:
+            configure_strategy(self.strategy, applied.strategy)
+        if applied.breaker != self.breaker_settings:
+            self.breaker_settings = applied.breaker
+            for cb in self._pool_breakers.reset(applied.breaker, self.subscribe):
+                cb.close()
 
     def _refresh(self, force: bool = False) -> Op[Any]:
         """A snapshot call when the view is older than ``refresh_s`` or an event said so."""
@@ -314,75 +304,6 @@ class LoadBalancerCore(Subscriber, Shared):
         own ``options`` (prefix, failure policy, retry interval, clock, sleep): the shell
         builds its own flavour (``distlb.CircuitBreaker`` or ``distlb.aio.CircuitBreaker``)."""
         raise NotImplementedError
-
-    # -- registry ----------------------------------------------------------------------------
-
-    def _add(self, backend: Backend) -> Steps[None]:
-        if not isinstance(backend, Backend):
-            raise ConfigError("backend", "must be a distlb.Backend")
-        pl.check_address(backend.address)
-        if not isinstance(backend.healthy, bool):
-            raise ConfigError("healthy", "must be True or False")
-        check_id(backend.id)
-        raw = pl.encode_record(backend.address, backend.weight, backend.healthy,
-                               check_metadata(backend.metadata))
-        state: pl.PoolState = yield self._plan("add", [raw, backend.id])
-        if state.status == "exists":
-            raise BackendExists(f"pool {self.name!r} already has a backend {backend.id!r}")
-
-    #: Compare-and-set attempts of one health or weight change racing other changes.
-    patch_attempts = 8
-
-    def _patch(self, backend_id: str, *, weight: int | None = None,
-               healthy: bool | None = None,
-               metadata: dict[str, Any] | None = None) -> Steps[None]:
-        """Change a record: the client builds the new record from its view and the script
-        stores it only if the stored one is still the one it was built from (the script
-        never decodes records). A conflicting reply carries the fresh records: try again."""
-        check_id(backend_id, "backend_id")
-        for _ in range(self.patch_attempts):
-            rec = self._pool_view.record(backend_id)
-            if rec is None:                     # not in this view: read the registry
-                yield self._plan("snapshot", [])
-                rec = self._pool_view.record(backend_id)
-                if rec is None:
-                    raise UnknownBackend(f"pool {self.name!r} has no (readable) backend "
-                                         f"{backend_id!r}")
-            new_healthy = rec.healthy if healthy is None else healthy
-            raw = pl.encode_record(rec.address, rec.weight if weight is None else weight,
-                                   new_healthy, rec.metadata if metadata is None else metadata)
-            state: pl.PoolState = yield self._plan(
-                "patch", [backend_id, raw, rec.raw, int(new_healthy and not rec.healthy)])
-            if state.status == "ok":
-                return
-            if state.status == "unknown":
-                raise UnknownBackend(f"pool {self.name!r} has no backend {backend_id!r}")
-            # "conflict": the reply refreshed the view; a record still the same one is
-            # unreadable now: read it again.
-            self._pool_view.forget(backend_id, rec)
-        raise StoreError(f"pool {self.name!r}: backend {backend_id!r} changed concurrently "
-                         f"{self.patch_attempts} times; not updated")
-
-    def _set_health(self, backend_id: str, healthy: bool) -> Steps[None]:
-        if not isinstance(healthy, bool):
-            raise ConfigError("healthy", "must be True or False")
-        return self._patch(backend_id, healthy=healthy)
-
-    def _set_weight(self, backend_id: str, weight: int) -> Steps[None]:
-        return self._patch(backend_id, weight=integer("weight", weight, low=0, high=1_000_000))
-
-    def _set_metadata(self, backend_id: str, metadata: Mapping[str, Any]) -> Steps[None]:
-        return self._patch(backend_id, metadata=check_metadata(metadata))
-
-    def _remove(self, backend_id: str) -> Steps[None]:
-        check_id(backend_id, "backend_id")
-        state: pl.PoolState = yield self._plan("remove", [backend_id])
-        if state.status == "unknown":
-            raise UnknownBackend(f"pool {self.name!r} has no backend {backend_id!r}")
-
-    def _backends(self) -> Steps[tuple[Backend, ...]]:
-        yield from steps(self._refresh(force=True))
-        return self._snapshot
 
     # -- selection and leases ----------------------------------------------------------------
 
@@ -569,42 +490,15 @@ class LoadBalancerCore(Subscriber, Shared):
                 raise error from exhausted.reason
             raise error from error.__cause__       # its own cause kept
 
-    # -- statistics --------------------------------------------------------------------------
+    # -- statistics and health checks (distlb/_pool/stats.py, health.py) ------------------
 
     def _statistics(self) -> Steps[Statistics]:
         yield from steps(self._refresh(force=True))
-        per, stats = [], self._pool_view.stats
-        for b in self._snapshot:
-            state = self._pool_breakers.state_of(b.id)
-            per.append(BackendStats(
-                b.id, b.address, b.weight, b.healthy, state, b.active_connections,
-                int(stats.get(f"{b.id}:requests", 0)),
-                int(stats.get(f"{b.id}:errors", 0)), b.error_rate, b.latency_ms,
-                b.throughput_per_s))
-        answered = [s for s in per if s.requests]
-        avg = sum(s.latency_ms for s in answered) / len(answered) if answered else 0.0
-        return Statistics(len(per), sum(s.healthy for s in per),
-                          sum(s.active_connections for s in per), avg, tuple(per))
+        return summarize(self._snapshot, self._pool_view.stats, self._pool_breakers.state_of)
 
-    # -- health checks -----------------------------------------------------------------------
-
-    def _health_round(self, check: Callable[[Backend], Any], lease_s: float) -> Steps[int]:
-        """If this process holds the checker role, probe every backend and publish changes.
-        Returns how many backends changed health."""
-        elected: int = yield Call(script("elect"), (_keys.part(self.key, "checker"),),
-                                  (self._checker_id, math.ceil(lease_s * 1000)), int,
-                                  lambda: 0, self._guard)
-        if not elected:
-            return 0
+    def _backends(self) -> Steps[tuple[Backend, ...]]:
         yield from steps(self._refresh(force=True))
-        changed = 0
-        for b in self._snapshot:
-            outcome: Outcome = yield Invoke(check, (b,), {})
-            healthy = outcome.error is None and bool(outcome.value)
-            if healthy != b.healthy:
-                yield from self._set_health(b.id, healthy)
-                changed += 1
-        return changed
+        return self._snapshot
 
 
 def _admitted(op: Op[Decision]) -> Steps[None]:

@@ -6,7 +6,7 @@
 --                             token. A value that is not a whole number reads as 0.
 --            "rate_limit", "client_limit"   "<rate per s> <burst>", or "none" (no limit)
 --            "breaker.<field>"  a BreakerSettings number (e.g. breaker.failure_threshold)
---            "strategy.<attr>"  a numeric strategy parameter (e.g. strategy.decay_s)
+--            "strategy.<attr>"  a parameter the strategy declares (config_params; e.g. strategy.vnodes)
 --            "updated_by", "updated_at_us"  who wrote last, and when (server clock, us)
 --          The script stores values as the client wrote them and never interprets
 --          them: the client validates before writing and after reading. Entries that

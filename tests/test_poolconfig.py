@@ -85,6 +85,56 @@ def test_four_processes_follow_a_change_made_from_the_cli(target: dict[str, Any]
     assert cfg.breaker is not None and cfg.breaker.failure_threshold == 3
 
 
+@pytest.mark.multiprocess
+def test_two_processes_rebuild_their_rings_when_vnodes_changes(target: dict[str, Any]) -> None:
+    """``distlb config set ring strategy.vnodes=3``: both processes' rings are rebuilt with
+    it at their first refresh after the change (no registry change needed), and answer a
+    fixed key set exactly like a ring built with 3 virtual nodes."""
+    from distlb import Context
+    from distlb.strategies import ConsistentHashBalancer
+    from tests.workers import make_client
+    prefix = f"cv{uuid.uuid4().hex[:8]}"
+    refresh_s = 1.0
+    admin = make_client(target)
+    ids = [f"n{i}" for i in range(5)]
+    seed = LoadBalancer(admin, "ring", prefix=prefix)
+    for bid in ids:
+        seed.add_backend(Backend(bid, "127.0.0.1:9"))
+    seed.close()
+    backends = tuple(Backend(bid) for bid in ids)
+    keys = [f"user{i}" for i in range(200)]
+    old = [ConsistentHashBalancer(vnodes=150).select(backends, Context(key=k)).id for k in keys]
+    new = [ConsistentHashBalancer(vnodes=3).select(backends, Context(key=k)).id for k in keys]
+    assert old != new                  # the key set tells the two rings apart
+    barrier, out = spawn.Barrier(2), spawn.Queue()
+    procs = [spawn.Process(target=config_workers.follow_vnodes,
+                           args=(target, prefix, i, refresh_s, keys, new, barrier, out))
+             for i in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        ready = [out.get(timeout=120) for _ in procs]
+        assert all(m[2] == old for m in ready)       # both started on the 150-node ring
+        url = target["url"] if "url" in target else \
+            "redis://{}:{}/0".format(*target["cluster"][0])
+        assert cli_main(["config", "set", "ring", "strategy.vnodes=3", "--redis-url", url,
+                         "--prefix", prefix]) == 0
+        set_done = time.time()
+        done = [out.get(timeout=120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(30)
+    assert all(p.exitcode == 0 for p in procs)
+    for _, wid, seen_at, stale, vnodes, reads in done:
+        assert vnodes == 3, (wid, vnodes)
+        assert seen_at is not None, f"worker {wid}: the ring never answered like vnodes=3"
+        assert stale == 0, f"worker {wid}: {stale} lookups used the old ring with vnodes=3"
+        # within one refresh interval: every config read that left after the change
+        # returned it (and the ring was rebuilt by the read that applied it)
+        after = [v for sent, v in reads if sent > set_done]
+        assert after and all(v == 1 for v in after), (wid, reads[-5:])
+
+
 def test_no_config_stored_keeps_the_constructor_arguments(r: redis.Redis, prefix: str) -> None:
     lb = LoadBalancer(r, "p", rate_limit=Limit(50, 5), prefix=prefix)
     cfg = lb.config()
@@ -273,6 +323,88 @@ def test_a_new_breaker_threshold_opens_the_backends_breaker(r: redis.Redis,
     assert cb.state().state == "open"
     with pytest.raises((CircuitOpen, NoBackendAvailable)):   # its only backend is open
         lb.execute(lambda b: None)
+    lb.close()
+
+
+def test_new_breaker_settings_retire_the_old_breakers_through_apply_config(
+        r: redis.Redis, prefix: str) -> None:
+    """The follower changes the pool only through ``apply_config``; the breakers it
+    replaces are closed (they leave the event bus), not left subscribed until GC."""
+    applied: list[Any] = []
+
+    class Recording(LoadBalancer):
+        def apply_config(self, values: Any) -> None:
+            applied.append(values)
+            super().apply_config(values)
+
+    lb = Recording(r, "p", breaker=BreakerSettings(failure_threshold=100), prefix=prefix)
+    lb.add_backend(Backend("b1", "127.0.0.1:9"))
+    lb.select_backend()
+    old = lb.breaker_for("b1")
+    assert old is not None
+    old.can_attempt()                             # joins the bus (subscribe=True)
+    assert old._bus is not None
+    lb.set_config(rate_limit="50/s", breaker={"failure_threshold": 4})
+    assert applied and applied[-1].rate_limit == Limit(50, 50)
+    assert applied[-1].breaker.failure_threshold == 4
+    assert old._bus is None                       # retired: closed, off the bus
+    new = lb.breaker_for("b1")
+    assert new is not None and new is not old and new.failure_threshold == 4
+    lb.close()
+
+
+def test_a_pool_without_breakers_ignores_stored_breaker_fields(
+        r: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    """``breaker=None`` is the code's choice: stored ``breaker.*`` fields tune breakers,
+    they never switch them on (one WARNING says so); a pool with breakers applies them."""
+    lb = LoadBalancer(r, "p", breaker=None, prefix=prefix)
+    lb.add_backend(Backend("b1", "127.0.0.1:9"))
+    with caplog.at_level(logging.WARNING, logger="distlb"):
+        cfg = lb.set_config(breaker={"failure_threshold": 1}, by="ops")
+        lb.set_config(breaker={"failure_threshold": 2}, by="ops")
+        lb.config()
+    assert cfg.breaker is None and not any(f.startswith("breaker.") for f in cfg.stored)
+    assert lb.breaker_for("b1") is None and lb.breaker_settings is None
+    assert sum("built with breaker=None" in m for m in caplog.messages) == 1
+
+    def fail(b: Backend) -> None:
+        raise OSError("down")
+    for _ in range(3):                            # never refused by a breaker
+        with pytest.raises(OSError):
+            lb.execute(fail)
+    with_breakers = LoadBalancer(r, "p", prefix=prefix)
+    assert with_breakers.config().breaker.failure_threshold == 2   # type: ignore[union-attr]
+    lb.close()
+    with_breakers.close()
+
+
+def test_a_stored_strategy_parameter_rebuilds_the_ring_and_unset_restores_it(
+        r: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    from distlb import Context
+    from distlb.strategies import ConsistentHashBalancer
+    ring = ConsistentHashBalancer(vnodes=150)
+    lb = LoadBalancer(r, "p", ring, prefix=prefix)
+    for i in range(5):
+        lb.add_backend(Backend(f"n{i}", "127.0.0.1:9"))
+    keys = [f"k{i}" for i in range(200)]
+
+    def answers() -> list[str]:
+        return [lb.select_backend(Context(key=k)).id for k in keys]
+
+    def like(vnodes: int) -> list[str]:
+        snap = tuple(Backend(f"n{i}") for i in range(5))
+        return [ConsistentHashBalancer(vnodes=vnodes).select(snap, Context(key=k)).id
+                for k in keys]
+    assert answers() == like(150)
+    lb.set_config(strategy={"vnodes": 3})
+    assert ring.vnodes == 3 and answers() == like(3)
+    assert [ring.lookup(k) for k in keys] == like(3)       # the fast path too
+    lb.set_config(unset=["strategy.vnodes"])
+    assert ring.vnodes == 150 and answers() == like(150)
+    with caplog.at_level(logging.WARNING, logger="distlb"):   # not declared: ignored here
+        lb.set_config(strategy={"decay_s": 5})
+    assert any("no configurable parameter 'decay_s'" in m for m in caplog.messages)
+    assert "strategy.decay_s" not in lb.config().stored
     lb.close()
 
 

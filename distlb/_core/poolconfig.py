@@ -1,14 +1,15 @@
 """A pool's fleet-wide configuration: plan and parse ``poolconfig.lua``, validate, apply.
 
 The pool's limits (``rate_limit``, ``client_limit``), the numeric fields of its
-``BreakerSettings`` and numeric strategy parameters live in one hash under the pool's
-hash tag, ``{pool:<name>}:config``, versioned and changed by compare-and-set in Lua,
-with a bounded history (``:config:history``). Every process reads it at its pool's
-refresh (every ``refresh_s``, at once after a ``config`` event on the pool's channel)
-and applies it: stored values win over constructor arguments (one WARNING per pool
-object says so the first time they differ, leaving out the values that object wrote
-itself). Nothing stored: the constructor arguments are in force; a process never
-publishes its own.
+``BreakerSettings`` and the strategy's declared parameters (``config_params``) live in
+one hash under the pool's hash tag, ``{pool:<name>}:config``, versioned and changed by
+compare-and-set in Lua, with a bounded history (``:config:history``). Every process
+reads it at its pool's refresh (every ``refresh_s``, at once after a ``config`` event on
+the pool's channel) and hands it to the pool's ``apply_config``: stored values win over
+constructor arguments (one WARNING per pool object says so the first time they differ,
+leaving out the values that object wrote itself); breaker fields apply only in a pool
+built with breakers (``breaker=None`` keeps none, one WARNING). Nothing stored: the
+constructor arguments are in force; a process never publishes its own.
 
 Writes check each field against its own range (and breaker fields given together
 against each other); the cross-field breaker rules against the fields not given, and
@@ -41,6 +42,7 @@ from distlb._rates import parse_rates
 from distlb._shaping import Limit
 from distlb._validate import integer, number, show
 from distlb.errors import ConfigError, DistlbError, StoreError
+from distlb.strategies.base import check_params
 
 log = logging.getLogger("distlb")
 
@@ -237,10 +239,12 @@ def _parse_number(field_name: str, text_value: str, allow_none: bool = False) ->
         raise ConfigError(field_name, f"must be a number, got {show(text_value)}") from None
 
 
-def strategy_value(strategy: Any, name: str, value: object, *, strict: bool) -> float | int:
+def strategy_value(strategy: Any, name: str, value: object, *,
+                   strict: bool) -> float | int | None:
     """A numeric strategy parameter. ``strict`` (applying it to ``strategy``): the strategy
-    must have a public numeric attribute ``name`` that its constructor accepts as a keyword
-    with ``value`` (the constructor's own validation); otherwise only a finite number."""
+    must declare ``name`` in its ``config_params`` (``distlb.strategies.Param``: type and
+    range, plus its ``check_config`` rule); otherwise a finite number, checked against
+    ``strategy``'s declaration when it has one (the writer's own strategy)."""
     label = f"strategy.{name}"
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
         raise ConfigError(label, "must name a public parameter of the strategy (letters, "
@@ -249,22 +253,10 @@ def strategy_value(strategy: Any, name: str, value: object, *, strict: bool) -> 
     if isinstance(value, str):
         value = _parse_number(label, value)
     v = number(label, value, low=-1e15, high=1e15, low_inclusive=True)
-    current = getattr(strategy, name, _MISSING) if strategy is not None else _MISSING
-    if current is _MISSING or isinstance(current, bool) or not isinstance(
-            current, int | float | type(None)):
-        if strict:
-            raise ConfigError(label, f"{type(strategy).__name__} has no numeric parameter "
-                                     f"{name!r}")
+    declared = {p.name for p in getattr(strategy, "config_params", ())}
+    if not strict and name not in declared:
         return v
-    out: float | int = v
-    if isinstance(current, int) and v.is_integer():
-        out = int(v)
-    try:
-        type(strategy)(**{name: out})   # the constructor's own range check
-    except TypeError:
-        raise ConfigError(label, f"{type(strategy).__name__}() takes no keyword "
-                                 f"{name!r}") from None
-    return out
+    return check_params(strategy, {name: v})[name]
 
 
 _MISSING = object()
@@ -395,6 +387,19 @@ def plan(key: str, op: str, args: list[Any], parse: Callable[[Any], Any],
 # -- applying: what a process runs with ------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The values a pool runs with after a configuration read, handed to its
+    ``apply_config``: the limits, the breaker settings (None: no breakers) and the strategy
+    parameters (``{name: value}``, checked against the strategy's ``config_params``; a
+    parameter no longer stored carries the constructor's value again)."""
+
+    rate_limit: Limit | None
+    client_limit: Limit | None
+    breaker: BreakerSettings | None
+    strategy: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class _Base:
     rate_limit: Limit | None
@@ -423,6 +428,7 @@ class Follower:
         #: they are never reported as overriding its constructor arguments.
         self.chosen: set[str] = set()
         self.warned_bad: set[tuple[str, str]] = set()
+        self.warned_no_breaker = False
 
     @property
     def pool(self) -> Any:
@@ -433,16 +439,13 @@ class Follower:
 
     # -- the pool's hooks --------------------------------------------------------------------
 
-    def on_event(self, event: Mapping[str, Any]) -> bool:
-        """True if ``event`` is a config change: the pool's view is marked stale, so its
-        next call refreshes (snapshot, then this configuration)."""
+    def on_event(self, event: Mapping[str, Any]) -> bool | None:
+        """None if ``event`` is not a configuration change; else whether it is news (a
+        version this follower has not applied): the pool then marks its view stale, so
+        its next call refreshes (snapshot, then this configuration)."""
         if event.get("event") != "config":
-            return False
-        if str(event.get("config_version")) != str(self.version):
-            pool = self._pool()
-            if pool is not None:
-                pool._pool_view.mark_stale()
-        return True
+            return None
+        return str(event.get("config_version")) != str(self.version)
 
     def after(self, op: Op[Any]) -> Steps[Any]:
         """``op`` (the pool's snapshot, due every ``refresh_s`` or after an event), then
@@ -498,7 +501,16 @@ class Follower:
                 except ConfigError as exc:
                     self._warn_bad(f"breaker.{name}", raw, f"pool {pool.name!r}: stored "
                                    f"breaker.{name} {raw!r} ignored ({exc})")
-            if bfields:
+            if bfields and base.breaker is None:
+                # Breakers on or off is the code's choice (``breaker=None``: this pool's
+                # calls are never refused by a breaker); stored fields tune breakers, they
+                # never switch them on.
+                if not self.warned_no_breaker:
+                    self.warned_no_breaker = True
+                    log.warning("pool %r: built with breaker=None: the stored breaker fields "
+                                "(%s) are ignored in this process (it has no breakers)",
+                                pool.name, ", ".join(f"breaker.{n}" for n in sorted(bfields)))
+            elif bfields:
                 try:
                     breaker = dataclasses.replace(base.breaker or BreakerSettings(), **bfields)
                     used.update(f"breaker.{n}" for n in bfields)
@@ -522,8 +534,12 @@ class Follower:
                         and not key_.startswith(("breaker.", "strategy."))):
                     self._warn_bad(key_, f[key_], f"pool {pool.name!r}: stored config field "
                                    f"{key_!r} is not a pool setting; ignored")
+            strategy = self._strategy_values(strategy, used)
             changes = self._describe_changes(limits, breaker, strategy)
-            self._put(limits, breaker, strategy)
+            # The one way values reach the pool: its apply_config (limits, breakers retired
+            # and made again with the new settings, the strategy's configure hook).
+            pool.apply_config(Applied(limits["rate_limit"], limits["client_limit"], breaker,
+                                      self._with_base(strategy)))
             self.version, self.token, self.stored = stored.version, token, frozenset(used)
             self.updated_by = f.get("updated_by", "")
             try:
@@ -541,24 +557,29 @@ class Follower:
             log.info("pool %r: configuration version %d applied: %s", pool.name,
                      stored.version, "; ".join(changes))
 
-    def _put(self, limits: dict[str, Limit | None], breaker: BreakerSettings | None,
-             strategy: dict[str, Any]) -> None:
+    def _strategy_values(self, strategy: dict[str, Any], used: set[str]) -> dict[str, Any]:
+        """The stored strategy parameters, checked together against the strategy (its
+        ``check_config`` rule over all of them); a set that fails is ignored whole."""
         pool = self.pool
-        pool.rate_limit = limits["rate_limit"]
-        pool.client_limit = limits["client_limit"]
-        for name, value in strategy.items():
+        if not strategy:
+            return strategy
+        try:
+            check_params(pool.strategy, self._with_base(strategy))
+        except ConfigError as exc:
+            self._warn_bad("strategy", repr(sorted(strategy.items())), f"pool {pool.name!r}: "
+                           f"stored strategy parameters ignored ({exc})")
+            used.difference_update(f"strategy.{n}" for n in strategy)
+            return {}
+        return strategy
+
+    def _with_base(self, strategy: dict[str, Any]) -> dict[str, Any]:
+        """Every strategy parameter ever stored: the stored value, else (removed since)
+        the constructor's again. Remembers the constructor's value of a new one."""
+        pool = self.pool
+        for name in strategy:
             if name not in self.base.strategy:
                 self.base.strategy[name] = getattr(pool.strategy, name)
-            setattr(pool.strategy, name, value)
-        for name, value in self.base.strategy.items():   # unset: back to the constructor's
-            if name not in strategy:
-                setattr(pool.strategy, name, value)
-        if breaker != pool.breaker_settings:
-            # Breakers are re-created with the new settings at their next use; their shared
-            # state (open, failures, probes) is in Redis and stays.
-            pool.breaker_settings = breaker
-            for cb in pool._pool_breakers.reset(breaker, pool.subscribe):
-                cb._leave_bus()
+        return {**self.base.strategy, **strategy}
 
     def _overrides(self, limits: dict[str, Limit | None], breaker: BreakerSettings | None,
                    strategy: dict[str, Any]) -> list[tuple[str, str]]:
@@ -746,9 +767,10 @@ def stored_config(stored: Stored | None) -> PoolConfig:
     for k, raw in f.items():
         if k.startswith("strategy."):
             with _suppress():
-                strategy[k.removeprefix("strategy.")] = strategy_value(
-                    None, k.removeprefix("strategy."), raw, strict=False)
-                used.add(k)
+                value = strategy_value(None, k.removeprefix("strategy."), raw, strict=False)
+                if value is not None:          # a finite number without a strategy
+                    strategy[k.removeprefix("strategy.")] = value
+                    used.add(k)
     at: float | None = None
     with _suppress():
         at = int(f["updated_at_us"]) / 1e6
@@ -816,5 +838,5 @@ def _write_args(expected_version: int | None, by: str | None,
 def _none() -> None:
     return None
 
-__all__ = ["ConfigConflict", "Follower", "PoolConfig", "encode_changes", "parse_assignments",
-           "parse_history", "set_args", "set_reply", "stored_config"]
+__all__ = ["Applied", "ConfigConflict", "Follower", "PoolConfig", "encode_changes",
+           "parse_assignments", "parse_history", "set_args", "set_reply", "stored_config"]

@@ -58,7 +58,8 @@ class PoolBreakers:
     def reset(self, settings: BreakerSettings | None, subscribe: bool) -> list[BreakerBase]:
         """New settings (a fleet-wide configuration change): every breaker is made again,
         with them, at its next use (their shared state is in the store and stays). Returns
-        the old breakers, for the caller to let go of (leave their bus)."""
+        the old breakers, retired: the caller closes them (they leave the event bus and
+        the store prober; a call still holding one finishes with it)."""
         with self._lock:
             self.settings = settings
             if settings is not None and not subscribe:

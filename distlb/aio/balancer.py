@@ -53,24 +53,24 @@ class LoadBalancer(AsyncShared, _balancer.LoadBalancerCore):
 
     async def add_backend(self, backend: Backend) -> None:
         """Add a backend to the shared registry; ``BackendExists`` if the id is taken."""
-        await self._run(self._add(backend))
+        await self._run(self._registry.add(backend))
 
     async def remove_backend(self, backend_id: str) -> None:
         """Remove a backend (its counts and statistics too); ``UnknownBackend`` if absent."""
-        await self._run(self._remove(backend_id))
+        await self._run(self._registry.remove(backend_id))
 
     async def update_backend_health(self, backend_id: str, healthy: bool) -> None:
         """Mark a backend up or down for every process."""
-        await self._run(self._set_health(backend_id, healthy))
+        await self._run(self._registry.set_health(backend_id, healthy))
 
     async def update_backend_weight(self, backend_id: str, weight: int) -> None:
         """Change a backend's weight for every process."""
-        await self._run(self._set_weight(backend_id, weight))
+        await self._run(self._registry.set_weight(backend_id, weight))
 
     async def update_backend_metadata(self, backend_id: str, metadata: Mapping[str, Any]) -> None:
         """Replace a backend's metadata (zone, cost, ...) for every process; validated as
         ``add_backend`` validates it (``ConfigError``)."""
-        await self._run(self._set_metadata(backend_id, metadata))
+        await self._run(self._registry.set_metadata(backend_id, metadata))
 
     async def backends(self) -> tuple[Backend, ...]:
         """The registry with live connection counts and statistics, fresh from the store."""
@@ -138,7 +138,7 @@ class LoadBalancer(AsyncShared, _balancer.LoadBalancerCore):
                      lease_s: float = 15.0) -> int:
         """One health-check round, if this process holds the checker role (a Redis lease,
         so only one process of the fleet probes): returns how many backends changed."""
-        return await self._run(self._health_round(check, lease_s))
+        return await self._run(self._health.run(check, lease_s))
 
     def start_health_checks(self, check: Callable[[Backend], Any] | None = None, *,
                             interval_s: float = 5.0) -> None:

@@ -16,11 +16,13 @@
 | ``LocalityAwareBalancer(inner)`` | O(n) | zones and regions: stay local, spill over |
 | ``CostAwareBalancer`` | O(n) | backends of different prices |
 
-Any object with ``select(backends, ctx) -> Backend`` is a strategy (``Strategy``).
+Any object with ``select(backends, ctx) -> Backend`` is a strategy (``Strategy``). The
+parameters a pool's fleet-wide configuration may change (``strategy.<name>``) are the
+ones it declares in ``config_params`` (``Param``: name, int/float, range).
 """
 
 from distlb.strategies.adaptive import AdaptiveBalancer, PeakEwmaBalancer, ScoringConfig
-from distlb.strategies.base import Backend, Context, NoBackendAvailable, Strategy
+from distlb.strategies.base import Backend, Context, NoBackendAvailable, Param, Strategy
 from distlb.strategies.consistent_hash import (
     ConsistentHashBalancer,
     MaglevBalancer,
@@ -50,6 +52,7 @@ __all__ = [
     "LocalityAwareBalancer",
     "MaglevBalancer",
     "NoBackendAvailable",
+    "Param",
     "PeakEwmaBalancer",
     "PowerOfTwoChoicesBalancer",
     "RendezvousHashBalancer",

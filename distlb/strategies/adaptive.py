@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from distlb._validate import integer, number
 from distlb.errors import ConfigError
-from distlb.strategies.base import Backend, Base, Context
+from distlb.strategies.base import Backend, Base, Context, Param
 
 #: ``AdaptiveBalancer``'s modes: adaptive, predictive and latency-aware.
 ADAPTIVE_MODES = ("adaptive", "predictive", "latency_aware")
@@ -64,6 +64,15 @@ class AdaptiveBalancer(Base):
       returns those costs. It learns from ``observe`` (the load balancer feeds it every
       completed call).
     """
+
+    config_params = (Param("decay_s", float, 0, 86400, low_inclusive=False),
+                     Param("history_s", float, 0, 86400, low_inclusive=False),
+                     Param("horizon_s", float, 0, 86400))
+
+    def _reconfigured(self, changed: frozenset[str]) -> None:
+        """``decay_s`` also drives the latency-aware mode's peak-EWMA estimator."""
+        if "decay_s" in changed and self._peak is not None:
+            self._peak.configure(decay_s=self.decay_s)
 
     def __init__(self, config: ScoringConfig | None = None, *, mode: str | None = None,
                  predictive: bool = False, history_s: float = 30.0, horizon_s: float = 5.0,
@@ -168,6 +177,10 @@ class PeakEwmaBalancer(Base):
     cheaper wins. A backend never observed uses ``default_latency_ms`` (or its
     snapshot latency), so new backends get tried. O(1) a pick.
     """
+
+    config_params = (Param("decay_s", float, 0, 86400, low_inclusive=False),
+                     Param("default_latency_ms", float, 0, 1e6, low_inclusive=False),
+                     Param("choices", int, 2, 16))
 
     def __init__(self, *, decay_s: float = 10.0, default_latency_ms: float = 1.0,
                  choices: int = 2, rng: random.Random | None = None,

@@ -13,8 +13,9 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from distlb._validate import integer, number
 from distlb.errors import ConfigError, DistlbError
 
 
@@ -213,6 +214,69 @@ class Strategy(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One strategy parameter that the pool's fleet-wide configuration may set
+    (``strategy.<name>`` in the ``:config`` hash): its attribute name, ``int`` or
+    ``float``, and its range (``[low, high]``; ``(low, high]`` without ``low_inclusive``),
+    the constructor's own. A strategy lists them in ``config_params``."""
+
+    name: str
+    kind: type[int] | type[float]
+    low: float
+    high: float
+    low_inclusive: bool = True
+    optional: bool = False        #: None (off) is a value too, as in the constructor
+
+    def check(self, value: object, field: str | None = None) -> int | float | None:
+        """``value`` as this parameter holds it (an integral float for an int parameter
+        is taken), else ``ConfigError`` naming ``field`` (default: the name) and the range."""
+        label = field or self.name
+        if value is None and self.optional:
+            return None
+        if self.kind is int:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            return integer(label, value, low=int(self.low), high=int(self.high))
+        return number(label, value, low=self.low, high=self.high,
+                      low_inclusive=self.low_inclusive)
+
+
+def configure(strategy: object, values: Mapping[str, int | float | None]) -> None:
+    """Set declared parameters on ``strategy`` (checked against its ``config_params``):
+    its own ``configure`` when it has one (the built-in ones: derived state such as a
+    hash ring is rebuilt at once), else plain attributes. ``ConfigError`` names
+    ``strategy.<name>`` for a parameter it does not declare or a value out of range;
+    nothing is set then."""
+    own = getattr(strategy, "configure", None)
+    if callable(own):
+        own(**values)
+        return
+    checked = check_params(strategy, values)
+    for name, value in checked.items():
+        setattr(strategy, name, value)
+
+
+def check_params(strategy: object,
+                 values: Mapping[str, object]) -> dict[str, int | float | None]:
+    """``values`` checked against ``strategy``'s ``config_params`` (and its
+    ``check_config`` rule, if any), as the parameters hold them."""
+    declared = {p.name: p for p in getattr(strategy, "config_params", ())}
+    out: dict[str, int | float | None] = {}
+    for name, value in values.items():
+        param = declared.get(name)
+        if param is None:
+            have = ", ".join(sorted(declared)) or "none"
+            raise ConfigError(f"strategy.{name}", f"{type(strategy).__name__} has no "
+                                                  f"configurable parameter {name!r} (it has: "
+                                                  f"{have})")
+        out[name] = param.check(value, f"strategy.{name}")
+    rule = getattr(strategy, "check_config", None)
+    if callable(rule):
+        rule(out)
+    return out
+
+
 def candidates(backends: Sequence[Backend], ctx: Context | None) -> list[Backend]:
     """The healthy, non-excluded backends with a weight above zero."""
     exclude = ctx.exclude if ctx is not None else frozenset()
@@ -228,7 +292,14 @@ class Base:
 
     Snapshots passed as tuples are immutable, so filtering the same tuple again
     is skipped: with 1000 backends the O(n) filter, not the pick, is the cost.
+
+    ``config_params``: the parameters a pool's fleet-wide configuration may change at
+    run time (``strategy.<name>``), applied by ``configure``; a subclass whose derived
+    state (a ring, a table) depends on one rebuilds it in ``_reconfigured``.
     """
+
+    #: The parameters ``configure`` may change (name, int/float, the constructor's range).
+    config_params: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -236,6 +307,24 @@ class Base:
         self.clock = clock
         self._seen: tuple[Sequence[Backend] | None, list[Backend]] = (None, [])
         self._indexed: tuple[list[Backend] | None, dict[str, Backend]] = (None, {})
+
+    def configure(self, **values: int | float | None) -> None:
+        """Change declared parameters (``config_params``) at run time: all checked first
+        (``ConfigError`` naming ``strategy.<name>``; nothing changed then), then set; the
+        ones that changed are handed to ``_reconfigured`` at once, so derived state (a
+        hash ring, a lookup table) never lags behind its parameters."""
+        checked = check_params(self, values)
+        changed = frozenset(n for n, v in checked.items() if getattr(self, n) != v)
+        for name in changed:
+            setattr(self, name, checked[name])
+        if changed:
+            self._reconfigured(changed)
+
+    def check_config(self, values: Mapping[str, int | float | None]) -> None:
+        """A rule beyond each parameter's range (``ConfigError``); none by default."""
+
+    def _reconfigured(self, changed: frozenset[str]) -> None:
+        """Rebuild what depends on the parameters in ``changed`` (none by default)."""
 
     def _candidates(self, backends: Sequence[Backend], ctx: Context | None) -> list[Backend]:
         if (ctx is not None and ctx.exclude) or not isinstance(backends, tuple):

@@ -6,12 +6,12 @@ import bisect
 import math
 import threading
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from distlb._validate import integer, number
 from distlb.errors import ConfigError
-from distlb.strategies.base import Backend, Base, Context, NoBackendAvailable
+from distlb.strategies.base import Backend, Base, Context, NoBackendAvailable, Param
 from distlb.strategies.hashing import MASK64, HashFn, hash_function
 
 T = TypeVar("T")
@@ -40,8 +40,12 @@ class ConsistentHashBalancer(Base):
     no backend takes more than ``ceil(c x (total load + 1) / n)`` active connections;
     a key whose backend is full walks on to the next one with room.
 
-    O(log(n x vnodes)) a lookup; the ring is rebuilt only when backends or weights change.
+    O(log(n x vnodes)) a lookup; the ring is rebuilt only when backends or weights change,
+    or ``vnodes`` (``configure(vnodes=...)``, a pool's ``strategy.vnodes``).
     """
+
+    config_params = (Param("vnodes", int, 1, 10_000),
+                     Param("bounded_load", float, 1, 100, optional=True))
 
     def __init__(self, *, vnodes: int = 150, hash: str = "xxhash",
                  bounded_load: float | None = None) -> None:
@@ -91,22 +95,39 @@ class ConsistentHashBalancer(Base):
             if isinstance(backends, tuple):
                 self._ring_source = backends
             if signature != self._signature:
-                mean = sum(w for _, w in signature) / max(1, len(signature))
-                ring: list[tuple[int, str]] = []
-                for bid, weight in signature:
-                    count = max(1, round(self.vnodes * weight / mean))
-                    ring.extend((self._hash(f"{bid}#{i}".encode()), bid) for i in range(count))
-                ring.sort()
-                self._points = array("Q", [p for p, _ in ring])
-                self._owners = [o for _, o in ring]
-                self._signature = signature
-                self._layout = layout = _Layout(self._points, self._owners)
-                fn = _make_lookup(layout, self._hash)
-                if fn is None:
-                    self.__dict__.pop("lookup", None)      # back to the raising method
-                else:
-                    self.__dict__["lookup"] = fn            # shadows the method: one frame
+                self._build_ring(signature)
             return self._points, self._owners
+
+    def _build_ring(self, signature: tuple[tuple[str, int], ...]) -> None:
+        """The ring of ``signature`` (id, weight) with ``vnodes`` (under ``_lock``)."""
+        mean = sum(w for _, w in signature) / max(1, len(signature))
+        ring: list[tuple[int, str]] = []
+        for bid, weight in signature:
+            count = max(1, round(self.vnodes * weight / mean))
+            ring.extend((self._hash(f"{bid}#{i}".encode()), bid) for i in range(count))
+        ring.sort()
+        self._points = array("Q", [p for p, _ in ring])
+        self._owners = [o for _, o in ring]
+        self._signature = signature
+        self._layout = layout = _Layout(self._points, self._owners)
+        fn = _make_lookup(layout, self._hash)
+        if fn is None:
+            self.__dict__.pop("lookup", None)      # back to the raising method
+        else:
+            self.__dict__["lookup"] = fn            # shadows the method: one frame
+
+    def _reconfigured(self, changed: frozenset[str]) -> None:
+        """A new ``vnodes`` (fleet-wide configuration): the ring of the backends it was
+        built for is rebuilt now, and the per-snapshot pickers dropped, so the next
+        lookup already uses it (a registry change is not needed). A new ``bounded_load``
+        drops the per-snapshot picker too: it is only ever built without bounded loads."""
+        if not changed & {"vnodes", "bounded_load"}:
+            return
+        with self._lock:
+            if "vnodes" in changed and self._signature:
+                self._build_ring(self._signature)
+            self._ring_source = None
+            self._fast = (None, self._no_pick)
 
     def select(self, backends: Sequence[Backend], ctx: Context | None = None) -> Backend:
         # The hot case first, in as few steps as possible: the snapshot seen last time (its
@@ -224,6 +245,10 @@ class _Layout:
                                           for b, s in enumerate(starts[:-1])])
 
 
+def _is_prime(n: int) -> bool:
+    return n >= 2 and not any(n % p == 0 for p in range(2, int(n ** 0.5) + 1))
+
+
 def _resolve(layout: _Layout, healthy: frozenset[str]) -> array[int]:
     """For each ring index 0..n (n wraps to 0), the index of the first owner at or after
     it whose id is in ``healthy``."""
@@ -313,7 +338,7 @@ class MaglevBalancer(Base):
     def __init__(self, *, table_size: int = 65537, hash: str = "xxhash") -> None:
         super().__init__()
         self.table_size = integer("table_size", table_size, low=7, high=5_000_011)
-        if any(self.table_size % p == 0 for p in range(2, int(self.table_size ** 0.5) + 1)):
+        if not _is_prime(self.table_size):
             raise ConfigError("table_size", f"must be a prime, got {table_size}")
         self.hash_name = hash
         self._hash = hash_function(hash)
@@ -323,6 +348,26 @@ class MaglevBalancer(Base):
         #: (the last tuple snapshot, key -> its backend): the plain key's one-frame path
         self._fast: tuple[Sequence[Backend] | None, Callable[[str], Backend]] = (
             None, ConsistentHashBalancer._no_pick)
+
+    config_params = (Param("table_size", int, 7, 5_000_011),)
+
+    def check_config(self, values: Mapping[str, int | float | None]) -> None:
+        size = values.get("table_size")
+        if size is not None and not _is_prime(int(size)):
+            raise ConfigError("strategy.table_size", f"must be a prime, got {size}")
+
+    def _reconfigured(self, changed: frozenset[str]) -> None:
+        """A new ``table_size``: the cached tables are dropped and the last one is rebuilt
+        now, so the next lookup already uses the new size."""
+        if "table_size" not in changed:
+            return
+        with self._lock:
+            pool = self._last[0]
+            self._tables.clear()
+            self._last = (None, [])
+            self._fast = (None, ConsistentHashBalancer._no_pick)
+        if pool is not None:
+            self._table(pool)
 
     def _table(self, pool: Sequence[Backend]) -> list[str]:
         if pool is self._last[0]:           # the same filtered pool as last time
@@ -373,7 +418,9 @@ class MaglevBalancer(Base):
             return self._picker(backends)(_key_str(ctx))
         pool = self._candidates(backends, ctx)
         table = self._table(pool)
-        return self._by_id(pool)[table[self._hash(_key_of(ctx)) % self.table_size]]
+        # len(table) == table_size; read from the table itself, so a concurrent
+        # configure(table_size=...) never pairs a new size with an old table.
+        return self._by_id(pool)[table[self._hash(_key_of(ctx)) % len(table)]]
 
     def select_key(self, backends: Sequence[Backend], key: str) -> Backend:
         """``select(backends, Context(key=key))`` without a Context: the plain key case."""
@@ -389,7 +436,7 @@ class MaglevBalancer(Base):
             return fast[1]
         pool = self._candidates(backends, None)
         table, by_id = self._table(pool), self._by_id(pool)
-        hash_fn, m = self._hash, self.table_size
+        hash_fn, m = self._hash, len(table)       # == table_size, of this very table
 
         def pick(key: str) -> Backend:
             return by_id[table[hash_fn(key.encode()) % m]]

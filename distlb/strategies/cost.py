@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from distlb._validate import number
 from distlb.errors import ConfigError
 from distlb.strategies import _meta
-from distlb.strategies.base import Backend, Base, Context
+from distlb.strategies.base import Backend, Base, Context, Param
 
 
 class CostAwareBalancer(Base):
@@ -51,6 +51,12 @@ class CostAwareBalancer(Base):
     the cost of a backend that declares none. ``probe_share`` in [0, 0.5]: the fraction
     of requests that re-measure a cheaper backend missing the objective. O(n) a pick.
     """
+
+    config_params = (Param("max_latency_ms", float, 0, 1e9, low_inclusive=False, optional=True),
+                     Param("max_error_rate", float, 0, 1, optional=True),
+                     Param("capacity", float, 0, 1e9, low_inclusive=False, optional=True),
+                     Param("default_cost", float, 0, 1e12),
+                     Param("probe_share", float, 0, 0.5))
 
     def __init__(self, *, max_latency_ms: float | None = None,
                  max_error_rate: float | None = None, capacity: float | None = None,
@@ -66,8 +72,19 @@ class CostAwareBalancer(Base):
         self.default_cost = number("default_cost", default_cost, low_inclusive=True, high=1e12)
         self.probe_share = number("probe_share", probe_share, low_inclusive=True, high=0.5)
         self._meta = _meta.Cache()
+        self._probe_share_asked = self.probe_share
         if self.max_latency_ms is None and self.max_error_rate is None and probe_share > 0:
             self.probe_share = 0.0        # nothing can miss the objective: nothing to probe
+
+    def _reconfigured(self, changed: frozenset[str]) -> None:
+        """An objective set at run time turns the probes asked for back on (they were off
+        while nothing could miss an objective); a new ``probe_share`` is the one asked."""
+        if "probe_share" in changed:
+            self._probe_share_asked = self.probe_share
+        if self.max_latency_ms is None and self.max_error_rate is None:
+            self.probe_share = 0.0
+        else:
+            self.probe_share = self._probe_share_asked
 
     def cost_of(self, b: Backend) -> float:
         """The backend's declared cost per request (``default_cost`` if none)."""

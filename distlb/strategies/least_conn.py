@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from distlb._validate import number
-from distlb.strategies.base import Backend, Base, Context
+from distlb.strategies.base import Backend, Base, Context, Param
 
 
 def _least(pool: Sequence[Backend], load: Callable[[Backend], float],
@@ -32,6 +32,8 @@ class WeightedLeastConnectionsBalancer(Base):
     its weight over ``slow_start_s`` after ``added_at_s`` (joined or recovered),
     so a cold backend is not flooded the moment it appears.
     """
+
+    config_params = (Param("slow_start_s", float, 0, 86400),)
 
     def __init__(self, *, slow_start_s: float = 0.0, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:

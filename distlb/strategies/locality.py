@@ -45,7 +45,14 @@ from typing import Any
 from distlb._validate import number
 from distlb.errors import ConfigError
 from distlb.strategies import _meta
-from distlb.strategies.base import Backend, Base, Context, NoBackendAvailable, Strategy
+from distlb.strategies.base import (
+    Backend,
+    Base,
+    Context,
+    NoBackendAvailable,
+    Param,
+    Strategy,
+)
 
 #: The levels, in the order they are filled.
 LOCAL_ZONE, LOCAL_REGION, ELSEWHERE = 0, 1, 2
@@ -116,6 +123,9 @@ class LocalityAwareBalancer(Base):
     (default) = overload is judged only for backends that declare one. ``rng``: for
     the locality draw (the inner strategies keep their own).
     """
+
+    config_params = (Param("overprovisioning", float, 1, 100),
+                     Param("capacity", float, 0, 1e9, low_inclusive=False, optional=True))
 
     def __init__(self, strategy: Strategy | Callable[[], Strategy] | None = None, *,
                  region: str, zone: str | None = None,
