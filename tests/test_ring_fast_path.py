@@ -202,3 +202,19 @@ def test_maglev_fast_path_follows_new_snapshots_and_exclusions() -> None:
     assert maglev.select(backends, Context(key="k")).id == first
     with pytest.raises(NoBackendAvailable):
         maglev.select_key(tuple(b.with_(healthy=False) for b in backends), "k")
+
+
+def test_a_new_bounded_load_applies_to_the_snapshot_already_cached() -> None:
+    """``configure(bounded_load=...)`` (a pool's ``strategy.bounded_load``) drops the cached
+    per-snapshot picker, which is only ever built without bounded loads: the very next
+    ``select`` on the same snapshot walks past a backend over its bound."""
+    ring = ConsistentHashBalancer()
+    backends = tuple(Backend(f"b{i}") for i in range(5))
+    owner = ring.select(backends, Context(key="k")).id
+    loaded = tuple(b.with_(active_connections=100 if b.id == owner else 0) for b in backends)
+    assert ring.select(loaded, Context(key="k")).id == owner      # picker cached, no bound
+    assert ring.select(loaded, Context(key="k")).id == owner
+    ring.configure(bounded_load=1.25)
+    assert ring.select(loaded, Context(key="k")).id != owner
+    ring.configure(bounded_load=None)
+    assert ring.select(loaded, Context(key="k")).id == owner
