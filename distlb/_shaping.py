@@ -19,7 +19,7 @@ from distlb._core import bucket, leaky, priority
 from distlb._core.admission import check_priority_settings, priority_policy
 from distlb._core.guard import Command, no_policy
 from distlb._core.local import LocalState
-from distlb._core.ops import Call, Done, Op, Sleep, Steps
+from distlb._core.ops import Call, Op, Sleep, Steps
 from distlb._core.scripts import script
 from distlb._rates import parse_rates
 from distlb._shared import Shared, StoreKeywords, StoreOptions
