@@ -41,16 +41,22 @@ local prio = nil
 if level_s ~= '' then prio = prio_read(KEYS[n + 2], level_s, policy, now) end
 local limits_ms = nil                               -- the longest new bucket TTL written
 
--- Every override this call may use, in one read.
-local fields, nf = {}, 0
-for i = 1, n do
-  local field = string.match(ARGV[1 + i], '^%S+ %S+ %S+ (%S+)$')
-  if field then nf = nf + 1; fields[nf] = field end
-end
-local over = {}
-if nf > 0 then
-  local got = redis.call('HMGET', limits_key, (table.unpack or unpack)(fields))
-  for j = 1, nf do over[fields[j]] = got[j] end
+-- Every override this call may use, in one read (one bucket, the hot path: no table).
+local over, over1 = nil, nil
+if n == 1 then
+  local field = string.match(ARGV[2], '^%S+ %S+ %S+ (%S+)$')
+  if field then over1 = redis.call('HGET', limits_key, field) end
+else
+  local fields, nf = {}, 0
+  for i = 1, n do
+    local field = string.match(ARGV[1 + i], '^%S+ %S+ %S+ (%S+)$')
+    if field then nf = nf + 1; fields[nf] = field end
+  end
+  over = {}
+  if nf > 0 then
+    local got = redis.call('HMGET', limits_key, unpack(fields))
+    for j = 1, nf do over[fields[j]] = got[j] end
+  end
 end
 
 -- The arithmetic of bucket_read / bucket_write (_common.lua), inline: every local
@@ -92,7 +98,8 @@ for i = 1, n do
   local rate, burst, cost = tonumber(rate_s), tonumber(burst_s), tonumber(c)
   local overridden = false
   if field ~= '' then
-    local o = over[field]
+    local o = over1
+    if over then o = over[field] end
     if o then
       local orate, oburst = string.match(o, '^(%S+) (%S+)$')
       orate, oburst = finite(orate), finite(oburst)
