@@ -41,12 +41,10 @@ local prio = nil
 if level_s ~= '' then prio = prio_read(KEYS[n + 2], level_s, policy, now) end
 local limits_ms = nil                               -- the longest new bucket TTL written
 
--- Every override this call may use, in one read (one bucket, the hot path: no table).
-local over, over1 = nil, nil
-if n == 1 then
-  local field = string.match(ARGV[2], '^%S+ %S+ %S+ (%S+)$')
-  if field then over1 = redis.call('HGET', limits_key, field) end
-else
+-- Every override this call may use, in one read when there are several buckets (one
+-- bucket, the hot path: its HGET below, and no table).
+local over = nil
+if n > 1 then
   local fields, nf = {}, 0
   for i = 1, n do
     local field = string.match(ARGV[1 + i], '^%S+ %S+ %S+ (%S+)$')
@@ -98,8 +96,8 @@ for i = 1, n do
   local rate, burst, cost = tonumber(rate_s), tonumber(burst_s), tonumber(c)
   local overridden = false
   if field ~= '' then
-    local o = over1
-    if over then o = over[field] end
+    local o
+    if over then o = over[field] else o = redis.call('HGET', limits_key, field) end
     if o then
       local orate, oburst = string.match(o, '^(%S+) (%S+)$')
       orate, oburst = finite(orate), finite(oburst)
