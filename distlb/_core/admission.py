@@ -4,6 +4,10 @@ Pure planning for the ``admit`` op of ``pool.lua`` (the Lua side is the
 ``admit_read`` / ``admit_charge`` / ``admit_count`` block of ``lua/_common.lua``):
 which limits a request meets, the arguments and keys the script needs, and the
 error a denial raises. The balancer (``distlb._balancer``) only calls these.
+The priority rule is shared with a traffic shaper's global limit: the same settings
+(``check_priority_settings``), argument (``priority_policy``) and Lua
+(``prio_read`` / ``prio_need`` / ``prio_count``, which ``admit_read`` calls and
+``lua/shaper.lua`` too).
 
 The rule (the README's "Priority and bandwidth through the pool"):
 
