@@ -9,8 +9,10 @@
 --
 -- KEYS[1..n]  bucket hashes (tokens, ts_us, rate, burst, exp_us; as in bucket.lua); the
 --             first is the global bucket
--- KEYS[n+1]   the limits hash, field -> "<rate> <burst>" (overrides shared by the fleet)
--- KEYS[n+2]   with a priority only: the priority hash (see prio_read in _common.lua)
+-- KEYS[n+1]   when limits_ttl_ms > 0 (a shaper's calls): the limits hash, field ->
+--             "<rate> <burst>" (overrides shared by the fleet); 0: none, as bucket.lua
+--             (so this script does all bucket.lua does: the two can become one)
+-- KEYS[last]  with a priority only: the priority hash (see prio_read in _common.lua)
 -- ARGV[1]     "<mode> <limits_ttl_ms>[ <level> <reserve per level> <starve us> <window us>]":
 --             mode "take" charges when every bucket allows, "peek" never writes (nor
 --             counts); a level (0..9) ranks the call: the global bucket then keeps a
@@ -33,12 +35,13 @@ local mode, limits_ttl, level_s, policy = string.match(ARGV[1],
   '^(%a+) (%d+) ?(%d*) ?(.*)$')
 local take = mode == 'take'
 local n = #ARGV - 1
-local limits_key = KEYS[n + 1]
+local limits_key, prio_k = nil, n + 1
 limits_ttl = tonumber(limits_ttl)
+if limits_ttl > 0 then limits_key, prio_k = KEYS[n + 1], n + 2 end
 local t = redis.call('TIME')                        -- now_us(), inline
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local prio = nil
-if level_s ~= '' then prio = prio_read(KEYS[n + 2], level_s, policy, now) end
+if level_s ~= '' then prio = prio_read(KEYS[prio_k], level_s, policy, now) end
 local limits_ms = nil                               -- the longest new bucket TTL written
 
 -- Every override this call may use, in one read when there are several buckets (one
@@ -51,7 +54,7 @@ if n > 1 then
     if field then nf = nf + 1; fields[nf] = field end
   end
   over = {}
-  if nf > 0 then
+  if nf > 0 and limits_key then
     local got = redis.call('HMGET', limits_key, unpack(fields))
     for j = 1, nf do over[fields[j]] = got[j] end
   end
@@ -95,7 +98,7 @@ for i = 1, n do
   local rate_s, burst_s, c, field = string.match(ARGV[1 + i], '^(%S+) (%S+) (%S+) ?(%S*)$')
   local rate, burst, cost = tonumber(rate_s), tonumber(burst_s), tonumber(c)
   local overridden = false
-  if field ~= '' then
+  if limits_key and field ~= '' then
     local o
     if over then o = over[field] else o = redis.call('HGET', limits_key, field) end
     if o then
@@ -152,7 +155,9 @@ local function done(allowed)
   if not take then return end
   if prio then prio_count(prio, allowed, not allowed, not allowed and not short, now, limits_ttl) end
   -- PEXPIRE of a missing limits hash is a no-op: no EXISTS first
-  if limits_ms then redis.call('PEXPIRE', limits_key, ttl(limits_ttl + limits_ms)) end
+  if limits_ms and limits_key then
+    redis.call('PEXPIRE', limits_key, ttl(limits_ttl + limits_ms))
+  end
 end
 
 -- Replies: "%.17g" is round-trip exact; rate and burst go back as strings, as spelled.

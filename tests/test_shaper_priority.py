@@ -148,3 +148,20 @@ def test_the_limits_hash_ttl_follows_the_buckets(r: redis.Redis, prefix: str) ->
     r.pexpire(shaper.limits_key, 5000)
     assert shaper.try_acquire("alice").allowed            # the buckets' TTLs still cover it
     assert r.pttl(shaper.limits_key) <= 5000              # so no PEXPIRE on this call
+
+
+def test_shaper_lua_does_what_bucket_lua_does(r: redis.Redis, prefix: str) -> None:
+    # Without a limits hash (limits TTL 0) shaper.lua takes bucket.lua's arguments: the
+    # same calls through both scripts, on twin buckets, decide alike (so the two can merge).
+    from distlb import TokenBucket
+    from distlb._core import bucket
+
+    twins = [TokenBucket.from_rates(r, name, "3/hour; 5/day", prefix=prefix)
+             for name in ("via-bucket", "via-shaper")]
+    calls = [bucket.plan("take", twin._specs(1), limits_key=None, limits_ttl_ms=0,
+                         fallback=lambda: bucket.fixed(False, 1, "x"), on_conflict=lambda: None,
+                         script_name=name)
+             for twin, name in zip(twins, ("bucket", "shaper"), strict=True)]
+    got = [[twin._run(call).allowed for _ in range(5)]
+           for twin, call in zip(twins, calls, strict=True)]
+    assert got[0] == got[1] == [True] * 3 + [False] * 2
