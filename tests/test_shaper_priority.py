@@ -165,3 +165,15 @@ def test_shaper_lua_does_what_bucket_lua_does(r: redis.Redis, prefix: str) -> No
     got = [[twin._run(call).allowed for _ in range(5)]
            for twin, call in zip(twins, calls, strict=True)]
     assert got[0] == got[1] == [True] * 3 + [False] * 2
+
+
+def test_shaper_lua_survives_a_script_flush(own_server: Any) -> None:
+    r = redis.Redis.from_url(own_server.url)
+    shaper = TrafficShaper(r, "api", global_limit=Limit(1e-6, 3), client_limit=Limit(1e-6, 3))
+    assert shaper.try_acquire(priority=9).allowed
+    r.script_flush()                                    # NOSCRIPT: the runner sends EVAL
+    assert shaper.try_acquire("alice", priority=9).allowed
+    r.script_flush()
+    assert shaper.try_acquire().allowed
+    assert counters(r, shaper)["9:admitted"] == "2"
+    r.close()
