@@ -54,7 +54,7 @@ KIND_TABLE: tuple[Kind, ...] = (
     Kind("tb", "token bucket", "bucket", ("", "r<n>"), "tokens/burst @ rate"),
     Kind("lk", "leaky bucket", "leaky", ("",), "queued/capacity @ rate, the wait"),
     Kind("ts", "traffic shaper", "shaper",
-         ("global", "c:<client>", "cb:<client>", "bb:<backend>", "limits"),
+         ("global", "c:<client>", "cb:<client>", "bb:<backend>", "limits", "prio"),
          "every bucket's tokens; the shared limits", kept_on_reset=("limits",)),
     Kind("pq", "priority limiter", "priority", ("", "queue", "leases", "depth"),
          "tokens; waiters"),

@@ -16,9 +16,10 @@ from typing import Any, Self, TypeVar, Unpack
 
 from distlb import _keys
 from distlb._core import bucket, leaky, priority
+from distlb._core.admission import check_priority_settings, priority_policy
 from distlb._core.guard import Command, no_policy
 from distlb._core.local import LocalState
-from distlb._core.ops import Call, Done, Op, Sleep, Steps
+from distlb._core.ops import Call, Op, Sleep, Steps
 from distlb._core.scripts import script
 from distlb._rates import parse_rates
 from distlb._shared import Shared, StoreKeywords, StoreOptions
@@ -28,6 +29,7 @@ from distlb._validate import integer, number, request_burst
 from distlb._validate import limit as check_limit
 from distlb.errors import ConfigError, RateLimited
 from distlb.results import Decision, LeakyDecision, PriorityDecision
+from distlb.strategies.base import check_priority
 
 D = TypeVar("D", Decision, LeakyDecision)
 log = logging.getLogger("distlb")
@@ -223,12 +225,7 @@ class TokenBucketCore(_Limiter):
         return call
 
     def _try_acquire(self, cost: float) -> Op[Decision]:
-        call = self._call("take", cost)
-        if self._denials.entry is not None:
-            denied = self._denials.check(cost)
-            if denied is not None:  # the store's own denial, still true: no round trip
-                return Done(denied)
-        return call
+        return self._denials.answer(self._call("take", cost), cost)
 
     def _peek(self, cost: float) -> Op[Decision]:
         return self._call("peek", cost)
@@ -323,13 +320,29 @@ class TrafficShaperCore(_Limiter):
 
     Keys (all under the hash tag ``{ts:<name>}``, so one slot on a cluster):
     ``:global``, ``:c:<client>``, ``:cb:<client>``, ``:bb:<backend>`` (bucket
-    hashes) and ``:limits`` (shared overrides).
+    hashes), ``:limits`` (shared overrides) and ``:prio`` (priority counters).
 
     ``global_limit``, ``client_limit`` (each ``client_id``'s default),
     ``client_bandwidth`` and ``backend_bandwidth`` (bytes per second, checked when a
     request passes ``bytes=``): ``Limit(rate_per_s, burst)`` or ``None`` for none.
     ``config_ttl_s``: seconds the shared ``set_*`` overrides live after their last
-    change, in [1, 365 days].
+    change (and after the last admitted request), in [1, 365 days].
+
+    Priority (``try_acquire(..., priority=p)``, an int in [0, 9], higher first): the
+    pool's rule and Lua code (``prio_read``/``prio_need``/``prio_count`` in
+    ``lua/_common.lua``, ``distlb/_core/admission.py``), applied to the global limit:
+    a request of level ``p`` takes from it only while it holds ``cost`` plus a reserve
+    of ``priority_reserve x burst x (top - p) / 9`` (``top``: the highest level that
+    asked within ``priority_window_s``), and a level not admitted for ``1 /
+    (priority_min_share x rate)`` seconds asks without reserve (aging, from the
+    constructor's ``global_limit``: none without one). Ranges as the pool's:
+    ``priority_reserve`` in [0, 1], ``priority_min_share`` in [0, 0.1],
+    ``priority_window_s`` in [0.1, 3600]. The client limit and bandwidth keep no
+    reserve (each is one client's own quota, as a pool's ``client_limit``). Calls
+    without a priority are unranked: they neither hold nor respect a reserve (the
+    path of a shaper used without priorities, unchanged); give every caller a
+    priority when priorities matter. Per-level counters: the ``:prio`` hash
+    (``<p>:admitted``, ``<p>:denied``, ``<p>:shed``), as a pool's.
     ``expected_processes``: how many processes share it, in [1, 100000]; only the
     ``"local"`` failure policy uses it (each process then allows its share).
     ``options``: a ``StoreOptions`` (``prefix``, ``on_store_error``,
@@ -342,8 +355,12 @@ class TrafficShaperCore(_Limiter):
     def __init__(self, client: Any, name: str = "default", *, global_limit: Limit | None = None,
                  client_limit: Limit | None = None, client_bandwidth: Limit | None = None,
                  backend_bandwidth: Limit | None = None, config_ttl_s: float = 7 * 86400,
+                 priority_reserve: float = 0.5, priority_min_share: float = 0.05,
+                 priority_window_s: float = 10.0,
                  expected_processes: int = 1, options: StoreOptions | None = None,
                  **store: Unpack[StoreKeywords]) -> None:
+        self.priority_reserve, self.priority_min_share, self.priority_window_s = \
+            check_priority_settings(priority_reserve, priority_min_share, priority_window_s)
         for field, value in (("global_limit", global_limit), ("client_limit", client_limit),
                              ("client_bandwidth", client_bandwidth),
                              ("backend_bandwidth", backend_bandwidth)):
@@ -362,10 +379,12 @@ class TrafficShaperCore(_Limiter):
         super().__init__(client, name, expected_processes=expected_processes,
                          options=options, **store)
         self.limits_key = _keys.part(self.key, "limits")
+        self.prio_key = _keys.part(self.key, "prio")
         self._conflict = bucket.warn_conflict_once(f"traffic shaper {name!r}")
-        # Global-only calls (no client, bytes or backend), reused per (mode, cost): the
-        # common hot path builds nothing. Their denials are cached (see DenyCache).
-        self._calls: dict[tuple[str, type, float], Call[Decision]] = {}
+        # Global-only calls (no client, bytes or backend), reused per (mode, cost,
+        # priority): the common hot path builds nothing. Their denials are cached (see
+        # DenyCache: with a priority, only what holds at every level).
+        self._calls: dict[tuple[str, type, float, int | None], Call[Decision]] = {}
         self._denials = bucket.DenyCache(self.clock)
 
     # -- planning -------------------------------------------------------------------------------
@@ -397,57 +416,69 @@ class TrafficShaperCore(_Limiter):
                 f"bb:{bid}")
         return specs
 
+    def _rank(self, priority_: int | None) -> tuple[str, str] | None:
+        """The priority part of a call (``bucket.plan``'s ``rank``), None without one."""
+        if priority_ is None:
+            return None
+        level = check_priority(priority_)
+        policy = priority_policy(self.priority_reserve, self.priority_min_share,
+                                 self.priority_window_s, self.global_limit)
+        return self.prio_key, f"{level} {policy}"
+
     def _call(self, mode: bucket.Mode, client_id: str | None, cost: float, nbytes: float,
-              backend: str | None) -> Call[Decision]:
+              backend: str | None, priority_: int | None = None) -> Call[Decision]:
+        rank = self._rank(priority_)
         specs = self._specs(client_id, cost, nbytes, backend)
         return bucket.plan(mode, specs, limits_key=self.limits_key,
                            limits_ttl_ms=self.config_ttl_ms,
                            fallback=self._bucket_fallback(mode, specs),
-                           on_conflict=self._conflict, owner=self._guard)
+                           on_conflict=self._conflict, owner=self._guard,
+                           script_name="shaper", rank=rank)
 
-    def _global_call(self, mode: bucket.Mode, cost: float) -> Call[Decision]:
-        memo = (mode, type(cost), cost)  # the type keeps True off the entry for 1
+    def _global_call(self, mode: bucket.Mode, cost: float,
+                     priority_: int | None) -> Call[Decision]:
+        memo = (mode, type(cost), cost, priority_)  # the type keeps True off the entry for 1
         try:
             call = self._calls.get(memo)
         except TypeError:  # unhashable: not a number; _specs says so
             call = None
-        if call is not None:
+        if call is not None and type(priority_) is not bool:
             return call
+        rank = self._rank(priority_)
         specs = self._specs(None, cost, 0, None)
-        observe = self._denials.observer(specs[0].cost) if self.global_limit else None
+        observe = (self._denials.observer(specs[0].cost, ranked=rank is not None)
+                   if self.global_limit else None)
         call = bucket.plan(mode, specs, limits_key=self.limits_key,
                            limits_ttl_ms=self.config_ttl_ms,
                            fallback=self._bucket_fallback(mode, specs),
-                           on_conflict=self._conflict, owner=self._guard, observe=observe)
+                           on_conflict=self._conflict, owner=self._guard, observe=observe,
+                           script_name="shaper", rank=rank)
         if len(self._calls) >= 256:
             self._calls.clear()
         self._calls[memo] = call
         return call
 
     def _try_acquire(self, client_id: str | None, cost: float, nbytes: float,
-                     backend: str | None) -> Op[Decision]:
+                     backend: str | None, priority_: int | None = None) -> Op[Decision]:
         if client_id is None and backend is None and nbytes == 0 and type(nbytes) is not bool:
-            call = self._global_call("take", cost)
-            if self._denials.entry is not None:
-                denied = self._denials.check(cost)
-                if denied is not None:  # the store's own denial, still true: no round trip
-                    return Done(denied)
-            return call
-        return self._call("take", client_id, cost, nbytes, backend)
+            return self._denials.answer(self._global_call("take", cost, priority_), cost)
+        return self._call("take", client_id, cost, nbytes, backend, priority_)
 
     def _peek(self, client_id: str | None, cost: float, nbytes: float,
-              backend: str | None) -> Op[Decision]:
-        return self._call("peek", client_id, cost, nbytes, backend)
+              backend: str | None, priority_: int | None = None) -> Op[Decision]:
+        return self._call("peek", client_id, cost, nbytes, backend, priority_)
 
-    def admission(self, client_id: str | None, nbytes: float = 0) -> Op[Decision]:
-        """The decision for one request of ``client_id`` (None: global only) and
-        ``nbytes`` bytes, as ``try_acquire`` takes it: the internal interface a load
-        balancer admits by (its call runs on this shaper's client and guard)."""
-        return self._try_acquire(client_id, 1, nbytes, None)
+    def admission(self, client_id: str | None, nbytes: float = 0,
+                  priority_: int | None = None) -> Op[Decision]:
+        """The decision for one request of ``client_id`` (None: global only),
+        ``nbytes`` bytes and ``priority_`` (a ``Context.priority``; None: unranked), as
+        ``try_acquire`` takes it: the internal interface a load balancer admits by (its
+        call runs on this shaper's client and guard)."""
+        return self._try_acquire(client_id, 1, nbytes, None, priority_)
 
     def _acquire(self, client_id: str | None, cost: float, nbytes: float, backend: str | None,
-                 timeout_s: float) -> Op[Decision]:
-        call = self._call("take", client_id, cost, nbytes, backend)
+                 timeout_s: float, priority_: int | None = None) -> Op[Decision]:
+        call = self._call("take", client_id, cost, nbytes, backend, priority_)
         return self._until_admitted(call, timeout_s, lambda d: d.limit)
 
     # -- shared configuration -------------------------------------------------------------------
@@ -488,7 +519,7 @@ class TrafficShaperCore(_Limiter):
 
     def _reset(self) -> Op[int]:
         self._denials.clear()
-        return self._delete([_keys.part(self.key, "global")])
+        return self._delete([_keys.part(self.key, "global"), self.prio_key])
 
 
 def parse_limits(raw: Mapping[Any, Any]) -> dict[str, Limit]:

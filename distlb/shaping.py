@@ -67,19 +67,22 @@ class TrafficShaper(SyncShared, _shaping.TrafficShaperCore):
         return cls(client, global_limit=Limit(rate_per_s, burst), **config)
 
     def try_acquire(self, client_id: str | None = None, *, cost: float = 1, bytes: float = 0,
-                    backend: str | None = None) -> Decision:
-        """Check and charge every applicable limit at once; never waits."""
-        return self._run(self._try_acquire(client_id, cost, bytes, backend))
+                    backend: str | None = None, priority: int | None = None) -> Decision:
+        """Check and charge every applicable limit at once; never waits. ``priority``
+        (an int in [0, 9], higher first; None: unranked) ranks the request under
+        contention for the global limit, by the pool's rule (see the class docstring)."""
+        return self._run(self._try_acquire(client_id, cost, bytes, backend, priority))
 
     def acquire(self, client_id: str | None = None, *, cost: float = 1, bytes: float = 0,
-                backend: str | None = None, timeout_s: float = 10.0) -> Decision:
+                backend: str | None = None, timeout_s: float = 10.0,
+                priority: int | None = None) -> Decision:
         """Like ``try_acquire``, waiting up to ``timeout_s``; raises ``RateLimited`` after."""
-        return self._run(self._acquire(client_id, cost, bytes, backend, timeout_s))
+        return self._run(self._acquire(client_id, cost, bytes, backend, timeout_s, priority))
 
     def peek(self, client_id: str | None = None, *, cost: float = 1, bytes: float = 0,
-             backend: str | None = None) -> Decision:
-        """What ``try_acquire`` would decide now, without charging."""
-        return self._run(self._peek(client_id, cost, bytes, backend))
+             backend: str | None = None, priority: int | None = None) -> Decision:
+        """What ``try_acquire`` would decide now, without charging (nor counting)."""
+        return self._run(self._peek(client_id, cost, bytes, backend, priority))
 
     def set_global_limit(self, rate_per_s: float, burst: float) -> bool:
         """Override the global limit for the whole fleet."""

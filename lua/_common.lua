@@ -124,34 +124,74 @@ local function bucket_wait_s(tokens, rate, burst, cost)
   return (cost - tokens) / rate
 end
 
--- Pool admission (pool.lua "admit"; planned by distlb/_core/admission.py, which states
--- the rule): the pool's request limits, with a reserve held for higher priorities on the
--- pool-wide one, then its bandwidth limits; all are read and checked before anything is
--- charged (a denial charges nothing). KEYS[7..11]: the pool's bucket (rl), the client's
--- (rl:c:<client>), the priority hash (prio), the client's bandwidth (rl:cb:<client>), the
--- chosen backend's (rl:bb:<backend>). ARGV[5..11]: pool and client specs ("rate burst" or
--- "-"), the priority level, "<reserve per level> <starve us> <window us>", bytes, client
--- and backend bandwidth specs. The prio hash: top, top_us (the highest level that asked
--- within window us, and when); per level p: p:last_us (its last admission, server us),
--- counters p:admitted, p:denied, p:shed (denied by the reserve alone: the bucket had a
--- token, not the reserve). A level not admitted for starve us (0 = never) asks without
--- reserve (aging: no level starves). An admitted call costs the hash one HMGET and one
--- HSET (the admitted count rides along).
-local function admit_read(now)
-  local level = math.floor(tonumber(ARGV[7]) or 0)
+-- Request priority, the one rule for a pool's admission (admit_read below) and a traffic
+-- shaper (shaper.lua); distlb/_core/admission.py states it for people. A priority hash
+-- (key): top, top_us (the highest level that asked within window us, and when); per
+-- level p: p:last_us (its last admission, server us), counters p:admitted, p:denied,
+-- p:shed (denied by the reserve alone: the bucket had the cost, not the reserve).
+-- prio_read: one HMGET; level_s the level ("0".."9"), policy "<reserve per level>
+-- <starve us> <window us>". A level not admitted for starve us (0 = never) asks without
+-- reserve (aging: no level starves). prio_need: the tokens a request of cost must find
+-- in a bucket of burst at this level (the cost plus the reserve held for higher levels,
+-- never more than the burst). prio_count: an admitted call costs the hash one HSET (the
+-- admitted count rides along), a denied one an HINCRBY or two; a hash created by this
+-- call gets its TTL (ttl_ms), a hot one none.
+local function prio_read(key, level_s, policy, now)
+  local level = math.floor(tonumber(level_s) or 0)
   local lv = string.format('%d', level)
-  local a = {status = 'ok', buckets = {}, lv = lv, shed = false}
-  local per_level, starve, window = string.match(ARGV[8], '^(%S+) (%S+) (%S+)$')
+  local per_level, starve, window = string.match(policy, '^(%S+) (%S+) (%S+)$')
   per_level, starve, window = tonumber(per_level), tonumber(starve), tonumber(window)
-  local s = redis.call('HMGET', KEYS[9], 'top', 'top_us', lv .. ':last_us', lv .. ':admitted')
-  a.fresh = not s[1] and not s[2]     -- no hash yet: admit_count gives it its TTL
+  local s = redis.call('HMGET', key, 'top', 'top_us', lv .. ':last_us', lv .. ':admitted')
+  local p = {key = key, lv = lv, per_level = per_level}
+  p.fresh = not s[1] and not s[2]     -- no hash yet: prio_count gives it its TTL
   local top, top_us = finite(s[1]), finite(s[2])
   if not top or not top_us or now - top_us > window then top = -1 end
-  a.raise_top = level >= top
+  p.raise_top = level >= top
   local n = tonumber(s[4])
-  a.admitted = (n and n >= 0 and n == math.floor(n)) and n or 0
+  p.admitted = (n and n >= 0 and n == math.floor(n)) and n or 0
   local gap = top - level
   if gap < 0 or (starve > 0 and now - (finite(s[3]) or 0) > starve) then gap = 0 end
+  p.gap = gap
+  return p
+end
+local function prio_need(p, cost, burst)
+  return cost + math.min(p.per_level * p.gap * burst, math.max(burst - cost, 0))
+end
+local function prio_count(p, admitted, limited, shed, now, ttl_ms)
+  local key, lv = p.key, p.lv
+  if admitted then
+    if p.raise_top then
+      redis.call('HSET', key, lv .. ':last_us', now, lv .. ':admitted', p.admitted + 1,
+        'top', lv, 'top_us', now)
+    else
+      redis.call('HSET', key, lv .. ':last_us', now, lv .. ':admitted', p.admitted + 1)
+    end
+  else
+    if limited then
+      for _, field in ipairs({lv .. ':denied', shed and lv .. ':shed' or nil}) do
+        if type(redis.pcall('HINCRBY', key, field, 1)) == 'table' then
+          redis.call('HSET', key, field, 1)     -- written by hand, not an integer: restart
+        end
+      end
+    end
+    if p.raise_top then redis.call('HSET', key, 'top', lv, 'top_us', now) end
+  end
+  if p.fresh then redis.call('PEXPIRE', key, ttl_ms) end
+end
+
+-- Pool admission (pool.lua "admit"; planned by distlb/_core/admission.py, which states
+-- the rule): the pool's request limits, with a reserve held for higher priorities on the
+-- pool-wide one (prio_read / prio_need / prio_count above, shared with shaper.lua), then
+-- its bandwidth limits; all are read and checked before anything is charged (a denial
+-- charges nothing). KEYS[7..11]: the pool's bucket (rl), the client's (rl:c:<client>),
+-- the priority hash (prio), the client's bandwidth (rl:cb:<client>), the chosen
+-- backend's (rl:bb:<backend>). ARGV[5..11]: pool and client specs ("rate burst" or "-"),
+-- the priority level, "<reserve per level> <starve us> <window us>", bytes, client and
+-- backend bandwidth specs. An admitted call costs the priority hash one HMGET and one
+-- HSET.
+local function admit_read(now)
+  local p = prio_read(KEYS[9], ARGV[7], ARGV[8], now)
+  local a = {status = 'ok', buckets = {}, lv = p.lv, shed = false, prio = p}
   local nbytes = tonumber(ARGV[9]) or 0
   for i, kind in ipairs({'pool', 'client', 'client_bandwidth', 'backend_bandwidth'}) do
     local k = i < 3 and 6 + i or 7 + i                 -- KEYS 7, 8, 10, 11
@@ -161,7 +201,7 @@ local function admit_read(now)
       local rate, burst = tonumber(rate_s), tonumber(burst_s)
       local tokens, _, rewrite, exp = bucket_read(KEYS[k], rate, burst, now, rate_s, burst_s)
       local need = cost
-      if i == 1 then need = cost + math.min(per_level * gap * burst, math.max(burst - 1, 0)) end
+      if i == 1 then need = prio_need(p, cost, burst) end
       if tokens < need then
         a.status = string.format('limited:%s %s', kind,
           fmt(bucket_wait_s(tokens, rate, burst, need)))
@@ -179,26 +219,8 @@ local function admit_charge(a, now)
   end
 end
 local function admit_count(a, now, ttl_ms)
-  local key, lv = KEYS[9], a.lv
-  if a.status == 'ok' then
-    if a.raise_top then
-      redis.call('HSET', key, lv .. ':last_us', now, lv .. ':admitted', a.admitted + 1,
-        'top', lv, 'top_us', now)
-    else
-      redis.call('HSET', key, lv .. ':last_us', now, lv .. ':admitted', a.admitted + 1)
-    end
-  else
-    if string.sub(a.status, 1, 8) == 'limited:' then
-      for _, field in ipairs({lv .. ':denied', a.shed and lv .. ':shed' or nil}) do
-        if type(redis.pcall('HINCRBY', key, field, 1)) == 'table' then
-          redis.call('HSET', key, field, 1)     -- written by hand, not an integer: restart
-        end
-      end
-    end
-    if a.raise_top then redis.call('HSET', key, 'top', lv, 'top_us', now) end
-  end
-  -- Created by this call: its TTL now (a hot call sets no TTL on a hash that exists).
-  if a.fresh then redis.call('PEXPIRE', key, ttl_ms) end
+  prio_count(a.prio, a.status == 'ok', string.sub(a.status, 1, 8) == 'limited:', a.shed, now,
+    ttl_ms)
 end
 
 -- Whether a string is valid UTF-8 (as Python decodes it: no overlongs, no surrogates).

@@ -77,3 +77,43 @@ def follow_metadata(target: dict[str, Any], prefix: str, commands: Any, out: Any
             out.put(sorted({lb.execute(lambda b: b.id) for _ in range(20)}))
     finally:
         lb.close()
+
+
+def shaper_mixed_priorities(target: dict[str, Any], prefix: str, per_s: float, seed: int,
+                            barrier: Any, out: Any) -> None:
+    """As ``mixed_priorities``, through a ``TrafficShaper``'s global limit:
+    ``try_acquire(priority=p)`` ``per_s`` times a second, cycling through LEVELS in a
+    shuffled order; report admitted, denied (and how many of those the denial cache
+    answered) per level."""
+    from distlb import Limit, TrafficShaper
+
+    shaper = TrafficShaper(make_client(target), "prio", global_limit=Limit(RATE, BURST),
+                           prefix=prefix)
+    rng = random.Random(seed)
+    admitted = {p: 0 for p in LEVELS}
+    denied = {p: 0 for p in LEVELS}
+    cached = {p: 0 for p in LEVELS}
+    barrier.wait()
+    start = time.time()
+    i = 0
+    last = start
+    while True:
+        due = start + i / per_s
+        now = time.time()
+        if due >= start + SECONDS:
+            break
+        if due > now:
+            time.sleep(due - now)
+        order = list(LEVELS)
+        rng.shuffle(order)
+        for p in order:
+            last = time.time()
+            d = shaper.try_acquire(priority=p)
+            if d.allowed:
+                admitted[p] += 1
+            else:
+                denied[p] += 1
+                cached[p] += d.source == "cache"
+            i += 1
+    out.put({"admitted": admitted, "denied": denied, "cached": cached, "start": start,
+             "end": last})

@@ -45,6 +45,10 @@ def hammer_bucket(target: dict[str, Any], prefix: str, rate: float, burst: float
 
 def hammer_shaper(target: dict[str, Any], prefix: str, duration_s: float, barrier: Any,
                   out: Any) -> None:
+    """Ask for clients "a" and "b" in turn until ``duration_s`` has passed; report the
+    counts admitted and when each call started (``starts``, one clock per machine) and
+    the last one ended (``end``): the test bounds the count by the window the fleet
+    actually ran, stalls included."""
     shaper = TrafficShaper(make_client(target), "api", global_limit=Limit(GLOBAL_RATE, 10),
                            client_limit=Limit(1000, 100), prefix=prefix)
     shaper.peek("a")
@@ -52,10 +56,14 @@ def hammer_shaper(target: dict[str, Any], prefix: str, duration_s: float, barrie
     start = time.time()
     deadline = start + duration_s
     counts: dict[str, Any] = {"a": 0, "b": 0}
-    while time.time() < deadline:
+    starts: list[float] = []
+    now = start
+    while now < deadline:
         for c in ("a", "b"):
+            starts.append(time.time())
             counts[c] += shaper.try_acquire(c).allowed
-    out.put({**counts, "start": start, "end": time.time()})
+        now = time.time()
+    out.put({**counts, "start": start, "end": now, "starts": starts})
 
 
 #: hammer_shaper's global limit: low enough that four processes on two busy cores still ask

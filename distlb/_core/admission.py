@@ -4,6 +4,10 @@ Pure planning for the ``admit`` op of ``pool.lua`` (the Lua side is the
 ``admit_read`` / ``admit_charge`` / ``admit_count`` block of ``lua/_common.lua``):
 which limits a request meets, the arguments and keys the script needs, and the
 error a denial raises. The balancer (``distlb._balancer``) only calls these.
+The priority rule is shared with a traffic shaper's global limit: the same settings
+(``check_priority_settings``), argument (``priority_policy``) and Lua
+(``prio_read`` / ``prio_need`` / ``prio_count``, which ``admit_read`` calls and
+``lua/shaper.lua`` too).
 
 The rule (the README's "Priority and bandwidth through the pool"):
 
@@ -71,20 +75,11 @@ class Admission:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Limit):
                 raise ConfigError(name, "must be a distlb.Limit or None")
-        object.__setattr__(self, "priority_reserve", number(
-            "priority_reserve", self.priority_reserve, low_inclusive=True, high=1))
-        object.__setattr__(self, "priority_min_share", number(
-            "priority_min_share", self.priority_min_share, low_inclusive=True, high=0.1))
-        object.__setattr__(self, "priority_window_s", number(
-            "priority_window_s", self.priority_window_s, low=0.1, low_inclusive=True,
-            high=3600))
-
-    def _starve_us(self, rate_limit: Limit | None) -> int:
-        """Microseconds without an admission after which a level asks without reserve
-        (0: never): one admission per ``1 / (min_share x rate)`` seconds."""
-        if rate_limit is None or not self.priority_min_share:
-            return 0
-        return math.ceil(1e6 / (self.priority_min_share * rate_limit.rate_per_s))
+        reserve, share, window = check_priority_settings(
+            self.priority_reserve, self.priority_min_share, self.priority_window_s)
+        object.__setattr__(self, "priority_reserve", reserve)
+        object.__setattr__(self, "priority_min_share", share)
+        object.__setattr__(self, "priority_window_s", window)
 
     def applies(self, ctx: Context, first: bool, rate_limit: Limit | None,
                 client_limit: Limit | None) -> bool:
@@ -116,8 +111,8 @@ class Admission:
             spec(rate_limit, first),
             spec(client_limit, first and bool(ctx.client_id)),
             ctx.priority,
-            f"{self.priority_reserve / MAX_PRIORITY!r} {self._starve_us(rate_limit)} "
-            f"{math.ceil(self.priority_window_s * 1e6)}",
+            priority_policy(self.priority_reserve, self.priority_min_share,
+                            self.priority_window_s, rate_limit),
             repr(float(nbytes)),
             spec(self.client_bandwidth, first and bool(nbytes) and bool(ctx.client_id)),
             spec(self.backend_bandwidth, bool(nbytes)),
@@ -126,6 +121,28 @@ class Admission:
                 _keys.part(pool_key, "prio"), _keys.part(pool_key, "rl", "cb", client),
                 _keys.part(pool_key, "rl", "bb", _keys.escape(backend_id, "backend_id")))
         return args, keys
+
+
+def check_priority_settings(reserve: float, min_share: float,
+                            window_s: float) -> tuple[float, float, float]:
+    """``(priority_reserve, priority_min_share, priority_window_s)`` validated (the
+    ranges of ``Admission``), else ``ConfigError`` naming the field: a pool's and a
+    traffic shaper's priority settings are checked here, alike."""
+    return (number("priority_reserve", reserve, low_inclusive=True, high=1),
+            number("priority_min_share", min_share, low_inclusive=True, high=0.1),
+            number("priority_window_s", window_s, low=0.1, low_inclusive=True, high=3600))
+
+
+def priority_policy(reserve: float, min_share: float, window_s: float,
+                    rate_limit: Limit | None) -> str:
+    """The ``"<reserve per level> <starve us> <window us>"`` argument of ``prio_read``
+    (``lua/_common.lua``), the one rule for a pool's ``rate_limit`` and a traffic
+    shaper's ``global_limit``. A level not admitted for ``1 / (min_share x rate)``
+    seconds asks without reserve (starve us; 0, never, without a limit or a share)."""
+    starve = 0
+    if rate_limit is not None and min_share:
+        starve = math.ceil(1e6 / (min_share * rate_limit.rate_per_s))
+    return f"{reserve / MAX_PRIORITY!r} {starve} {math.ceil(window_s * 1e6)}"
 
 
 def denial(status: str, pool_name: str, ctx: Context, backend_id: str) -> RateLimited:
@@ -137,4 +154,4 @@ def denial(status: str, pool_name: str, ctx: Context, backend_id: str) -> RateLi
     return RateLimited(label, float(wait))
 
 
-__all__ = ["KINDS", "Admission", "denial"]
+__all__ = ["KINDS", "Admission", "check_priority_settings", "denial", "priority_policy"]

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from distlb import _observe
 from distlb._core.guard import StoreGuard
 from distlb._core.local import LocalState
-from distlb._core.ops import Call, text
+from distlb._core.ops import Call, Done, Op, text
 from distlb._core.scripts import Arg, script
 from distlb.results import Decision, LimitState, one_limit_decision
 
@@ -40,12 +40,23 @@ class BucketSpec:
 def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
          limits_ttl_ms: int, fallback: Callable[[], Decision],
          on_conflict: Callable[[], None], owner: StoreGuard | None = None,
-         observe: Callable[[Decision, float], None] | None = None) -> Call[Decision]:
-    """The ``bucket.lua`` call checking (and with ``take``, charging) every spec at once."""
+         observe: Callable[[Decision, float], None] | None = None,
+         script_name: str = "bucket", rank: tuple[str, str] | None = None) -> Call[Decision]:
+    """The ``bucket.lua`` call checking (and with ``take``, charging) every spec at once.
+
+    A shaper's calls run ``shaper.lua`` (``script_name``; same arguments and reply, the
+    limits hash required), where ``rank`` is ``(priority hash key, "<level> <reserve
+    per level> <starve us> <window us>")`` for a call with a priority (see
+    ``distlb._core.admission.priority_policy``)."""
     keys = [s.key for s in specs]
-    args: list[Arg] = [f"{mode} {limits_ttl_ms if limits_key else 0}".encode()]
+    head = f"{mode} {limits_ttl_ms if limits_key else 0}"
+    if rank is not None:
+        head = f"{head} {rank[1]}"
+    args: list[Arg] = [head.encode()]
     if limits_key:
         keys.append(limits_key)
+    if rank is not None:
+        keys.append(rank[0])
     for s in specs:
         args.append(f"{s.rate_per_s!r} {s.burst!r} {s.cost!r} {s.field}".rstrip().encode())
 
@@ -84,9 +95,9 @@ def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
             return one_limit_decision(label, allowed, remaining, float(f[5]),
                                       (burst - remaining) / rate, rate, burst)
 
-        return Call(script("bucket"), tuple(keys), tuple(args), parse_one, fallback, owner,
+        return Call(script(script_name), tuple(keys), tuple(args), parse_one, fallback, owner,
                     observe)
-    return Call(script("bucket"), tuple(keys), tuple(args), parse, fallback, owner, observe)
+    return Call(script(script_name), tuple(keys), tuple(args), parse, fallback, owner, observe)
 
 
 class DenyCache:
@@ -108,6 +119,13 @@ class DenyCache:
     bucket of a ``TokenBucket`` and a ``TrafficShaper`` call with only the global
     limit are cached: per-client limits change without a reset of the global
     bucket, so they always ask the store.
+
+    Priorities (a shaper's ``priority=``): a denial by the reserve held for higher
+    levels says nothing about a higher level, and the reserve can end sooner than its
+    wait (the higher level stops asking, or aging). So only what a denial says for
+    every level is kept: that the bucket lacks the ``cost`` itself, until it has
+    refilled it (``(cost - remaining) / rate``, the wait without any reserve). A
+    denial by the reserve alone (``remaining >= cost``) is not cached at all.
     """
 
     __slots__ = ("clock", "entry")
@@ -118,12 +136,19 @@ class DenyCache:
         #: never pairs one denial's cost with another's deadline.
         self.entry: tuple[float, float, Decision] | None = None
 
-    def observer(self, cost: float) -> Callable[[Decision, float], None]:
-        """The ``observe`` hook of a call of ``cost``: remember its denials."""
+    def observer(self, cost: float, ranked: bool = False) -> Callable[[Decision, float], None]:
+        """The ``observe`` hook of a call of ``cost``: remember its denials. ``ranked``:
+        the call had a priority; keep only the part of a denial that holds at every
+        level (see the class docstring)."""
         def observe(d: Decision, sent: float) -> None:
             if d.allowed or d.source != "store" or not 0 < d.retry_after_s < math.inf:
                 return
-            until = sent + d.retry_after_s
+            wait = d.retry_after_s
+            if ranked:
+                if d.remaining >= cost or len(d.limits) != 1:
+                    return                      # the reserve denied it, not the tokens
+                wait = min(wait, (cost - d.remaining) / d.limits[0].rate_per_s)
+            until = sent + wait
             old = self.entry
             # A cheaper denial covers more requests; an expired one covers none.
             if old is None or cost <= old[1] or old[0] <= sent:
@@ -142,6 +167,16 @@ class DenyCache:
         d = entry[2]
         _observe.decision("bucket", False, "bucket", d.limit)
         return Decision(False, d.remaining, left, d.reset_after_s, d.limit, d.limits, "cache")
+
+    def answer(self, call: Call[Decision], cost: float) -> Op[Decision]:
+        """``call``, or, while a denial of the store covers a request of ``cost``, that
+        denial (``source="cache"``) without a round trip: the one short-circuit every
+        cached limiter (``TokenBucket``, ``TrafficShaper``) takes."""
+        if self.entry is not None:
+            denied = self.check(cost)
+            if denied is not None:
+                return Done(denied)
+        return call
 
     def clear(self) -> None:
         self.entry = None

@@ -40,16 +40,19 @@ def _lua_dir() -> Path:
 
 
 _DEFINES = re.compile(r"^local (?:function )?([A-Za-z_]\w*)", re.M)
+#: A Lua line comment (no script puts "--" inside a string literal).
+_COMMENT = re.compile(r"--.*$", re.M)
 
 
 def helpers_for(common: str, body: str) -> str:
     """The blocks of ``common`` (separated by blank lines) that ``body`` uses, directly
     or through another such block, in their order. A block is used when a name it
     defines at the start of a line (``local NAME`` or ``local function NAME``) occurs
-    as a word in the body or in a used block."""
+    as a word in the code (comments aside: a helper named in a comment costs every call
+    a closure) of the body or of a used block."""
     blocks = [b for b in common.split("\n\n") if _DEFINES.search(b)]
     used = [False] * len(blocks)
-    text = [body]
+    text = [_COMMENT.sub("", body)]
     changed = True
     while changed:
         changed = False
@@ -57,7 +60,7 @@ def helpers_for(common: str, body: str) -> str:
             if not used[i] and any(re.search(rf"\b{n}\b", t)
                                    for n in _DEFINES.findall(block) for t in text):
                 used[i] = changed = True
-                text.append(block)
+                text.append(_COMMENT.sub("", block))
     return "\n\n".join(b.strip("\n") for b, u in zip(blocks, used, strict=True) if u)
 
 
