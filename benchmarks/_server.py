@@ -81,7 +81,7 @@ def _cases(r: redis.Redis, prefix: str,
     return {
         "bucket.lua: TokenBucket.try_acquire": lambda n: [_planned(tb._call("take", 1))] * n,
         "leaky.lua: LeakyBucket.try_acquire": lambda n: [_planned(lk._call("take", 1))] * n,
-        "shaper.lua: TrafficShaper, global only":
+        "bucket.lua: TrafficShaper, global only":
             lambda n: [_planned(sh._call("take", None, 1, 0, None))] * n,
         "pool.lua admit (rate limit + lease)": admit,
         "pool.lua release (lease + statistics)": release,

@@ -433,7 +433,7 @@ class TrafficShaperCore(_Limiter):
                            limits_ttl_ms=self.config_ttl_ms,
                            fallback=self._bucket_fallback(mode, specs),
                            on_conflict=self._conflict, owner=self._guard,
-                           script_name="shaper", rank=rank)
+                           rank=rank)
 
     def _global_call(self, mode: bucket.Mode, cost: float,
                      priority_: int | None) -> Call[Decision]:
@@ -452,7 +452,7 @@ class TrafficShaperCore(_Limiter):
                            limits_ttl_ms=self.config_ttl_ms,
                            fallback=self._bucket_fallback(mode, specs),
                            on_conflict=self._conflict, owner=self._guard, observe=observe,
-                           script_name="shaper", rank=rank)
+                           rank=rank)
         if len(self._calls) >= 256:
             self._calls.clear()
         self._calls[memo] = call

@@ -125,7 +125,7 @@ local function bucket_wait_s(tokens, rate, burst, cost)
 end
 
 -- Request priority, the one rule for a pool's admission (admit_read below) and a traffic
--- shaper (shaper.lua); distlb/_core/admission.py states it for people. A priority hash
+-- shaper (bucket.lua); distlb/_core/admission.py states it for people. A priority hash
 -- (key): top, top_us (the highest level that asked within window us, and when); per
 -- level p: p:last_us (its last admission, server us), counters p:admitted, p:denied,
 -- p:shed (denied by the reserve alone: the bucket had the cost, not the reserve).
@@ -181,7 +181,7 @@ end
 
 -- Pool admission (pool.lua "admit"; planned by distlb/_core/admission.py, which states
 -- the rule): the pool's request limits, with a reserve held for higher priorities on the
--- pool-wide one (prio_read / prio_need / prio_count above, shared with shaper.lua), then
+-- pool-wide one (prio_read / prio_need / prio_count above, shared with bucket.lua), then
 -- its bandwidth limits; all are read and checked before anything is charged (a denial
 -- charges nothing). KEYS[7..11]: the pool's bucket (rl), the client's (rl:c:<client>),
 -- the priority hash (prio), the client's bandwidth (rl:cb:<client>), the chosen

@@ -1,5 +1,6 @@
 """TrafficShaper priority (issue #13 item 3): the pool's reserve rule on the global limit,
-per-level counters in ``:prio``, an exact denial cache, and shaper.lua's lighter writes."""
+per-level counters in ``:prio``, an exact denial cache, and bucket.lua's lighter
+limits-hash writes."""
 
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ def test_priority_on_a_cluster(rc: Any, prefix: str) -> None:
 
 
 def test_the_limits_hash_ttl_follows_the_buckets(r: redis.Redis, prefix: str) -> None:
-    # shaper.lua refreshes the limits hash only when a bucket gets a new TTL, to
+    # bucket.lua refreshes the limits hash only when a bucket gets a new TTL, to
     # config_ttl + that TTL: it still outlives the last admitted request by config_ttl.
     shaper = TrafficShaper(r, "api", global_limit=Limit(1000, 10), config_ttl_s=60,
                            prefix=prefix)
@@ -150,24 +151,7 @@ def test_the_limits_hash_ttl_follows_the_buckets(r: redis.Redis, prefix: str) ->
     assert r.pttl(shaper.limits_key) <= 5000              # so no PEXPIRE on this call
 
 
-def test_shaper_lua_does_what_bucket_lua_does(r: redis.Redis, prefix: str) -> None:
-    # Without a limits hash (limits TTL 0) shaper.lua takes bucket.lua's arguments: the
-    # same calls through both scripts, on twin buckets, decide alike (so the two can merge).
-    from distlb import TokenBucket
-    from distlb._core import bucket
-
-    twins = [TokenBucket.from_rates(r, name, "3/hour; 5/day", prefix=prefix)
-             for name in ("via-bucket", "via-shaper")]
-    calls = [bucket.plan("take", twin._specs(1), limits_key=None, limits_ttl_ms=0,
-                         fallback=lambda: bucket.fixed(False, 1, "x"), on_conflict=lambda: None,
-                         script_name=name)
-             for twin, name in zip(twins, ("bucket", "shaper"), strict=True)]
-    got = [[twin._run(call).allowed for _ in range(5)]
-           for twin, call in zip(twins, calls, strict=True)]
-    assert got[0] == got[1] == [True] * 3 + [False] * 2
-
-
-def test_shaper_lua_survives_a_script_flush(own_server: Any) -> None:
+def test_priority_survives_a_script_flush(own_server: Any) -> None:
     r = redis.Redis.from_url(own_server.url)
     shaper = TrafficShaper(r, "api", global_limit=Limit(1e-6, 3), client_limit=Limit(1e-6, 3))
     assert shaper.try_acquire(priority=9).allowed

@@ -7,7 +7,7 @@ error a denial raises. The balancer (``distlb._balancer``) only calls these.
 The priority rule is shared with a traffic shaper's global limit: the same settings
 (``check_priority_settings``), argument (``priority_policy``) and Lua
 (``prio_read`` / ``prio_need`` / ``prio_count``, which ``admit_read`` calls and
-``lua/shaper.lua`` too).
+``lua/bucket.lua`` too).
 
 The rule (the README's "Priority and bandwidth through the pool"):
 

@@ -41,13 +41,12 @@ def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
          limits_ttl_ms: int, fallback: Callable[[], Decision],
          on_conflict: Callable[[], None], owner: StoreGuard | None = None,
          observe: Callable[[Decision, float], None] | None = None,
-         script_name: str = "bucket", rank: tuple[str, str] | None = None) -> Call[Decision]:
+         rank: tuple[str, str] | None = None) -> Call[Decision]:
     """The ``bucket.lua`` call checking (and with ``take``, charging) every spec at once.
 
-    A shaper's calls run ``shaper.lua`` (``script_name``; same arguments and reply, the
-    limits hash required), where ``rank`` is ``(priority hash key, "<level> <reserve
-    per level> <starve us> <window us>")`` for a call with a priority (see
-    ``distlb._core.admission.priority_policy``)."""
+    A shaper's calls carry its limits hash (``limits_key``) and, with a priority,
+    ``rank``: ``(priority hash key, "<level> <reserve per level> <starve us> <window
+    us>")`` (see ``distlb._core.admission.priority_policy``)."""
     keys = [s.key for s in specs]
     head = f"{mode} {limits_ttl_ms if limits_key else 0}"
     if rank is not None:
@@ -95,9 +94,9 @@ def plan(mode: Mode, specs: Sequence[BucketSpec], *, limits_key: str | None,
             return one_limit_decision(label, allowed, remaining, float(f[5]),
                                       (burst - remaining) / rate, rate, burst)
 
-        return Call(script(script_name), tuple(keys), tuple(args), parse_one, fallback, owner,
+        return Call(script("bucket"), tuple(keys), tuple(args), parse_one, fallback, owner,
                     observe)
-    return Call(script(script_name), tuple(keys), tuple(args), parse, fallback, owner, observe)
+    return Call(script("bucket"), tuple(keys), tuple(args), parse, fallback, owner, observe)
 
 
 class DenyCache:

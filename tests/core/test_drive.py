@@ -119,26 +119,26 @@ def pool_store(conns: dict[str, int], **extra: Any) -> ScriptedStore:
 
 def test_execute_runs_the_shapers_admission_on_the_shapers_guard() -> None:
     clock = FakeClock()
-    store = pool_store({"a": 0}, shaper=bucket_reply(True))
+    store = pool_store({"a": 0}, bucket=bucket_reply(True))
     shaper = bind(TrafficShaperCore, store, clock, "edge", global_limit=Limit(10, 5))
     lb = bind(LoadBalancerCore, store, clock, "pool", traffic_shaper=shaper, breaker=None,
               subscribe=False)
     assert lb._run(lb._execute(lambda b: b.id, (), {}, None)) == "a"
     by_name = {name: guard for name, _, guard in store.calls}
-    assert by_name["shaper"] is shaper._guard and by_name["pool"] is lb._guard
+    assert by_name["bucket"] is shaper._guard and by_name["pool"] is lb._guard
     assert [c.args[0] for name, c, _ in store.calls if name == "pool"] == \
         ["snapshot", "acquire", "release"]
 
 
 def test_execute_refused_by_the_shaper_never_leases() -> None:
     clock = FakeClock()
-    store = pool_store({"a": 0}, shaper=bucket_reply(False, 1.0))
+    store = pool_store({"a": 0}, bucket=bucket_reply(False, 1.0))
     shaper = bind(TrafficShaperCore, store, clock, "edge", global_limit=Limit(10, 5))
     lb = bind(LoadBalancerCore, store, clock, "pool", traffic_shaper=shaper, breaker=None,
               subscribe=False)
     with pytest.raises(RateLimited):
         lb._run(lb._execute(lambda b: b.id, (), {}, None))
-    assert store.names() == ["shaper"]
+    assert store.names() == ["bucket"]
 
 
 def test_execute_retries_on_another_backend_and_records_both_outcomes() -> None:
