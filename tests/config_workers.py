@@ -11,11 +11,10 @@ from distlb import BreakerSettings, LoadBalancer, RateLimited
 from tests.workers import make_client
 
 
-def follow_config(target: dict[str, Any], prefix: str, wid: int, refresh_s: float,
-                  want_rate: float, want_threshold: int, barrier: Any, out: Any) -> None:
-    lb = LoadBalancer(make_client(target), "fleet", refresh_s=refresh_s, subscribe=False,
-                      breaker=BreakerSettings(failure_threshold=1000), prefix=prefix)
-    reads: list[tuple[float, int]] = []          # (local time the read left, version seen)
+def _record_reads(lb: LoadBalancer) -> tuple[Any, list[tuple[float, int]]]:
+    """The pool's config follower, its reads recorded as (local time the read left,
+    version seen once its reply was parsed)."""
+    reads: list[tuple[float, int]] = []
     follower = lb._fleet_config
     plain_read = follower.read
 
@@ -30,6 +29,14 @@ def follow_config(target: dict[str, Any], prefix: str, wid: int, refresh_s: floa
         return dataclasses.replace(call, parse=parse)
 
     follower.read = read  # type: ignore[method-assign]
+    return follower, reads
+
+
+def follow_config(target: dict[str, Any], prefix: str, wid: int, refresh_s: float,
+                  want_rate: float, want_threshold: int, barrier: Any, out: Any) -> None:
+    lb = LoadBalancer(make_client(target), "fleet", refresh_s=refresh_s, subscribe=False,
+                      breaker=BreakerSettings(failure_threshold=1000), prefix=prefix)
+    _, reads = _record_reads(lb)
     lb.select_backend()                           # the first refresh: nothing stored yet
     barrier.wait()
     out.put(("ready", wid))
@@ -66,21 +73,7 @@ def follow_vnodes(target: dict[str, Any], prefix: str, wid: int, refresh_s: floa
 
     lb = LoadBalancer(make_client(target), "ring", ConsistentHashBalancer(vnodes=150),
                       refresh_s=refresh_s, subscribe=False, prefix=prefix)
-    reads: list[tuple[float, int]] = []
-    follower = lb._fleet_config
-    plain_read = follower.read
-
-    def read(known: str | None = None) -> Any:
-        sent = time.time()
-        call = plain_read(known)
-
-        def parse(reply: Any) -> Any:
-            result = call.parse(reply)
-            reads.append((sent, follower.version))
-            return result
-        return dataclasses.replace(call, parse=parse)
-
-    follower.read = read  # type: ignore[method-assign]
+    follower, reads = _record_reads(lb)
     before = [lb.select_backend(Context(key=k)).id for k in keys]
     barrier.wait()
     out.put(("ready", wid, before))
