@@ -193,6 +193,8 @@ def test_bad_values_are_refused_before_the_store(r: redis.Redis, prefix: str) ->
         ({"breaker": {"failure_on": 1}}, "breaker.failure_on"),
         ({"strategy": {"decay_s": "nan"}}, "strategy.decay_s"),
         ({"strategy": {"_rng": 1}}, "strategy._rng"),
+        # the pool's own strategy (round robin) declares no parameter: refused at once
+        ({"strategy": {"vnodes": 3}}, "strategy.vnodes"),
         ({"colour": "red"}, "colour"),
         ({}, "set_config"),
         ({"unset": ["version"]}, "unset"),
@@ -401,10 +403,13 @@ def test_a_stored_strategy_parameter_rebuilds_the_ring_and_unset_restores_it(
     assert [ring.lookup(k) for k in keys] == like(3)       # the fast path too
     lb.set_config(unset=["strategy.vnodes"])
     assert ring.vnodes == 150 and answers() == like(150)
-    with caplog.at_level(logging.WARNING, logger="distlb"):   # not declared: ignored here
-        lb.set_config(strategy={"decay_s": 5})
+    with pytest.raises(ConfigError, match="no configurable parameter 'decay_s'"):
+        lb.set_config(strategy={"decay_s": 5})           # the writer's own strategy: refused
+    # Stored without a pool (a built-in strategy's parameter): ignored here, with a warning.
+    distlb_admin.set_pool_config(r, lb.name, prefix=prefix, strategy={"decay_s": 5})
+    with caplog.at_level(logging.WARNING, logger="distlb"):
+        assert "strategy.decay_s" not in lb.config().stored
     assert any("no configurable parameter 'decay_s'" in m for m in caplog.messages)
-    assert "strategy.decay_s" not in lb.config().stored
     lb.close()
 
 
@@ -503,6 +508,13 @@ def test_history_json_is_json_only_with_numbers_and_nulls(
      []),
     ("breaker.open_timeout_s=soon", ["breaker.open_timeout_s:", "'soon'"], []),
     ("strategy.1bad=5", ["strategy.1bad:"], []),
+    # No strategy at hand: the built-in strategies that declare the name give its range;
+    # a name none declares is refused (no process could apply it).
+    ("strategy.vnodes=0", ["strategy.vnodes:", "[1, 10000]", "got 0"], []),
+    ("strategy.vnodes=1.5", ["strategy.vnodes:", "an int in [1, 10000]"], []),
+    ("strategy.table_size=8", ["strategy.table_size:", "must be a prime"], []),
+    ("strategy.nonsense=1", ["strategy.nonsense:", "no built-in strategy has this parameter",
+                             "vnodes"], []),
 ])
 def test_cli_value_errors_name_the_part_and_its_range_once(
         value: str, wanted: list[str], unwanted: list[str],
@@ -551,14 +563,14 @@ def test_a_breaker_field_is_checked_alone_and_a_misfit_is_explained(
     lb.close()
 
 
-def test_strategy_values_are_shown_and_checked_by_each_process_only(
+def test_strategy_values_are_shown_and_checked_against_the_built_in_ones(
         server_url: str, prefix: str, r: redis.Redis, caplog: pytest.LogCaptureFixture,
         capsys: pytest.CaptureFixture[str]) -> None:
     with caplog.at_level(logging.WARNING, logger="distlb"):
         assert cli_main(_cli(server_url, prefix, "config", "set", "api",
                              "strategy.decay_s=5")) == 0
         err = capsys.readouterr().err
-        assert err.count("strategy parameters are checked by each process") == 1
+        assert err.count("a process whose strategy does not declare one ignores it") == 1
         assert cli_main(_cli(server_url, prefix, "config", "get", "api")) == 0
         out = capsys.readouterr().out
         assert "strategy.decay_s" in out and "5  (stored)" in out

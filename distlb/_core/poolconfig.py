@@ -42,7 +42,7 @@ from distlb._rates import parse_rates
 from distlb._shaping import Limit
 from distlb._validate import integer, number, show
 from distlb.errors import ConfigError, DistlbError, StoreError
-from distlb.strategies.base import check_params
+from distlb.strategies.base import Param, check_params
 
 log = logging.getLogger("distlb")
 
@@ -259,6 +259,42 @@ def strategy_value(strategy: Any, name: str, value: object, *,
     return check_params(strategy, {name: v})[name]
 
 
+def _builtin_params() -> list[tuple[type, tuple[Param, ...]]]:
+    """The built-in strategy classes that declare configurable parameters, with them."""
+    import distlb.strategies as builtin
+
+    found = (getattr(builtin, n) for n in builtin.__all__)
+    return [(c, params) for c in found
+            if isinstance(c, type) and (params := tuple(getattr(c, "config_params", ())))]
+
+
+def builtin_strategy_value(name: str, value: object) -> float | int | None:
+    """A strategy parameter written without the pool's strategy at hand (the command
+    line, ``distlb.admin``): checked against the built-in strategies that declare
+    ``name`` (valid for one of them is enough; their ``check_config`` rules too). A
+    name no built-in strategy declares is refused: a custom strategy's parameters are
+    written by ``LoadBalancer.set_config`` in a process that runs it, which checks them
+    against the strategy itself."""
+    label = f"strategy.{name}"
+    v = strategy_value(None, name, value, strict=False)     # a public name, a number
+    declared = _builtin_params()
+    owners = [c for c, params in declared if any(p.name == name for p in params)]
+    if not owners:
+        known = sorted({p.name for _, params in declared for p in params})
+        raise ConfigError(label, "no built-in strategy has this parameter (theirs: "
+                                 f"{', '.join(known)}); a custom strategy's parameters are "
+                                 "written with LoadBalancer.set_config by a process running "
+                                 "it")
+    first: ConfigError | None = None
+    for cls in owners:
+        try:        # an instance without __init__: check_params reads class attributes
+            return check_params(object.__new__(cls), {name: v})[name]
+        except ConfigError as e:
+            first = first or e
+    assert first is not None
+    raise first
+
+
 _MISSING = object()
 
 
@@ -286,8 +322,9 @@ def encode_changes(*, strategy: Any, rate_limit: object = _MISSING,
         check_breaker_combination(checked)     # over each process's own: breaker_notes
         pairs.extend((f"breaker.{k}", _num_text(v)) for k, v in checked.items())
     for k, v in (strategy_params or {}).items():
-        pairs.append((f"strategy.{k}", _num_text(strategy_value(strategy, k, v,
-                                                                strict=False))))
+        value = (strategy_value(strategy, k, v, strict=True) if strategy is not None
+                 else builtin_strategy_value(k, v))
+        pairs.append((f"strategy.{k}", _num_text(value)))
     removals = []
     for f in unset:
         if not isinstance(f, str) or not (
@@ -786,7 +823,8 @@ def _suppress() -> contextlib.suppress:
 
 def check_changes(changes: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
     """``set_config``'s keywords checked without a pool (``encode_changes`` with no
-    strategy: a strategy parameter must be a finite number with a public name)."""
+    strategy: a strategy parameter must be one a built-in strategy declares, in its
+    range; see ``builtin_strategy_value``)."""
     for field_name in changes:
         if field_name not in (*LIMIT_FIELDS, "breaker", "strategy", "unset"):
             raise ConfigError(field_name, "is not a pool setting: rate_limit, client_limit, "

@@ -331,9 +331,9 @@ def cmd_config(args: argparse.Namespace) -> int:
                              f"{prefix!r} (a typo?); the configuration is stored anyway and "
                              "applies when processes run the pool")
             if "strategy" in changes:
-                notes.append("strategy parameters are checked by each process against its "
-                             "own strategy (one without such a parameter ignores it with a "
-                             "warning)")
+                notes.append("strategy parameters were checked against the built-in "
+                             "strategies that declare them; a process whose strategy does not "
+                             "declare one ignores it with a warning")
             before = admin.pool_config(client, args.pool, prefix=prefix).version
             cfg = admin.set_pool_config(client, args.pool, prefix=prefix,
                                         expected_version=args.expect_version, by=args.by,
