@@ -218,3 +218,20 @@ def test_a_new_bounded_load_applies_to_the_snapshot_already_cached() -> None:
     assert ring.select(loaded, Context(key="k")).id != owner
     ring.configure(bounded_load=None)
     assert ring.select(loaded, Context(key="k")).id == owner
+
+
+@pytest.mark.parametrize("ring", [ConsistentHashBalancer, MaglevBalancer])
+@pytest.mark.parametrize("key", [123, b"x", None])
+def test_a_key_that_is_not_a_str_is_a_config_error(ring: type, key: object) -> None:
+    from distlb import ConfigError
+
+    backends = tuple(Backend(f"b{i}") for i in range(3))
+    strategy = ring()
+    strategy.select_key(backends, "warm")                 # the cached picker too
+    with pytest.raises(ConfigError, match="key: must be a str"):
+        strategy.select_key(backends, key)
+    if key is not None:                                   # None is "no key" in a Context
+        with pytest.raises(ConfigError, match="key: must be a str"):
+            Context(key=key)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="client_id: must be a str"):
+            Context(client_id=key)  # type: ignore[arg-type]

@@ -161,6 +161,13 @@ def check_bytes(nbytes: object) -> int | float:
     return nbytes
 
 
+def check_key(key: object, field: str = "key") -> str:
+    """A hash key or client id: a ``str`` (a ``str`` subclass too), else ``ConfigError``."""
+    if not isinstance(key, str):
+        raise ConfigError(field, f"must be a str, got {key!r:.40} ({type(key).__name__})")
+    return key
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     """What a request tells the strategy and the pool: a hash key, a client, a priority,
@@ -181,6 +188,10 @@ class Context:
     bytes: int | float = 0
 
     def __post_init__(self) -> None:
+        if self.key is not None and type(self.key) is not str:
+            check_key(self.key, "key")
+        if self.client_id is not None and type(self.client_id) is not str:
+            check_key(self.client_id, "client_id")
         if self.priority != 0 or type(self.priority) is not int:
             check_priority(self.priority)
         if self.bytes != 0 or type(self.bytes) is not int:

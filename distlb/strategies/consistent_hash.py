@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from distlb._validate import integer, number
 from distlb.errors import ConfigError
-from distlb.strategies.base import Backend, Base, Context, NoBackendAvailable, Param
+from distlb.strategies.base import Backend, Base, Context, NoBackendAvailable, Param, check_key
 from distlb.strategies.hashing import MASK64, HashFn, hash_function
 
 T = TypeVar("T")
@@ -165,13 +165,18 @@ class ConsistentHashBalancer(Base):
         raise NoBackendAvailable("every healthy backend is at its bounded load")
 
     def select_key(self, backends: Sequence[Backend], key: str) -> Backend:
-        """``select(backends, Context(key=key))`` without a Context: the plain key case."""
+        """``select(backends, Context(key=key))`` without a Context: the plain key case
+        (``key`` a ``str``, else ``ConfigError``)."""
         fast = self._fast
-        if fast[0] is backends:
-            return fast[1](key)
-        if self.bounded_load is not None:
-            return self._select(backends, Context(key=key))
-        return self._picker(backends)(key)
+        try:
+            if fast[0] is backends:
+                return fast[1](key)
+            if self.bounded_load is not None:
+                return self._select(backends, Context(key=key))
+            return self._picker(backends)(key)
+        except AttributeError:        # no .encode: not a str (a try costs nothing until raised)
+            check_key(key)
+            raise
 
     def _picker(self, backends: Sequence[Backend]) -> Callable[[str], Backend]:
         """key -> the first healthy backend clockwise from the key's hash, for this snapshot.
@@ -423,9 +428,14 @@ class MaglevBalancer(Base):
         return self._by_id(pool)[table[self._hash(_key_of(ctx)) % len(table)]]
 
     def select_key(self, backends: Sequence[Backend], key: str) -> Backend:
-        """``select(backends, Context(key=key))`` without a Context: the plain key case."""
+        """``select(backends, Context(key=key))`` without a Context: the plain key case
+        (``key`` a ``str``, else ``ConfigError``)."""
         fast = self._fast
-        return (fast[1] if fast[0] is backends else self._picker(backends))(key)
+        try:
+            return (fast[1] if fast[0] is backends else self._picker(backends))(key)
+        except AttributeError:        # no .encode: not a str (a try costs nothing until raised)
+            check_key(key)
+            raise
 
     def _picker(self, backends: Sequence[Backend]) -> Callable[[str], Backend]:
         """key -> its backend in this snapshot's table (built from the healthy backends,
