@@ -432,7 +432,8 @@ def _play(o: _Out, cfg: DemoConfig, procs: list[Any], barrier: Any, out: Any,
             o.line(o.paint(f"  -> {victim.name} starts failing", "31"))
         if healed_at is None and now - start >= heal_at:
             victim.failing, healed_at = False, now
-            o.line(o.paint(f"  -> {victim.name} recovers", "32"))
+            o.line(o.paint(f"  -> {victim.name} recovers (its breaker lets probes through "
+                           f"once open {cfg.open_timeout_s:g}s)", "32"))
         try:
             index, counts, final = out.get(timeout=0.1)
             latest[index] = counts
