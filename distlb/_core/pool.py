@@ -132,6 +132,8 @@ def parse(reply: Any) -> PoolState:
         token, server_us, status = text(reply[0]).split(" ", 2)
         flat = reply[1]
         conns: dict[str, int] = {}
+        if isinstance(flat, (bytes, str)):   # "<id> <count> ...": one element to read
+            flat = text(flat).split()
         if flat:
             try:
                 conns = {text(k): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
