@@ -89,6 +89,10 @@ class Statistics:
                 f"Avg Response: {self.avg_response_ms:.2f}ms")
 
 
+#: The context of a call that gave none (frozen, so one instance serves every call).
+_NO_CTX = Context()
+
+
 class _Exhausted(Exception):
     """Every backend of the pool was tried: ends a retry policy's loop (``retryable`` is
     False) carrying the last attempt's outcome, which ``execute`` then raises or returns.
@@ -251,11 +255,14 @@ class LoadBalancerCore(Subscriber, Shared):
         book = self._leases
         releases, ghosts = book.trailing()     # usually none: rare, or release="deferred"
 
-        def parse(reply: Any) -> pl.PoolState:
-            state = pl.parse(reply)
-            book.answered(ghosts)
-            self._apply(state)
-            return state
+        if ghosts:
+            def parse(reply: Any) -> pl.PoolState:
+                state = pl.parse(reply)
+                book.answered(ghosts)
+                self._apply(state)
+                return state
+        else:
+            parse = self._parse_apply
 
         def unavailable() -> pl.PoolState:
             book.unanswered(releases, ghost)
@@ -263,13 +270,22 @@ class LoadBalancerCore(Subscriber, Shared):
                 raise StoreUnavailable(f"store unreachable: pool {self.name!r} not changed")
             return fallback()
 
-        flat = [x for r in releases for x in r] if releases else ()
         keys = self.keys + extra_keys if extra_keys else self.keys
-        words = (op, *args, *((self.name, self.channel) if op in _PUBLISHING else ()),
-                 *flat, len(releases), *ghosts, len(ghosts), self._pool_view.version)
+        if releases or ghosts or op in _PUBLISHING:
+            flat = [x for r in releases for x in r]
+            words = (op, *args, *((self.name, self.channel) if op in _PUBLISHING else ()),
+                     *flat, len(releases), *ghosts, len(ghosts), self._pool_view.version)
+        else:                                  # the hot path: nothing carried
+            words = (op, *args, 0, 0, self._pool_view.version)
         packed = self._wire.pack(keys, words)    # the runner packs it when None
         return Call(self._script, keys, words, parse, unavailable, self._guard,
                     packed=[packed] if packed is not None else [])
+
+    def _parse_apply(self, reply: Any) -> pl.PoolState:
+        """A reply of a call that carried no ghosts: parsed and applied to the view."""
+        state = pl.parse(reply)
+        self._pool_view.apply(state, self.clock())
+        return state
 
     def _local_state(self) -> pl.PoolState:
         """The fallback while the store is unreachable: keep the last known view."""
@@ -388,7 +404,11 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def _select(self, ctx: Context | None) -> Steps[Backend]:
         yield from steps(self._refresh())
-        ctx = ctx if ctx is not None else Context()
+        return self._choose(ctx if ctx is not None else _NO_CTX)
+
+    def _choose(self, ctx: Context) -> Backend:
+        """Select on the local snapshot (no I/O): backends whose breaker this process knows
+        to refuse calls are excluded."""
         if self._pool_breakers.watching:
             open_ = self._pool_breakers.refusing(self.clock())
             if open_:
@@ -405,59 +425,68 @@ class LoadBalancerCore(Subscriber, Shared):
             raise
 
     def _acquire_call(self, backend_id: str, lease_id: str, ctx: Context,
-                      admit: bool) -> Call[pl.PoolState]:
+                      admit: bool, member: str | None = None) -> Call[pl.PoolState]:
         args: list[Any] = [backend_id, lease_id, self._ttl_ms]
+        ghost = member if member is not None else f"{backend_id}|{lease_id}"
         if not self.admission.applies(ctx, admit, self.rate_limit, self.client_limit):
-            return self._plan("acquire", args, self._local_state,
-                              ghost=f"{backend_id}|{lease_id}")
+            return self._plan("acquire", args, self._local_state, ghost=ghost)
         more, keys = self.admission.plan(self.key, backend_id, ctx, admit, self.rate_limit,
                                          self.client_limit)
-        return self._plan("admit", [*args, *more], self._local_state, keys,
-                          ghost=f"{backend_id}|{lease_id}")
+        return self._plan("admit", [*args, *more], self._local_state, keys, ghost=ghost)
 
     def _lease(self, ctx: Context | None, tried: set[str], admit: bool = True) -> Steps[Lease]:
         """Select a backend whose breaker admits the call, and take a connection slot.
 
         With ``admit`` the pool's own rate limits are checked in the same script call
-        that takes the lease (one round trip for both)."""
-        ctx = ctx if ctx is not None else Context()
+        that takes the lease (one round trip for both). The common case is straight-line:
+        no snapshot due, the breaker's answer known locally (``Done``): one step, the
+        script call."""
+        ctx = ctx if ctx is not None else _NO_CTX
+        breakers = self._pool_breakers
         while True:
-            breakers = self._pool_breakers
             probe = breakers.due_probe(self._snapshot, tried, self.clock()) \
                 if breakers.watching else None
             if probe is not None:
                 backend = probe
             else:
-                backend = yield from self._select(
-                    ctx.excluding(*tried) if tried else ctx)                # skips known-open
-            tried.add(backend.id)
+                refresh = self._refresh()
+                if type(refresh) is not Done:        # a snapshot (or configuration) read due
+                    yield from steps(refresh)
+                backend = self._choose(ctx.excluding(*tried) if tried else ctx)  # skips open
+            backend_id = backend.id
+            tried.add(backend_id)
             lease_id = new_lease_id()
-            member = f"{backend.id}|{lease_id}"
-            state: pl.PoolState = yield self._acquire_call(backend.id, lease_id, ctx, admit)
-            if state.status.startswith("limited:"):
-                raise denial(state.status, self.name, ctx, backend.id)
-            if state.status == "unknown":          # removed meanwhile: nothing charged, pick again
-                continue
+            member = f"{backend_id}|{lease_id}"
+            state: pl.PoolState = yield self._acquire_call(backend_id, lease_id, ctx, admit,
+                                                           member)
+            status = state.status
+            if status != "ok":
+                if status.startswith("limited:"):
+                    raise denial(status, self.name, ctx, backend_id)
+                if status == "unknown":        # removed meanwhile: nothing charged, pick again
+                    continue
             admit = False
-            lease = Lease(backend, None if state.status == "unavailable" else lease_id,
+            lease = Lease(backend, None if status == "unavailable" else lease_id,
                           0.0, None, member)
             # The breaker is asked after admission and lease, so a half-open probe permit
             # is only ever taken by a call that will run (and return it).
-            cb = self._breaker_of(backend.id)
+            cb = breakers.of(backend_id)
             if cb is not None:
-                lease.attempt = yield from steps(cb.attempt_op())
-                if not lease.attempt.allowed:   # open, or half-open with its probes taken
-                    self._pool_breakers.refused(backend.id)
+                op = cb.attempt_op()
+                attempt = op.value if type(op) is Done else (yield from steps(op))
+                lease.attempt = attempt
+                if not attempt.allowed:         # open, or half-open with its probes taken
+                    breakers.refused(backend_id)
                     if lease.lease_id is not None:
-                        yield self._plan("drop", [backend.id, lease_id], self._local_state,
+                        yield self._plan("drop", [backend_id, lease_id], self._local_state,
                                          ghost=member)
                     continue
             # The call's time starts now, after the store and breaker round trips: latency
             # statistics (and the samples adaptive strategies score by) measure the backend.
-            lease.started_s = self.clock()
+            lease.started_s = started = self.clock()
             if lease.lease_id is not None:
-                self._leases.hold(member, lease.started_s)
-            _observe.selection(self.name, backend.id)
+                self._leases.hold(member, started)
+            _observe.selection(self.name, backend_id)
             return lease
 
     def _release(self, lease: Lease, error: BaseException | None,
@@ -482,7 +511,9 @@ class LoadBalancerCore(Subscriber, Shared):
         else:
             self._leases.let_go(lease.member)
         if cb is not None:
-            yield from steps(cb.outcome_op(lease.attempt, verdict))
+            op = cb.outcome_op(lease.attempt, verdict)
+            if type(op) is not Done:           # closed and nothing new: no step at all
+                yield from steps(op)
         observe = getattr(self.strategy, "observe", None)
         if observe is not None:
             observe(lease.backend.id, duration, verdict != "failure")
@@ -543,7 +574,8 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def _execute(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                  ctx: Context | None) -> Steps[Any]:
-        yield from steps(self._admit(ctx))
+        if self.traffic_shaper is not None:
+            yield from steps(self._admit(ctx))
         tried: set[str] = set()
         if self.retry_policy is None:
             outcome = yield from self._attempt_once(fn, args, kwargs, ctx, tried)
