@@ -8,6 +8,7 @@ selection runs locally on a snapshot of it.
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Callable, Mapping
@@ -20,7 +21,7 @@ from distlb._core import pool as pl
 from distlb._core import poolconfig as pc
 from distlb._core.admission import Admission, denial
 from distlb._core.bus import Subscriber
-from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep, Steps, steps
 from distlb._core.scripts import script
 from distlb._pool.breakers import PoolBreakers
 from distlb._pool.leases import LeaseBook, new_lease_id
@@ -253,19 +254,23 @@ class LoadBalancerCore(Subscriber, Shared):
         if the call gets no answer it is given back by a later call. Deferred releases
         waiting in this process ride along (at most ``RELEASES_PER_CALL``)."""
         book = self._leases
-        releases, ghosts = book.trailing()     # usually none: rare, or release="deferred"
+        releases, ghosts, ticket = book.trailing()   # usually none: rare, or "deferred"
 
-        if ghosts:
+        if ghosts or ticket:
             def parse(reply: Any) -> pl.PoolState:
-                state = pl.parse(reply)
-                book.answered(ghosts)
-                self._apply(state)
+                try:
+                    state = pl.parse(reply)
+                    book.answered(ghosts)
+                    self._apply(state)
+                finally:
+                    book.landed(ticket)
                 return state
         else:
             parse = self._parse_apply
 
         def unavailable() -> pl.PoolState:
             book.unanswered(releases, ghost)
+            book.landed(ticket)
             if fallback is None:
                 raise StoreUnavailable(f"store unreachable: pool {self.name!r} not changed")
             return fallback()
@@ -279,12 +284,13 @@ class LoadBalancerCore(Subscriber, Shared):
             words = (op, *args, 0, 0, self._pool_view.version)
         packed = self._wire.pack(keys, words)    # the runner packs it when None
         return Call(self._script, keys, words, parse, unavailable, self._guard,
-                    packed=[packed] if packed is not None else [])
+                    packed=[packed] if packed is not None else [],
+                    aborted=functools.partial(book.landed, ticket) if ticket else None)
 
     def _parse_apply(self, reply: Any) -> pl.PoolState:
         """A reply of a call that carried no ghosts: parsed and applied to the view."""
         state = pl.parse(reply)
-        self._pool_view.apply(state, self.clock())
+        self._apply(state)
         return state
 
     def _local_state(self) -> pl.PoolState:
@@ -537,15 +543,26 @@ class LoadBalancerCore(Subscriber, Shared):
             return self._flush()
         return self._plan("renew", [self._ttl_ms, *members], self._local_state)
 
+    #: Seconds between two looks at a flush another thread or task has in flight.
+    flush_poll_s = 0.001
+
     def _flush(self) -> Op[Any]:
-        """Send the deferred releases waiting in this process (``release="deferred"``)."""
-        if not self._leases.pending:
+        """Send the deferred releases waiting in this process (``release="deferred"``), and
+        wait for those another call (the background flusher, a concurrent ``execute``)
+        took before this one and has not landed yet: when it returns, every release made
+        before it is written (or, if the store did not answer, will be given back)."""
+        book = self._leases
+        if not book.pending and not book.in_flight():
             return Done(None)
         return self._flush_all()
 
     def _flush_all(self) -> Steps[None]:
-        while self._leases.pending:
+        book = self._leases
+        upto = book.in_flight()           # calls in flight now: wait for them too
+        while book.pending:
             yield self._plan("flush", [], self._local_state)
+        while book.flying(upto):          # a call ends by its reply, its fallback or an
+            yield Sleep(self.flush_poll_s)   # error: each lands its ticket
 
     # -- execute -----------------------------------------------------------------------------
 
