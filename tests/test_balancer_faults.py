@@ -394,3 +394,47 @@ def test_flush_releases_waits_for_a_flush_another_thread_has_in_flight(
     finally:
         lb.close()
         c.close()
+
+
+def test_aio_flush_releases_waits_for_a_flush_another_task_has_in_flight(
+        r: redis.Redis, server_url: str, prefix: str) -> None:
+    """The asyncio twin: the wait is a sleep step of the same event loop, so the task whose
+    flush is in flight still runs to its end."""
+    import asyncio
+
+    import redis.asyncio
+
+    from distlb import aio
+
+    async def scenario() -> int:
+        c = redis.asyncio.Redis.from_url(server_url)
+        lb = aio.LoadBalancer(c, "api", prefix=prefix, breaker=None, release="deferred",
+                              release_delay_s=1.0)
+        try:
+            await lb.add_backend(Backend("n1", "10.0.0.1:80"))
+            for _ in range(5):
+                assert await lb.execute(lambda b: b.id) == "n1"
+                if lb._leases.pending:
+                    break
+                await lb.flush_releases()      # the background flusher took it: again
+            else:
+                pytest.fail("the background flusher took every release first")
+            r.client_pause(3000, all=False)
+            try:
+                other = asyncio.create_task(lb.flush_releases())
+                deadline = time.monotonic() + 30
+                while lb._leases.pending or not lb._leases.in_flight():
+                    assert time.monotonic() < deadline, "the other task never took it"
+                    await asyncio.sleep(0.005)
+                await lb.flush_releases()
+                held = int(r.hget(lb.keys[2], "n1") or 0)
+            finally:
+                r.client_unpause()
+            await asyncio.wait_for(other, 30)
+            return held
+        finally:
+            await lb.aclose()
+            await c.aclose()
+
+    held = asyncio.run(scenario())
+    assert held == 0, f"flush_releases() returned with {held} release(s) unwritten"
