@@ -90,10 +90,6 @@ class Statistics:
                 f"Avg Response: {self.avg_response_ms:.2f}ms")
 
 
-#: The context of a call that gave none (frozen, so one instance serves every call).
-_NO_CTX = Context()
-
-
 class _Exhausted(Exception):
     """Every backend of the pool was tried: ends a retry policy's loop (``retryable`` is
     False) carrying the last attempt's outcome, which ``execute`` then raises or returns.
@@ -654,6 +650,10 @@ class LoadBalancerCore(Subscriber, Shared):
                 yield from self._set_health(b.id, healthy)
                 changed += 1
         return changed
+
+
+#: The context of a call that gave none (frozen, so one instance serves every call).
+_NO_CTX = Context()
 
 
 def _admitted(op: Op[Decision]) -> Steps[None]:
