@@ -107,6 +107,48 @@ def client_python(url: str, prefix: str, rounds: int) -> dict[str, float]:
     return out
 
 
+def execute_python(url: str, prefix: str, rounds: int) -> float:
+    """µs of client-side CPU per ``LoadBalancer.execute`` (no-op, release="sync": two
+    ``pool.lua`` calls) against a stub connection replaying the calls' real replies, as
+    :func:`client_python` does for decisions: distlb's Python and redis-py's connection
+    handling, without the network and the server. The best of ``rounds``."""
+    c = redis.Redis.from_url(url)
+    # refresh_s: no snapshot read falls inside the timed loop (its reply has another shape)
+    lb = LoadBalancer(c, "stub-lb", RoundRobinBalancer(), prefix=prefix, refresh_s=3600)
+    for i in range(5):
+        lb.add_backend(Backend(f"node{i}", f"10.0.0.{i}:8080"))
+    noop: Callable[[Backend], Any] = lambda b: b.id  # noqa: E731
+    for _ in range(20):
+        lb.execute(noop)
+    conn = c.connection_pool.get_connection()
+    c.connection_pool.release(conn)
+    real_read = conn.read_response
+    seen: list[Any] = []
+    conn.read_response = lambda *a, **k: seen.append(real_read(*a, **k)) or seen[-1]
+    for _ in range(10):
+        lb.execute(noop)
+    replies, turn = list(seen), [0]
+
+    def replay(*a: Any, **k: Any) -> Any:
+        turn[0] += 1
+        return replies[turn[0] % len(replies)]
+
+    conn.read_response = replay
+    conn.send_packed_command = lambda *a, **k: None
+    best = math.inf
+    try:
+        for _ in range(rounds):
+            start = time.process_time()
+            for _ in range(5_000):
+                lb.execute(noop)
+            best = min(best, time.process_time() - start)
+    finally:
+        del conn.read_response, conn.send_packed_command
+        lb.close()
+        c.connection_pool.disconnect()
+    return best / 5_000 * 1e6
+
+
 def paired(fn: Callable[[], Any], baseline: Callable[[], Any], rounds: int,
            seconds: float) -> tuple[float, float]:
     """Median rate of ``fn`` and the median of its per-round ratio to ``baseline``, the
@@ -376,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{lb_rate:,.0f}/s",
                     f"{lb_ratio:.2f}x bare ({what}; {per_call:.1f} server commands)")
             lb.close()
+        ex_us = execute_python(url, prefix, rounds)
+        rep.add("client Python: LoadBalancer.execute (no-op), release=sync", f"{ex_us:.1f} us/call",
+                f"(stub connection; two pool.lua calls; bare EVALSHA {floor_py:.1f} us each)")
 
         for mode in ("sync", "deferred"):
             async def alb_of(ar: Any, mode: str = mode) -> Any:

@@ -15,6 +15,7 @@ selection runs locally on a snapshot of it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from distlb._core import pool as pl
 from distlb._core import poolconfig as pc
 from distlb._core.admission import Admission, denial
 from distlb._core.bus import Subscriber
-from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Steps, steps
+from distlb._core.ops import Call, Done, Invoke, Op, Outcome, Sleep, Steps, steps
 from distlb._core.scripts import script
 from distlb._pool.breakers import PoolBreakers
 from distlb._pool.health import HealthRound
@@ -219,27 +220,44 @@ class LoadBalancerCore(Subscriber, Shared):
         if the call gets no answer it is given back by a later call. Deferred releases
         waiting in this process ride along (at most ``RELEASES_PER_CALL``)."""
         book = self._leases
-        releases, ghosts = book.trailing()     # usually none: rare, or release="deferred"
+        releases, ghosts, ticket = book.trailing()   # usually none: rare, or "deferred"
 
-        def parse(reply: Any) -> pl.PoolState:
-            state = pl.parse(reply)
-            book.answered(ghosts)
-            self._apply(state)
-            return state
+        if ghosts or ticket:
+            def parse(reply: Any) -> pl.PoolState:
+                try:
+                    state = pl.parse(reply)
+                    book.answered(ghosts)
+                    self._apply(state)
+                finally:
+                    book.landed(ticket)
+                return state
+        else:
+            parse = self._parse_apply
 
         def unavailable() -> pl.PoolState:
             book.unanswered(releases, ghost)
+            book.landed(ticket)
             if fallback is None:
                 raise StoreUnavailable(f"store unreachable: pool {self.name!r} not changed")
             return fallback()
 
-        flat = [x for r in releases for x in r] if releases else ()
         keys = self.keys + extra_keys if extra_keys else self.keys
-        words = (op, *args, *((self.name, self.channel) if op in _PUBLISHING else ()),
-                 *flat, len(releases), *ghosts, len(ghosts), self._pool_view.version)
+        if releases or ghosts or op in _PUBLISHING:
+            flat = [x for r in releases for x in r]
+            words = (op, *args, *((self.name, self.channel) if op in _PUBLISHING else ()),
+                     *flat, len(releases), *ghosts, len(ghosts), self._pool_view.version)
+        else:                                  # the hot path: nothing carried
+            words = (op, *args, 0, 0, self._pool_view.version)
         packed = self._wire.pack(keys, words)    # the runner packs it when None
         return Call(self._script, keys, words, parse, unavailable, self._guard,
-                    packed=[packed] if packed is not None else [])
+                    packed=[packed] if packed is not None else [],
+                    aborted=functools.partial(book.landed, ticket) if ticket else None)
+
+    def _parse_apply(self, reply: Any) -> pl.PoolState:
+        """A reply of a call that carried no ghosts: parsed and applied to the view."""
+        state = pl.parse(reply)
+        self._apply(state)
+        return state
 
     def _local_state(self) -> pl.PoolState:
         """The fallback while the store is unreachable: keep the last known view."""
@@ -309,7 +327,11 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def _select(self, ctx: Context | None) -> Steps[Backend]:
         yield from steps(self._refresh())
-        ctx = ctx if ctx is not None else Context()
+        return self._choose(ctx if ctx is not None else _NO_CTX)
+
+    def _choose(self, ctx: Context) -> Backend:
+        """Select on the local snapshot (no I/O): backends whose breaker this process knows
+        to refuse calls are excluded."""
         if self._pool_breakers.watching:
             open_ = self._pool_breakers.refusing(self.clock())
             if open_:
@@ -326,59 +348,68 @@ class LoadBalancerCore(Subscriber, Shared):
             raise
 
     def _acquire_call(self, backend_id: str, lease_id: str, ctx: Context,
-                      admit: bool) -> Call[pl.PoolState]:
+                      admit: bool, member: str | None = None) -> Call[pl.PoolState]:
         args: list[Any] = [backend_id, lease_id, self._ttl_ms]
+        ghost = member if member is not None else f"{backend_id}|{lease_id}"
         if not self.admission.applies(ctx, admit, self.rate_limit, self.client_limit):
-            return self._plan("acquire", args, self._local_state,
-                              ghost=f"{backend_id}|{lease_id}")
+            return self._plan("acquire", args, self._local_state, ghost=ghost)
         more, keys = self.admission.plan(self.key, backend_id, ctx, admit, self.rate_limit,
                                          self.client_limit)
-        return self._plan("admit", [*args, *more], self._local_state, keys,
-                          ghost=f"{backend_id}|{lease_id}")
+        return self._plan("admit", [*args, *more], self._local_state, keys, ghost=ghost)
 
     def _lease(self, ctx: Context | None, tried: set[str], admit: bool = True) -> Steps[Lease]:
         """Select a backend whose breaker admits the call, and take a connection slot.
 
         With ``admit`` the pool's own rate limits are checked in the same script call
-        that takes the lease (one round trip for both)."""
-        ctx = ctx if ctx is not None else Context()
+        that takes the lease (one round trip for both). The common case is straight-line:
+        no snapshot due, the breaker's answer known locally (``Done``): one step, the
+        script call."""
+        ctx = ctx if ctx is not None else _NO_CTX
+        breakers = self._pool_breakers
         while True:
-            breakers = self._pool_breakers
             probe = breakers.due_probe(self._snapshot, tried, self.clock()) \
                 if breakers.watching else None
             if probe is not None:
                 backend = probe
             else:
-                backend = yield from self._select(
-                    ctx.excluding(*tried) if tried else ctx)                # skips known-open
-            tried.add(backend.id)
+                refresh = self._refresh()
+                if type(refresh) is not Done:        # a snapshot (or configuration) read due
+                    yield from steps(refresh)
+                backend = self._choose(ctx.excluding(*tried) if tried else ctx)  # skips open
+            backend_id = backend.id
+            tried.add(backend_id)
             lease_id = new_lease_id()
-            member = f"{backend.id}|{lease_id}"
-            state: pl.PoolState = yield self._acquire_call(backend.id, lease_id, ctx, admit)
-            if state.status.startswith("limited:"):
-                raise denial(state.status, self.name, ctx, backend.id)
-            if state.status == "unknown":          # removed meanwhile: nothing charged, pick again
-                continue
+            member = f"{backend_id}|{lease_id}"
+            state: pl.PoolState = yield self._acquire_call(backend_id, lease_id, ctx, admit,
+                                                           member)
+            status = state.status
+            if status != "ok":
+                if status.startswith("limited:"):
+                    raise denial(status, self.name, ctx, backend_id)
+                if status == "unknown":        # removed meanwhile: nothing charged, pick again
+                    continue
             admit = False
-            lease = Lease(backend, None if state.status == "unavailable" else lease_id,
+            lease = Lease(backend, None if status == "unavailable" else lease_id,
                           0.0, None, member)
             # The breaker is asked after admission and lease, so a half-open probe permit
             # is only ever taken by a call that will run (and return it).
-            cb = self._breaker_of(backend.id)
+            cb = breakers.of(backend_id)
             if cb is not None:
-                lease.attempt = yield from steps(cb.attempt_op())
-                if not lease.attempt.allowed:   # open, or half-open with its probes taken
-                    self._pool_breakers.refused(backend.id)
+                op = cb.attempt_op()
+                attempt = op.value if type(op) is Done else (yield from steps(op))
+                lease.attempt = attempt
+                if not attempt.allowed:         # open, or half-open with its probes taken
+                    breakers.refused(backend_id)
                     if lease.lease_id is not None:
-                        yield self._plan("drop", [backend.id, lease_id], self._local_state,
+                        yield self._plan("drop", [backend_id, lease_id], self._local_state,
                                          ghost=member)
                     continue
             # The call's time starts now, after the store and breaker round trips: latency
             # statistics (and the samples adaptive strategies score by) measure the backend.
-            lease.started_s = self.clock()
+            lease.started_s = started = self.clock()
             if lease.lease_id is not None:
-                self._leases.hold(member, lease.started_s)
-            _observe.selection(self.name, backend.id)
+                self._leases.hold(member, started)
+            _observe.selection(self.name, backend_id)
             return lease
 
     def _release(self, lease: Lease, error: BaseException | None,
@@ -403,7 +434,9 @@ class LoadBalancerCore(Subscriber, Shared):
         else:
             self._leases.let_go(lease.member)
         if cb is not None:
-            yield from steps(cb.outcome_op(lease.attempt, verdict))
+            op = cb.outcome_op(lease.attempt, verdict)
+            if type(op) is not Done:           # closed and nothing new: no step at all
+                yield from steps(op)
         observe = getattr(self.strategy, "observe", None)
         if observe is not None:
             observe(lease.backend.id, duration, verdict != "failure")
@@ -427,15 +460,26 @@ class LoadBalancerCore(Subscriber, Shared):
             return self._flush()
         return self._plan("renew", [self._ttl_ms, *members], self._local_state)
 
+    #: Seconds between two looks at a flush another thread or task has in flight.
+    flush_poll_s = 0.001
+
     def _flush(self) -> Op[Any]:
-        """Send the deferred releases waiting in this process (``release="deferred"``)."""
-        if not self._leases.pending:
+        """Send the deferred releases waiting in this process (``release="deferred"``), and
+        wait for those another call (the background flusher, a concurrent ``execute``)
+        took before this one and has not landed yet: when it returns, every release made
+        before it is written (or, if the store did not answer, will be given back)."""
+        book = self._leases
+        if not book.pending and not book.in_flight():
             return Done(None)
         return self._flush_all()
 
     def _flush_all(self) -> Steps[None]:
-        while self._leases.pending:
+        book = self._leases
+        upto = book.in_flight()           # calls in flight now: wait for them too
+        while book.pending:
             yield self._plan("flush", [], self._local_state)
+        while book.flying(upto):          # a call ends by its reply, its fallback or an
+            yield Sleep(self.flush_poll_s)   # error: each lands its ticket
 
     # -- execute -----------------------------------------------------------------------------
 
@@ -464,7 +508,8 @@ class LoadBalancerCore(Subscriber, Shared):
 
     def _execute(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                  ctx: Context | None) -> Steps[Any]:
-        yield from steps(self._admit(ctx))
+        if self.traffic_shaper is not None:
+            yield from steps(self._admit(ctx))
         tried: set[str] = set()
         if self.retry_policy is None:
             outcome = yield from self._attempt_once(fn, args, kwargs, ctx, tried)
@@ -499,6 +544,10 @@ class LoadBalancerCore(Subscriber, Shared):
     def _backends(self) -> Steps[tuple[Backend, ...]]:
         yield from steps(self._refresh(force=True))
         return self._snapshot
+
+
+#: The context of a call that gave none (frozen, so one instance serves every call).
+_NO_CTX = Context()
 
 
 def _admitted(op: Op[Decision]) -> Steps[None]:

@@ -237,6 +237,12 @@ class StoreHealth:
 _POLICYLESS: Call[None] = Call(script("delete"), (), (), lambda _: None, lambda: None)
 
 
+def _abort(call: Call[Any]) -> None:
+    """Tell a call that ended with neither ``parse`` nor ``fallback`` (see ``Call.aborted``)."""
+    if call.aborted is not None:
+        call.aborted()
+
+
 class SyncRunner:
     """Drives operations on sync clients: each call on its owner's client under its owner's
     guard (the failure policy), others (and calls without an owner) on ``guard``'s."""
@@ -266,12 +272,14 @@ class SyncRunner:
                 reply = run_packed(client, wire[1], call)
             else:
                 reply = run_sync(client, call.script, call.keys, call.args)
-        except rx.RedisError as exc:
-            if unavailable(exc):
+        except (rx.RedisError, OSError) as exc:  # OSError: raw socket errors of some clients
+            if isinstance(exc, OSError) or unavailable(exc):
                 return guard.fallback(call, exc)
+            _abort(call)
             raise store_error(f"{call.script.name}.lua", exc) from exc
-        except OSError as exc:  # raw socket errors some clients let through
-            return guard.fallback(call, exc)
+        except BaseException:
+            _abort(call)
+            raise
         guard.succeeded()
         result = call.parse(reply)
         if observe is not None:
@@ -498,7 +506,11 @@ class AsyncRunner:
         except (TimeoutError, rx.RedisError, OSError) as exc:
             if unavailable(exc):
                 return guard.fallback(call, exc)
+            _abort(call)
             raise store_error(f"{call.script.name}.lua", exc) from exc
+        except BaseException:           # cancelled while in flight: its outcome is unknown
+            _abort(call)
+            raise
         guard.succeeded()
         result = call.parse(reply)
         if observe is not None:

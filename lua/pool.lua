@@ -64,7 +64,9 @@
 -- held proves the backend exists: "remove" drops a backend's leases) and reads neither
 -- the clock nor the token.
 -- Returns, for the hot ops when no records are due (small, for a fast client parse):
---   {"<token> <server_us> <status>", conns (flat id, count ... for counts that are not 0)}
+--   {"<token> <server_us> <status>", "<id> <count> <id> <count> ..." (the counts that are
+--    not 0, one string; "" for none)}, or with the counts as a flat array (id, count ...)
+--    when an id holds whitespace
 -- else {status, token, server_us, records (flat id, JSON record, since_us ...), conns
 --    (as above), stats (flat field, value ...; empty for acquire, admit, renew), 1 if stats
 --    were included else 0, 1 if records were included else 0}
@@ -224,9 +226,14 @@ local function run()
   local busy = nil
   if hot then
     busy = counts()
-    if (not reads or token() == known) and not string.find(table.concat(busy), '[\128-\255]')
-    then
-      return {string.format('%s %d %s', reads and cur or '', now or 0, status), busy}
+    local joined = table.concat(busy)
+    if (not reads or token() == known) and not string.find(joined, '[\128-\255]') then
+      local head = string.format('%s %d %s', reads and cur or '', now or 0, status)
+      if string.find(joined, '%s') then
+        return {head, busy}
+      end
+      -- One bulk string, not 2 per backend: a client parses one reply element, not many.
+      return {head, table.concat(busy, ' ')}
     end
   end
 

@@ -350,3 +350,91 @@ def test_an_empty_reachable_pool_still_says_no_backend(r: redis.Redis, prefix: s
     with pytest.raises(NoBackendAvailable, match="among 0"):
         lb.select_backend(Context())
     assert _ids(lb.backends()) == []
+
+
+# -- issue #12: flush_releases() waits for a flush already in flight ---------------------------
+
+def test_flush_releases_waits_for_a_flush_another_thread_has_in_flight(
+        r: redis.Redis, server_url: str, prefix: str) -> None:
+    """A release the background flusher (here: another thread) took just before
+    ``flush_releases()`` is written when ``flush_releases()`` returns. The other thread's
+    flush is held up by ``CLIENT PAUSE ... WRITE`` (the server answers reads meanwhile), so
+    the count read right after ``flush_releases()`` shows whether it waited."""
+    import threading
+
+    c = redis.Redis.from_url(server_url)
+    # release_delay_s=1: the background flusher rarely runs; the test's thread plays it.
+    lb = LoadBalancer(c, "api", prefix=prefix, breaker=None, release="deferred",
+                      release_delay_s=1.0)
+    try:
+        lb.add_backend(Backend("n1", "10.0.0.1:80"))
+        conns = lb.keys[2]
+        for _ in range(5):
+            assert lb.execute(lambda b: b.id) == "n1"     # its release waits in this process
+            if not lb._leases.pending:                    # the background flusher took it
+                lb.flush_releases()
+                continue
+            r.client_pause(3000, all=False)               # writes (scripts) wait 3 s
+            flusher = threading.Thread(target=lb.flush_releases, daemon=True)
+            flusher.start()
+            try:
+                wait_for(lambda: not lb._leases.pending, "the other thread took the release")
+                assert lb._leases.in_flight(), "taken but not in flight"
+                lb.flush_releases()      # nothing pending here: it waits for the other one
+                held = int(r.hget(conns, "n1") or 0)
+            finally:
+                r.client_unpause()
+                flusher.join(30)
+            assert not flusher.is_alive()
+            assert held == 0, f"flush_releases() returned with {held} release(s) unwritten"
+            assert not lb._leases.in_flight()
+            break
+        else:
+            pytest.fail("the background flusher took every release first")
+    finally:
+        lb.close()
+        c.close()
+
+
+def test_aio_flush_releases_waits_for_a_flush_another_task_has_in_flight(
+        r: redis.Redis, server_url: str, prefix: str) -> None:
+    """The asyncio twin: the wait is a sleep step of the same event loop, so the task whose
+    flush is in flight still runs to its end."""
+    import asyncio
+
+    import redis.asyncio
+
+    from distlb import aio
+
+    async def scenario() -> int:
+        c = redis.asyncio.Redis.from_url(server_url)
+        lb = aio.LoadBalancer(c, "api", prefix=prefix, breaker=None, release="deferred",
+                              release_delay_s=1.0)
+        try:
+            await lb.add_backend(Backend("n1", "10.0.0.1:80"))
+            for _ in range(5):
+                assert await lb.execute(lambda b: b.id) == "n1"
+                if lb._leases.pending:
+                    break
+                await lb.flush_releases()      # the background flusher took it: again
+            else:
+                pytest.fail("the background flusher took every release first")
+            r.client_pause(3000, all=False)
+            try:
+                other = asyncio.create_task(lb.flush_releases())
+                deadline = time.monotonic() + 30
+                while lb._leases.pending or not lb._leases.in_flight():
+                    assert time.monotonic() < deadline, "the other task never took it"
+                    await asyncio.sleep(0.005)
+                await lb.flush_releases()
+                held = int(r.hget(lb.keys[2], "n1") or 0)
+            finally:
+                r.client_unpause()
+            await asyncio.wait_for(other, 30)
+            return held
+        finally:
+            await lb.aclose()
+            await c.aclose()
+
+    held = asyncio.run(scenario())
+    assert held == 0, f"flush_releases() returned with {held} release(s) unwritten"

@@ -53,7 +53,7 @@ class Record:
     since_us: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)          # immutable by contract; not frozen: built per call (see ops)
 class PoolState:
     """One ``pool.lua`` reply: the registry (None when unchanged), connections, statistics.
 
@@ -132,6 +132,8 @@ def parse(reply: Any) -> PoolState:
         token, server_us, status = text(reply[0]).split(" ", 2)
         flat = reply[1]
         conns: dict[str, int] = {}
+        if isinstance(flat, (bytes, str)):   # "<id> <count> ...": one element to read
+            flat = text(flat).split()
         if flat:
             try:
                 conns = {text(k): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
@@ -157,11 +159,17 @@ class Wire:
     redis-py (``pack`` returns None). Pure: no client, no I/O.
     """
 
-    __slots__ = ("_heads", "sha")
+    __slots__ = ("_heads", "_segs", "sha")
+
+    #: Words whose packed form is remembered (op names, backend ids, the registry token,
+    #: the TTL...): bounded, cleared when full (lease ids, never seen twice, pass through).
+    MAX_SEGMENTS = 1024
 
     def __init__(self, sha: str) -> None:
         self.sha = sha
         self._heads: dict[tuple[str, ...], tuple[int, bytes]] = {}
+        # a str or int word -> its RESP bulk string, or None for a word redis-py must pack
+        self._segs: dict[str | int, bytes | None] = {}
 
     def _head(self, keys: tuple[str, ...]) -> tuple[int, bytes] | None:
         words = ["EVALSHA", self.sha, str(len(keys)), *keys]
@@ -171,6 +179,23 @@ class Wire:
         self._heads[keys] = head = (len(words), packed)
         return head
 
+    @staticmethod
+    def _seg(a: Any) -> bytes | None:
+        t = type(a)
+        if t is str:
+            if not a.isascii():
+                return None
+            b = a.encode()
+        elif t is int:
+            b = b"%d" % a
+        elif t is float:
+            b = repr(a).encode()      # redis-py's own rule for numbers
+        elif t is bytes:
+            b = a
+        else:                         # bool, subclasses...: redis-py decides
+            return None
+        return b"$%d\r\n%s\r\n" % (len(b), b)
+
     def pack(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> bytes | None:
         """``EVALSHA sha len(keys) *keys *args`` as RESP, or None (redis-py packs it)."""
         head = self._heads.get(keys) or self._head(keys)
@@ -178,19 +203,19 @@ class Wire:
             return None
         n, packed = head
         out = [b"*%d\r\n" % (n + len(args)), packed]
+        segs = self._segs
         for a in args:
             t = type(a)
-            if t is str:
-                if not a.isascii():
-                    return None
-                b = a.encode()
-            elif t is int:
-                b = b"%d" % a
-            elif t is float:
-                b = repr(a).encode()      # redis-py's own rule for numbers
-            elif t is bytes:
-                b = a
-            else:                         # bool, subclasses...: redis-py decides
+            if t is str or t is int:          # hashable, and never equal across the two
+                seg = segs.get(a, b"")
+                if seg == b"":
+                    seg = self._seg(a)
+                    if len(segs) >= self.MAX_SEGMENTS:
+                        segs.clear()
+                    segs[a] = seg
+            else:
+                seg = self._seg(a)
+            if seg is None:
                 return None
-            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+            out.append(seg)
         return b"".join(out)

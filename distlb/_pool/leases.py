@@ -8,7 +8,9 @@
   flusher.
 
 Every pool.lua call takes what it carries with ``trailing()`` and reports back with
-``answered()`` or ``unanswered()``.
+``answered()`` or ``unanswered()``; a call that carries releases is in flight from
+``trailing()`` until ``landed()``, so ``flush_releases()`` can wait for releases another
+thread or task (the background flusher) took just before it (``in_flight``/``flying``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def _in_child() -> None:
     for book in list(_BOOKS):
         book.held.clear()
         book.pending.clear()
+        book._flying.clear()      # the parent's calls: never landing here
 
 
 os.register_at_fork(after_in_child=_in_child)
@@ -69,6 +72,10 @@ class LeaseBook:
         self.held: dict[str, float] = {}      # member -> local start (s)
         self.ghosts: dict[str, None] = {}     # insertion-ordered: the oldest go first
         self.pending: list[Release] = []
+        # Calls carrying deferred releases, taken by trailing() and not landed yet:
+        # ticket -> None (tickets only grow, so "taken before" is "a smaller ticket").
+        self._flying: dict[int, None] = {}
+        self._tickets = itertools.count(1)
         self._pid = os.getpid()
         _BOOKS.add(self)
 
@@ -90,16 +97,41 @@ class LeaseBook:
                 self._pid = os.getpid()
             return list(self.held)
 
-    def trailing(self) -> tuple[list[Release], list[str]]:
+    def trailing(self) -> tuple[list[Release], list[str], int]:
         """What the next call carries: deferred releases (taken) and ghosts (kept until
-        ``answered``)."""
+        ``answered``), and its ticket (0 when it carries no release): the caller reports
+        ``landed(ticket)`` however the call ends."""
         if not self.ghosts and not self.pending:
-            return [], []
+            return [], [], 0
         with self._lock:
             ghosts = list(itertools.islice(self.ghosts, GHOSTS_PER_CALL))
             releases = self.pending[:RELEASES_PER_CALL]
             del self.pending[:RELEASES_PER_CALL]
-        return releases, ghosts
+            ticket = 0
+            if releases:
+                ticket = next(self._tickets)
+                self._flying[ticket] = None
+        return releases, ghosts, ticket
+
+    def landed(self, ticket: int) -> None:
+        """The call of ``ticket`` ended: answered, unanswered (its releases became ghosts)
+        or failed. Idempotent; 0 is no ticket."""
+        if ticket:
+            with self._lock:
+                self._flying.pop(ticket, None)
+
+    def in_flight(self) -> int:
+        """The newest ticket in flight now (0: none): ``flying(t)`` then says whether any
+        call that took releases up to then has not landed yet."""
+        with self._lock:
+            return max(self._flying, default=0)
+
+    def flying(self, upto: int) -> bool:
+        """Whether a call with a ticket <= ``upto`` is still in flight."""
+        if not self._flying:
+            return False
+        with self._lock:
+            return any(t <= upto for t in self._flying)
 
     def answered(self, ghosts: list[str]) -> None:
         if ghosts:
