@@ -161,3 +161,29 @@ def test_priority_survives_a_script_flush(own_server: Any) -> None:
     assert shaper.try_acquire().allowed
     assert counters(r, shaper)["9:admitted"] == "2"
     r.close()
+
+
+def test_a_pool_ranks_its_shapers_admission_at_the_contexts_priority(
+        r: redis.Redis, prefix: str) -> None:
+    # The pool charges its traffic_shaper at ctx.priority (0 without a context), by the
+    # same reserve rule as its own rate_limit: with level 9 asking, level 0 keeps off the
+    # reserve (0.5 x burst 10 = 5 tokens) while level 9 is still admitted.
+    from distlb import Backend, Context, LoadBalancer, RateLimited
+
+    shaper = TrafficShaper(r, "edge", global_limit=Limit(0.001, 10), prefix=prefix)
+    lb = LoadBalancer(r, "pool", prefix=prefix, breaker=None, subscribe=False,
+                      traffic_shaper=shaper)
+    lb.add_backend(Backend("a", "10.0.0.1:80"))
+    assert lb.execute(lambda b: b.id, ctx=Context(priority=9)) == "a"   # 10 -> 9, top 9
+    lows = 0
+    for _ in range(10):
+        try:
+            lb.execute(lambda b: b.id)                      # no context: level 0
+            lows += 1
+        except RateLimited:
+            break
+    assert lows == 4                                         # 9, 8, 7, 6 -> 5 left: shed
+    assert lb.execute(lambda b: b.id, ctx=Context(priority=9)) == "a"   # the reserve is 9's
+    c = counters(r, shaper)
+    assert (c["9:admitted"], c["0:admitted"], c["0:shed"]) == ("2", "4", "1")
+    lb.close()
