@@ -487,9 +487,9 @@ class LoadBalancerCore(Subscriber, Shared):
         if self.traffic_shaper is None:
             return Done(None)
         # Ranked like the pool's own limit: at the context's priority (0 without one).
-        return _admitted(self.traffic_shaper.admission(ctx.client_id if ctx else None,
-                                                       ctx.bytes if ctx else 0,
-                                                       ctx.priority if ctx else 0))
+        ctx = ctx if ctx is not None else _NO_CTX
+        return _admitted(self.traffic_shaper.admission(ctx.client_id, ctx.bytes,
+                                                       ctx.priority))
 
     def _attempt_once(self, fn: Callable[..., Any], args: tuple[Any, ...],
                       kwargs: dict[str, Any], ctx: Context | None,
