@@ -10,6 +10,7 @@ import logging
 import multiprocessing as mp
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -38,6 +39,32 @@ def wait_for(cond: Any, what: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+def _fleet_then_cli(target: dict[str, Any], n: int,
+                    worker: Callable[[int, Any, Any], tuple[Callable[..., None], tuple[Any, ...]]],
+                    argv: list[str]) -> tuple[list[Any], list[Any], float]:
+    """Start ``n`` worker processes (``worker(i, barrier, out)`` gives the target and its
+    arguments), wait until each says it is ready, run the command line ``argv`` against
+    ``target``, then collect each one's final report: (ready messages, final reports,
+    the local time the command returned)."""
+    barrier, out = spawn.Barrier(n), spawn.Queue()
+    procs = [spawn.Process(target=fn, args=args)
+             for fn, args in (worker(i, barrier, out) for i in range(n))]
+    for p in procs:
+        p.start()
+    try:
+        ready = [out.get(timeout=120) for _ in procs]
+        url = target["url"] if "url" in target else \
+            "redis://{}:{}/0".format(*target["cluster"][0])
+        assert cli_main([*argv, "--redis-url", url]) == 0
+        set_done = time.time()
+        done = [out.get(timeout=120) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(30)
+    assert all(p.exitcode == 0 for p in procs)
+    return ready, done, set_done
+
+
 @pytest.mark.multiprocess
 def test_four_processes_follow_a_change_made_from_the_cli(target: dict[str, Any]) -> None:
     prefix = f"cf{uuid.uuid4().hex[:8]}"
@@ -45,29 +72,13 @@ def test_four_processes_follow_a_change_made_from_the_cli(target: dict[str, Any]
     from tests.workers import make_client
     admin = make_client(target)
     LoadBalancer(admin, "fleet", prefix=prefix).add_backend(Backend("b1", "127.0.0.1:9"))
-    barrier, out = spawn.Barrier(4), spawn.Queue()
-    procs = [spawn.Process(target=config_workers.follow_config,
-                           args=(target, prefix, i, refresh_s, 2.0, 3, barrier, out))
-             for i in range(4)]
-    for p in procs:
-        p.start()
-    try:
-        ready = [out.get(timeout=120) for _ in procs]
-        assert sorted(m[1] for m in ready) == [0, 1, 2, 3]
-        if "url" in target:
-            url = target["url"]
-        else:
-            host, port = target["cluster"][0]
-            url = f"redis://{host}:{port}/0"
-        assert cli_main(["config", "set", "fleet", "rate_limit=2/s burst 2",
-                         "breaker.failure_threshold=3", "--redis-url", url,
-                         "--prefix", prefix]) == 0
-        set_done = time.time()
-        done = [out.get(timeout=120) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(30)
-    assert all(p.exitcode == 0 for p in procs)
+    ready, done, set_done = _fleet_then_cli(
+        target, 4, lambda i, barrier, out: (config_workers.follow_config,
+                                            (target, prefix, i, refresh_s, 2.0, 3, barrier,
+                                             out)),
+        ["config", "set", "fleet", "rate_limit=2/s burst 2", "breaker.failure_threshold=3",
+         "--prefix", prefix])
+    assert sorted(m[1] for m in ready) == [0, 1, 2, 3]
     for _, wid, seen_at, denied, reads in done:
         assert seen_at is not None, f"worker {wid} never applied the configuration"
         assert denied, f"worker {wid} applied the limit but was never refused by it"
@@ -106,25 +117,12 @@ def test_two_processes_rebuild_their_rings_when_vnodes_changes(target: dict[str,
     old = [ConsistentHashBalancer(vnodes=150).select(backends, Context(key=k)).id for k in keys]
     new = [ConsistentHashBalancer(vnodes=3).select(backends, Context(key=k)).id for k in keys]
     assert old != new                  # the key set tells the two rings apart
-    barrier, out = spawn.Barrier(2), spawn.Queue()
-    procs = [spawn.Process(target=config_workers.follow_vnodes,
-                           args=(target, prefix, i, refresh_s, keys, new, barrier, out))
-             for i in range(2)]
-    for p in procs:
-        p.start()
-    try:
-        ready = [out.get(timeout=120) for _ in procs]
-        assert all(m[2] == old for m in ready)       # both started on the 150-node ring
-        url = target["url"] if "url" in target else \
-            "redis://{}:{}/0".format(*target["cluster"][0])
-        assert cli_main(["config", "set", "ring", "strategy.vnodes=3", "--redis-url", url,
-                         "--prefix", prefix]) == 0
-        set_done = time.time()
-        done = [out.get(timeout=120) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(30)
-    assert all(p.exitcode == 0 for p in procs)
+    ready, done, set_done = _fleet_then_cli(
+        target, 2, lambda i, barrier, out: (config_workers.follow_vnodes,
+                                            (target, prefix, i, refresh_s, keys, new, barrier,
+                                             out)),
+        ["config", "set", "ring", "strategy.vnodes=3", "--prefix", prefix])
+    assert all(m[2] == old for m in ready)           # both started on the 150-node ring
     for _, wid, seen_at, stale, vnodes, reads in done:
         assert vnodes == 3, (wid, vnodes)
         assert seen_at is not None, f"worker {wid}: the ring never answered like vnodes=3"
